@@ -1,0 +1,81 @@
+//! The details contract, in process.
+
+use axum::body::Body;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
+    let app = details::app(details::Config::default());
+    let response = app
+        .oneshot(Request::builder().method(method).uri(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn details_of_product_zero_is_the_exact_upstream_json() {
+    let (status, ct, body) = call(Method::GET, "/details/0").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ct, "application/json");
+    assert_eq!(
+        body,
+        r#"{"id":0,"author":"William Shakespeare","year":1595,"type":"paperback","pages":200,"publisher":"PublisherA","language":"English","ISBN-10":"1234567890","ISBN-13":"123-1234567890"}"#
+    );
+}
+
+#[tokio::test]
+async fn any_integer_id_is_echoed() {
+    for (uri, id) in [
+        ("/details/1", "1"),
+        ("/details/-5", "-5"),
+        ("/details/010", "8"),
+        ("/details/0x10?x=1", "16"),
+    ] {
+        let (status, _, body) = call(Method::GET, uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert!(body.starts_with(&format!("{{\"id\":{id},\"author\"")), "{uri}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn non_integer_ids_are_400_with_lowercase_id() {
+    for uri in ["/details/abc", "/details/", "/details", "/details/0/x", "/details/08"] {
+        let (status, ct, body) = call(Method::GET, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(ct, "application/json");
+        assert_eq!(body, r#"{"error":"please provide numeric product id"}"#, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn health_body_is_upstreams() {
+    let (status, ct, body) = call(Method::GET, "/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ct, "application/json");
+    assert_eq!(body, r#"{"status":"Details is healthy"}"#);
+}
+
+#[tokio::test]
+async fn other_paths_are_html_404() {
+    let (status, ct, body) = call(Method::GET, "/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(ct.starts_with("text/html"));
+    assert!(body.contains("Not Found"));
+}
+
+#[tokio::test]
+async fn webrick_methods_are_served_and_others_are_405() {
+    assert_eq!(call(Method::POST, "/details/0").await.0, StatusCode::OK);
+    assert_eq!(call(Method::OPTIONS, "/details/0").await.0, StatusCode::OK);
+    assert_eq!(call(Method::PUT, "/details/0").await.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(call(Method::DELETE, "/health").await.0, StatusCode::METHOD_NOT_ALLOWED);
+}

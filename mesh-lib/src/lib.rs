@@ -1,0 +1,29 @@
+//! mesh-lib: the single seam through which every Bookinfo service serves and calls out.
+//!
+//! Services never touch sockets or HTTP clients directly. They hand their axum `Router` to
+//! [`server::Server`] and make every outbound call through [`outbound::Client`]. Mesh features
+//! (mTLS, routing, retries, tracing, metrics) arrive as tower layers inside those two stacks,
+//! so service code does not change when they do.
+//!
+//! - [`server`]: the inbound entry: bind with a clear error, accept loop, TCP_NODELAY,
+//!   keep-alive, graceful shutdown.
+//! - [`outbound`]: the outbound client: per-request endpoint choice, pooled connections,
+//!   per-call timeouts.
+//! - [`propagation`]: which request headers a service forwards on its outbound calls.
+//! - [`env`], [`cli`], [`logging`], [`shutdown`], [`run`]: what every service binary shares.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod env;
+pub mod logging;
+pub mod outbound;
+pub mod propagation;
+pub mod run;
+pub mod server;
+pub mod shutdown;
+
+pub use outbound::{Client, Endpoints, OutboundError};
+pub use server::{BindError, Server};
+
+/// The error type every layer of the mesh stacks returns: boxed, inspected by downcasting.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,210 @@
+//! The outbound client every service calls its backends through.
+//!
+//! The stack, in data-path order (built in [`Client::builder`]'s `build`):
+//! per-call deadline → endpoint choice ([`balance`]) → pooled HTTP/1.1 connection
+//! (TCP_NODELAY). Routing, retries and mTLS slot in between as tower layers later; service
+//! code only ever sees [`Client::get`].
+
+pub mod balance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+pub use balance::{Balance, BalanceLayer, Endpoints};
+
+use crate::BoxError;
+
+/// How long an idle pooled connection is kept.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP connect may take before the attempt fails.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The boxed outbound stack: a request in, a streaming response out.
+pub type OutboundService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// Why an outbound call produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("invalid backend url {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("request to {authority} failed: {source}")]
+    Request {
+        authority: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// A cheap-to-clone handle to the outbound stack.
+#[derive(Clone)]
+pub struct Client {
+    stack: OutboundService,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    /// A client that resolves backend names through DNS (as in Docker or Kubernetes).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client over any stack, e.g. in-process routers in tests.
+    pub fn from_service<S>(service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Self {
+            stack: BoxCloneSyncService::new(service.map_err(Into::into)),
+        }
+    }
+
+    /// `GET url` with `headers`, the whole response (headers and body) due within `timeout`.
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, OutboundError> {
+        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
+            OutboundError::InvalidUrl {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        let authority = match uri.authority() {
+            Some(a) if uri.scheme_str() == Some("http") => a.to_string(),
+            _ => {
+                return Err(OutboundError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "expected http://host:port/path".to_owned(),
+                });
+            }
+        };
+        let mut request = Request::get(uri)
+            .body(Body::empty())
+            .expect("a parsed uri makes a valid request");
+        *request.headers_mut() = headers;
+        let call = async {
+            let response = self.stack.clone().oneshot(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::from_parts(parts, body))
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Err(OutboundError::Timeout(timeout)),
+            Ok(Err(source)) => Err(OutboundError::Request { authority, source }),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Default)]
+pub struct ClientBuilder {
+    endpoints: Option<Arc<Endpoints>>,
+}
+
+impl ClientBuilder {
+    /// Spreads calls to the logical names in `endpoints` over their addresses, per request.
+    /// Names not in the table go to DNS.
+    pub fn endpoints(mut self, endpoints: Arc<Endpoints>) -> Self {
+        self.endpoints = Some(endpoints);
+        self
+    }
+
+    pub fn build(self) -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+        let transport = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(DEFAULT_POOL_IDLE_TIMEOUT)
+            .build::<_, Body>(connector)
+            .map_response(|r| r.map(Body::new));
+        let stack = ServiceBuilder::new()
+            .layer(BalanceLayer::new(self.endpoints.unwrap_or_default()))
+            .service(transport);
+        Client::from_service(stack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_backend_times_out_at_the_deadline() {
+        let slow = tower::service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            Ok::<_, Infallible>(Response::new(Body::from("late")))
+        });
+        let client = Client::from_service(slow);
+        let start = tokio::time::Instant::now();
+        let err = client
+            .get("http://reviews:9080/reviews/0", HeaderMap::new(), Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OutboundError::Timeout(d) if d == Duration::from_secs(3)));
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_a_request_error_naming_the_backend() {
+        // Bind then drop, so the port is very likely closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = Client::new()
+            .get(
+                &format!("http://127.0.0.1:{port}/x"),
+                HeaderMap::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!("request to 127.0.0.1:{port} failed")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn non_http_urls_are_rejected() {
+        let err = Client::new()
+            .get("ftp://x/y", HeaderMap::new(), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OutboundError::InvalidUrl { .. }));
+    }
+}
