@@ -94,7 +94,10 @@ async fn handle(request: Request) -> Response {
             .into_response();
     }
     match route {
-        Route::Health => json(StatusCode::OK, r#"{"status":"Details is healthy"}"#.to_owned()),
+        Route::Health => json(
+            StatusCode::OK,
+            r#"{"status":"Details is healthy"}"#.to_owned(),
+        ),
         Route::Details => match parse_ruby_integer(last_segment(path)) {
             Some(id) => json(
                 StatusCode::OK,
@@ -172,7 +175,9 @@ pub fn parse_ruby_integer(text: &str) -> Option<i128> {
     let mut value: i128 = 0;
     for c in digits.chars().filter(|&c| c != '_') {
         let d = c.to_digit(radix)?;
-        value = value.checked_mul(i128::from(radix))?.checked_add(i128::from(d))?;
+        value = value
+            .checked_mul(i128::from(radix))?
+            .checked_add(i128::from(d))?;
     }
     Some(if negative { -value } else { value })
 }

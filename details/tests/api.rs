@@ -8,7 +8,13 @@ use tower::ServiceExt;
 async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
     let app = details::app(details::Config::default());
     let response = app
-        .oneshot(Request::builder().method(method).uri(uri).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = response.status();
@@ -18,7 +24,11 @@ async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -42,17 +52,29 @@ async fn any_integer_id_is_echoed() {
     ] {
         let (status, _, body) = call(Method::GET, uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
-        assert!(body.starts_with(&format!("{{\"id\":{id},\"author\"")), "{uri}: {body}");
+        assert!(
+            body.starts_with(&format!("{{\"id\":{id},\"author\"")),
+            "{uri}: {body}"
+        );
     }
 }
 
 #[tokio::test]
 async fn non_integer_ids_are_400_with_lowercase_id() {
-    for uri in ["/details/abc", "/details/", "/details", "/details/0/x", "/details/08"] {
+    for uri in [
+        "/details/abc",
+        "/details/",
+        "/details",
+        "/details/0/x",
+        "/details/08",
+    ] {
         let (status, ct, body) = call(Method::GET, uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(ct, "application/json");
-        assert_eq!(body, r#"{"error":"please provide numeric product id"}"#, "{uri}");
+        assert_eq!(
+            body, r#"{"error":"please provide numeric product id"}"#,
+            "{uri}"
+        );
     }
 }
 
@@ -76,6 +98,12 @@ async fn other_paths_are_html_404() {
 async fn webrick_methods_are_served_and_others_are_405() {
     assert_eq!(call(Method::POST, "/details/0").await.0, StatusCode::OK);
     assert_eq!(call(Method::OPTIONS, "/details/0").await.0, StatusCode::OK);
-    assert_eq!(call(Method::PUT, "/details/0").await.0, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(call(Method::DELETE, "/health").await.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        call(Method::PUT, "/details/0").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        call(Method::DELETE, "/health").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
 }

@@ -193,7 +193,10 @@ mod tests {
             [
                 ("x-b3-sampled".into(), "1".into()),
                 ("x-b3-spanid".into(), "00f067aa0ba902b7".into()),
-                ("x-b3-traceid".into(), "0000000000000000a3ce929d0e0e4736".into()),
+                (
+                    "x-b3-traceid".into(),
+                    "0000000000000000a3ce929d0e0e4736".into()
+                ),
             ]
         );
     }
@@ -210,19 +213,26 @@ mod tests {
     #[test]
     fn invalid_or_absent_b3_emits_nothing() {
         assert!(reinjected(&[]).is_empty());
-        assert!(reinjected(&[("x-b3-traceid", "xyz"), ("x-b3-spanid", "a2fb4a1d1a96d312")]).is_empty());
+        assert!(
+            reinjected(&[("x-b3-traceid", "xyz"), ("x-b3-spanid", "a2fb4a1d1a96d312")]).is_empty()
+        );
         assert!(reinjected(&[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124")]).is_empty());
-        assert!(reinjected(&[
-            ("x-b3-traceid", "00000000000000000000000000000000"),
-            ("x-b3-spanid", "a2fb4a1d1a96d312")
-        ])
-        .is_empty());
+        assert!(
+            reinjected(&[
+                ("x-b3-traceid", "00000000000000000000000000000000"),
+                ("x-b3-spanid", "a2fb4a1d1a96d312")
+            ])
+            .is_empty()
+        );
     }
 
     #[test]
     fn single_b3_header_is_understood() {
         let got = reinjected(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
-        assert!(got.contains(&("x-b3-traceid".into(), "80f198ee56343ba864fe8b2a57d3eff7".into())));
+        assert!(got.contains(&(
+            "x-b3-traceid".into(),
+            "80f198ee56343ba864fe8b2a57d3eff7".into()
+        )));
         assert!(got.contains(&("x-b3-sampled".into(), "1".into())));
     }
 }

@@ -54,9 +54,7 @@ impl Server {
                     io::ErrorKind::PermissionDenied => {
                         " (ports below 1024 need privileges; choose a higher port)"
                     }
-                    io::ErrorKind::AddrNotAvailable => {
-                        " (this machine has no such address)"
-                    }
+                    io::ErrorKind::AddrNotAvailable => " (this machine has no such address)",
                     _ => "",
                 };
                 Err(BindError {
@@ -159,9 +157,14 @@ mod tests {
         let first = Server::bind("details", "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let err = Server::bind("ratings", first.local_addr()).await.unwrap_err();
+        let err = Server::bind("ratings", first.local_addr())
+            .await
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("ratings cannot listen on 127.0.0.1:"), "{msg}");
+        assert!(
+            msg.starts_with("ratings cannot listen on 127.0.0.1:"),
+            "{msg}"
+        );
         assert!(msg.contains("another process uses this port"), "{msg}");
     }
 }

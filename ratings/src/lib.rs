@@ -170,13 +170,12 @@ async fn handle(AxumState(state): AxumState<State>, request: Request) -> Respons
         }
         (Method::POST, true) => StatusCode::NOT_FOUND.into_response(),
         _ => {
-            let allow = if is_health { "GET, HEAD" } else { "GET, HEAD, POST" };
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                [(header::ALLOW, allow)],
-                "",
-            )
-                .into_response()
+            let allow = if is_health {
+                "GET, HEAD"
+            } else {
+                "GET, HEAD, POST"
+            };
+            (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, allow)], "").into_response()
         }
     }
 }
@@ -322,7 +321,10 @@ mod tests {
         let err = v("v2").unwrap_err();
         assert!(err.reason.contains("not supported"), "{err}");
         let err = v("v9").unwrap_err();
-        assert!(err.to_string().contains("expected one of v1, v-faulty"), "{err}");
+        assert!(
+            err.to_string().contains("expected one of v1, v-faulty"),
+            "{err}"
+        );
         let empty: [(&str, &str); 0] = [];
         assert_eq!(Config::from_env(&empty).unwrap().variant, Variant::V1);
     }

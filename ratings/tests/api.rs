@@ -46,9 +46,18 @@ async fn ratings_of_product_zero_are_5_and_4() {
 #[tokio::test]
 async fn ids_are_parsed_like_javascript_parseint() {
     let app = app(Variant::V1);
-    assert_eq!(get(&app, "/ratings/1abc").await.1, r#"{"id":1,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#);
-    assert_eq!(get(&app, "/ratings/-3").await.1, r#"{"id":-3,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#);
-    assert_eq!(get(&app, "/ratings/0?x=1").await.1, r#"{"id":0,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#);
+    assert_eq!(
+        get(&app, "/ratings/1abc").await.1,
+        r#"{"id":1,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#
+    );
+    assert_eq!(
+        get(&app, "/ratings/-3").await.1,
+        r#"{"id":-3,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#
+    );
+    assert_eq!(
+        get(&app, "/ratings/0?x=1").await.1,
+        r#"{"id":0,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#
+    );
 }
 
 #[tokio::test]
@@ -64,12 +73,23 @@ async fn non_numeric_ids_are_400_with_capital_id() {
 #[tokio::test]
 async fn posted_ratings_are_kept_per_id() {
     let app = app(Variant::V1);
-    let (status, body) =
-        call(&app, Method::POST, "/ratings/7", r#"{"Reviewer1":1,"Reviewer2":2}"#).await;
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/ratings/7",
+        r#"{"Reviewer1":1,"Reviewer2":2}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, r#"{"id":7,"ratings":{"Reviewer1":1,"Reviewer2":2}}"#);
-    assert_eq!(get(&app, "/ratings/7").await.1, r#"{"id":7,"ratings":{"Reviewer1":1,"Reviewer2":2}}"#);
-    assert_eq!(get(&app, "/ratings/8").await.1, r#"{"id":8,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#);
+    assert_eq!(
+        get(&app, "/ratings/7").await.1,
+        r#"{"id":7,"ratings":{"Reviewer1":1,"Reviewer2":2}}"#
+    );
+    assert_eq!(
+        get(&app, "/ratings/8").await.1,
+        r#"{"id":8,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#
+    );
 }
 
 #[tokio::test]
@@ -78,7 +98,10 @@ async fn invalid_post_json_is_400_and_changes_nothing() {
     let (status, body) = call(&app, Method::POST, "/ratings/0", "{nope").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body, r#"{"error":"please provide valid ratings JSON"}"#);
-    assert_eq!(get(&app, "/ratings/0").await.1, r#"{"id":0,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#);
+    assert_eq!(
+        get(&app, "/ratings/0").await.1,
+        r#"{"id":0,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#
+    );
     let (status, _) = call(&app, Method::POST, "/ratings/x", "{}").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
@@ -86,30 +109,60 @@ async fn invalid_post_json_is_400_and_changes_nothing() {
 #[tokio::test]
 async fn health_and_unmatched_paths() {
     let app = app(Variant::V1);
-    assert_eq!(get(&app, "/health").await, (StatusCode::OK, r#"{"status":"Ratings is healthy"}"#.to_owned()));
-    assert_eq!(get(&app, "/nope").await, (StatusCode::NOT_FOUND, String::new()));
-    assert_eq!(get(&app, "/ratings").await, (StatusCode::NOT_FOUND, String::new()));
+    assert_eq!(
+        get(&app, "/health").await,
+        (
+            StatusCode::OK,
+            r#"{"status":"Ratings is healthy"}"#.to_owned()
+        )
+    );
+    assert_eq!(
+        get(&app, "/nope").await,
+        (StatusCode::NOT_FOUND, String::new())
+    );
+    assert_eq!(
+        get(&app, "/ratings").await,
+        (StatusCode::NOT_FOUND, String::new())
+    );
 }
 
 #[tokio::test]
 async fn other_methods_get_405_instead_of_hanging() {
     let app = app(Variant::V1);
     for method in [Method::PUT, Method::DELETE, Method::PATCH] {
-        assert_eq!(call(&app, method.clone(), "/ratings/0", "").await.0, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(
+            call(&app, method.clone(), "/ratings/0", "").await.0,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method}"
+        );
     }
-    assert_eq!(call(&app, Method::DELETE, "/nope", "").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(call(&app, Method::HEAD, "/ratings/0", "").await.0, StatusCode::OK);
+    assert_eq!(
+        call(&app, Method::DELETE, "/nope", "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, Method::HEAD, "/ratings/0", "").await.0,
+        StatusCode::OK
+    );
 }
 
 fn coin_app(variant: Variant, heads: Arc<AtomicBool>) -> Router {
-    ratings::app(State::with_coin(Config { variant }, move || heads.load(Ordering::SeqCst)))
+    ratings::app(State::with_coin(Config { variant }, move || {
+        heads.load(Ordering::SeqCst)
+    }))
 }
 
 #[tokio::test]
 async fn faulty_answers_503_when_the_coin_says_so() {
     let heads = Arc::new(AtomicBool::new(true));
     let app = coin_app(Variant::Faulty, heads.clone());
-    assert_eq!(get(&app, "/ratings/0").await, (StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"Service unavailable"}"#.to_owned()));
+    assert_eq!(
+        get(&app, "/ratings/0").await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"Service unavailable"}"#.to_owned()
+        )
+    );
     heads.store(false, Ordering::SeqCst);
     assert_eq!(get(&app, "/ratings/0").await.0, StatusCode::OK);
 }
@@ -145,7 +198,13 @@ async fn unavailable_toggles_every_minute_starting_available() {
     let app = app(Variant::Unavailable);
     assert_eq!(get(&app, "/ratings/0").await.0, StatusCode::OK);
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert_eq!(get(&app, "/ratings/0").await, (StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"Service unavailable"}"#.to_owned()));
+    assert_eq!(
+        get(&app, "/ratings/0").await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"Service unavailable"}"#.to_owned()
+        )
+    );
     assert_eq!(get(&app, "/health").await.0, StatusCode::OK);
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(get(&app, "/ratings/0").await.0, StatusCode::OK);
@@ -157,8 +216,17 @@ async fn unhealthy_toggles_health_and_availability_every_fifteen_minutes() {
     assert_eq!(get(&app, "/health").await.0, StatusCode::OK);
     assert_eq!(get(&app, "/ratings/0").await.0, StatusCode::OK);
     tokio::time::advance(Duration::from_secs(15 * 60 + 1)).await;
-    assert_eq!(get(&app, "/health").await, (StatusCode::INTERNAL_SERVER_ERROR, r#"{"status":"Ratings is not healthy"}"#.to_owned()));
-    assert_eq!(get(&app, "/ratings/0").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&app, "/health").await,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"status":"Ratings is not healthy"}"#.to_owned()
+        )
+    );
+    assert_eq!(
+        get(&app, "/ratings/0").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     tokio::time::advance(Duration::from_secs(15 * 60)).await;
     assert_eq!(get(&app, "/health").await.0, StatusCode::OK);
 }

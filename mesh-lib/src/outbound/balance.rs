@@ -135,7 +135,10 @@ mod tests {
         Arc::new(e)
     }
 
-    async fn send(svc: &mut (impl Service<Request<()>, Response = (String, String), Error = Infallible> + Clone), uri: &str) -> (String, String) {
+    async fn send(
+        svc: &mut (impl Service<Request<()>, Response = (String, String), Error = Infallible> + Clone),
+        uri: &str,
+    ) -> (String, String) {
         svc.clone()
             .oneshot(Request::get(uri).body(()).unwrap())
             .await

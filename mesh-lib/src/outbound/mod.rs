@@ -47,6 +47,11 @@ pub enum OutboundError {
     },
 }
 
+/// [`Client::in_process`] has no router for this name.
+#[derive(Debug, thiserror::Error)]
+#[error("no in-process backend for {0}")]
+pub struct NoInProcessBackend(pub String);
+
 /// A cheap-to-clone handle to the outbound stack.
 #[derive(Clone)]
 pub struct Client {
@@ -87,6 +92,31 @@ impl Client {
         }
     }
 
+    /// A client whose backends are in-process routers keyed by `host:port`: the whole call
+    /// path without sockets, so tests can run it under tokio's paused clock. A name without a
+    /// router fails like a refused connection.
+    pub fn in_process(backends: impl IntoIterator<Item = (String, axum::Router)>) -> Self {
+        let backends: Arc<std::collections::HashMap<String, axum::Router>> =
+            Arc::new(backends.into_iter().collect());
+        Self::from_service(tower::service_fn(move |req: Request<Body>| {
+            let backends = backends.clone();
+            async move {
+                let authority = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let Some(router) = backends.get(&authority).cloned() else {
+                    return Err(BoxError::from(NoInProcessBackend(authority)));
+                };
+                Ok(router
+                    .oneshot(req)
+                    .await
+                    .expect("axum routers are infallible"))
+            }
+        }))
+    }
+
     /// `GET url` with `headers`, the whole response (headers and body) due within `timeout`.
     pub async fn get(
         &self,
@@ -94,12 +124,12 @@ impl Client {
         headers: HeaderMap,
         timeout: Duration,
     ) -> Result<Response<Bytes>, OutboundError> {
-        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
-            OutboundError::InvalidUrl {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            }
-        })?;
+        let uri: Uri =
+            url.parse()
+                .map_err(|e: http::uri::InvalidUri| OutboundError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
         let authority = match uri.authority() {
             Some(a) if uri.scheme_str() == Some("http") => a.to_string(),
             _ => {
@@ -170,7 +200,11 @@ mod tests {
         let client = Client::from_service(slow);
         let start = tokio::time::Instant::now();
         let err = client
-            .get("http://reviews:9080/reviews/0", HeaderMap::new(), Duration::from_secs(3))
+            .get(
+                "http://reviews:9080/reviews/0",
+                HeaderMap::new(),
+                Duration::from_secs(3),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, OutboundError::Timeout(d) if d == Duration::from_secs(3)));
@@ -194,7 +228,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().starts_with(&format!("request to 127.0.0.1:{port} failed")),
+            err.to_string()
+                .starts_with(&format!("request to 127.0.0.1:{port} failed")),
             "{err}"
         );
     }

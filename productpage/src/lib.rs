@@ -1,0 +1,103 @@
+//! Bookinfo productpage: the bookstore page, login, and the JSON API in front of details,
+//! reviews and ratings.
+//!
+//! Upstream is a Flask app. Kept: every route, the page markers tutorials grep for, the
+//! signed `session` cookie with `end-user` on every backend call, the header allow-list with
+//! B3 re-emission, simplejson-style API JSON, the `request_result` metric, and the backend
+//! timeouts the fault-injection task depends on (details 3 s × 1, reviews 3 s × 2 attempts,
+//! ratings 3 s × 1). Fixed: login and logout without a `Referer` redirect to `/productpage`.
+#![forbid(unsafe_code)]
+
+mod api;
+mod assets;
+mod backends;
+mod pages;
+pub mod pyjson;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use mesh::env::{VarError, Vars};
+
+pub use backends::Metrics;
+pub use session::Session;
+
+/// productpage → details: one attempt.
+pub const DETAILS_TIMEOUT: Duration = Duration::from_secs(3);
+/// productpage → reviews: per attempt.
+pub const REVIEWS_TIMEOUT: Duration = Duration::from_secs(3);
+/// productpage → reviews attempts. Upstream retries once on any failure "intentionally": the
+/// fault-injection task's 6 s outcome depends on it.
+pub const REVIEWS_ATTEMPTS: u32 = 2;
+/// productpage → ratings (API route only): one attempt.
+pub const RATINGS_TIMEOUT: Duration = Duration::from_secs(3);
+/// The secret that signs the session cookie unless `SESSION_SECRET` is set. Fixed so every
+/// replica accepts every other replica's cookie, as upstream.
+pub const DEFAULT_SESSION_SECRET: &str = "bookinfo-productpage-session-v1";
+
+/// productpage configuration, from upstream's environment variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Base URL of details (`DETAILS_HOSTNAME`, `SERVICES_DOMAIN`, `DETAILS_SERVICE_PORT`).
+    pub details_url: String,
+    /// Base URL of reviews (`REVIEWS_HOSTNAME`, `SERVICES_DOMAIN`, `REVIEWS_SERVICE_PORT`).
+    pub reviews_url: String,
+    /// Base URL of ratings (`RATINGS_HOSTNAME`, `SERVICES_DOMAIN`, `RATINGS_SERVICE_PORT`).
+    pub ratings_url: String,
+    /// `FLOOD_FACTOR`: extra reviews calls per page view, answers discarded (default 0).
+    pub flood_factor: u32,
+    /// `SESSION_SECRET`: key of the session cookie's signature.
+    pub session_secret: String,
+}
+
+impl Config {
+    pub fn from_env(vars: &impl Vars) -> Result<Self, VarError> {
+        Ok(Self {
+            details_url: mesh::env::backend_url(vars, "details")?,
+            reviews_url: mesh::env::backend_url(vars, "reviews")?,
+            ratings_url: mesh::env::backend_url(vars, "ratings")?,
+            flood_factor: vars.parse_or("FLOOD_FACTOR", 0)?,
+            session_secret: vars.get_or("SESSION_SECRET", DEFAULT_SESSION_SECRET),
+        })
+    }
+}
+
+/// What every handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub config: Arc<Config>,
+    pub client: mesh::Client,
+    pub metrics: Arc<Metrics>,
+}
+
+impl State {
+    pub fn new(config: Config, client: mesh::Client) -> Self {
+        Self {
+            config: Arc::new(config),
+            client,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// The productpage router.
+pub fn app(state: State) -> Router {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/index.html", get(pages::index))
+        .route("/productpage", get(pages::product_page))
+        .route("/login", post(session::login))
+        .route("/logout", get(session::logout))
+        .route("/api/v1/products", get(api::products))
+        .route("/api/v1/products/{id}", get(api::product_details))
+        .route("/api/v1/products/{id}/reviews", get(api::product_reviews))
+        .route("/api/v1/products/{id}/ratings", get(api::product_ratings))
+        .route("/health", get(pages::health))
+        .route("/metrics", get(backends::metrics))
+        .route("/static/{*path}", get(assets::serve))
+        .with_state(state)
+}

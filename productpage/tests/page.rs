@@ -1,0 +1,487 @@
+//! productpage against the real details, reviews and ratings, all in process. Timing tests
+//! run under tokio's paused clock, so "7 s" takes no wall time and is exact.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use ratings::Variant;
+use tower::ServiceExt;
+
+/// Which backends exist, and how they behave.
+struct Mesh {
+    details: bool,
+    reviews: Option<&'static str>,
+    ratings: Option<Variant>,
+}
+
+impl Mesh {
+    fn healthy(reviews: &'static str) -> Self {
+        Self {
+            details: true,
+            reviews: Some(reviews),
+            ratings: Some(Variant::V1),
+        }
+    }
+
+    fn productpage(self) -> Router {
+        let mut backends: Vec<(String, Router)> = Vec::new();
+        if let Some(variant) = self.ratings {
+            // The variants' coin always lands on "fault": delayed always delays.
+            let state = ratings::State::with_coin(ratings::Config { variant }, || true);
+            backends.push(("ratings:9080".into(), ratings::app(state)));
+        }
+        let client = mesh::Client::in_process(backends.clone());
+        if let Some(version) = self.reviews {
+            let mut config = reviews::Config::version(version, "http://ratings:9080");
+            config.podname = format!("reviews-{version}-7f9c8d-x2b4q");
+            backends.push((
+                "reviews:9080".into(),
+                reviews::app(reviews::State { config, client }),
+            ));
+        }
+        if self.details {
+            backends.push((
+                "details:9080".into(),
+                details::app(details::Config::default()),
+            ));
+        }
+        let empty: [(&str, &str); 0] = [];
+        let config = productpage::Config::from_env(&empty).unwrap();
+        productpage::app(productpage::State::new(
+            config,
+            mesh::Client::in_process(backends),
+        ))
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get(app: &Router, uri: &str) -> Reply {
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+const STAR: &str = "glyphicon glyphicon-star";
+const RATINGS_ERROR: &str = "Ratings service is currently unavailable";
+
+#[tokio::test]
+async fn v1_page_has_the_markers_and_no_stars() {
+    let page = get(&Mesh::healthy("v1").productpage(), "/productpage?u=normal").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.body;
+    assert!(html.contains("<title>Simple Bookstore App</title>"));
+    assert!(html.contains("Book Details") && html.contains("Book Reviews"));
+    assert!(html.contains("William Shakespeare"));
+    assert!(html.contains("PublisherA") && html.contains("1234567890"));
+    assert!(html.contains("id=\"sign-in-button\"") && html.contains("Sign in"));
+    assert!(!html.contains("Sign out"));
+    assert_eq!(html.matches(STAR).count(), 0);
+    assert_eq!(
+        html.matches("Reviews served by: reviews-v1-7f9c8d-x2b4q")
+            .count(),
+        2
+    );
+    assert!(html.contains("An extremely entertaining play by Shakespeare."));
+    assert!(!html.contains("on cluster"));
+}
+
+#[tokio::test]
+async fn v2_page_has_nine_black_stars() {
+    let html = get(&Mesh::healthy("v2").productpage(), "/productpage")
+        .await
+        .body;
+    assert_eq!(html.matches(STAR).count(), 9);
+    assert_eq!(html.matches("text-black-500").count(), 2);
+    assert_eq!(html.matches("text-red-500").count(), 0);
+    assert_eq!(html.matches("Reviews served by: reviews-v2-").count(), 2);
+}
+
+#[tokio::test]
+async fn v3_page_has_nine_red_stars() {
+    let html = get(&Mesh::healthy("v3").productpage(), "/productpage")
+        .await
+        .body;
+    assert_eq!(html.matches(STAR).count(), 9);
+    assert_eq!(html.matches("flex gap-x-1 text-red-500").count(), 2);
+    assert_eq!(html.matches("Reviews served by: reviews-v3-").count(), 2);
+}
+
+#[tokio::test]
+async fn ratings_down_shows_the_ratings_error_on_each_review() {
+    let mesh = Mesh {
+        ratings: None,
+        ..Mesh::healthy("v2")
+    };
+    let html = get(&mesh.productpage(), "/productpage").await.body;
+    assert_eq!(html.matches(RATINGS_ERROR).count(), 2);
+    assert_eq!(html.matches(STAR).count(), 0);
+    assert!(html.contains("Book Reviews"));
+}
+
+#[tokio::test]
+async fn reviews_down_shows_the_reviews_error() {
+    let mesh = Mesh {
+        reviews: None,
+        ..Mesh::healthy("v1")
+    };
+    let page = get(&mesh.productpage(), "/productpage").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Error fetching product reviews"));
+    assert!(
+        page.body
+            .contains("Sorry, product reviews are currently unavailable for this book.")
+    );
+    assert!(!page.body.contains("Book Reviews"));
+    assert!(page.body.contains("Book Details"));
+}
+
+#[tokio::test]
+async fn details_down_shows_the_details_error() {
+    let mesh = Mesh {
+        details: false,
+        ..Mesh::healthy("v1")
+    };
+    let page = get(&mesh.productpage(), "/productpage").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Error fetching product details"));
+    assert!(
+        page.body
+            .contains("Sorry, product details are currently unavailable for this book.")
+    );
+    assert!(!page.body.contains("Book Details"));
+    assert!(
+        page.body.contains("William Shakespeare"),
+        "the description still names the author"
+    );
+    assert!(page.body.contains("Book Reviews"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reviews_slower_than_six_seconds_fail_after_two_three_second_attempts() {
+    // The fault-injection task: ratings delayed 7 s, reviews v2 waits up to 10 s, productpage
+    // gives up on each reviews attempt after 3 s and tries twice.
+    let mesh = Mesh {
+        ratings: Some(Variant::Delayed),
+        ..Mesh::healthy("v2")
+    };
+    let app = mesh.productpage();
+    let start = tokio::time::Instant::now();
+    let page = get(&app, "/productpage").await;
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
+    assert!(
+        page.body
+            .contains("Sorry, product reviews are currently unavailable for this book.")
+    );
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(
+        metrics
+            .contains(r#"request_result_total{destination_app="reviews",response_code="500"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reviews_v3_gives_up_on_slow_ratings_before_productpage_gives_up_on_it() {
+    let mesh = Mesh {
+        ratings: Some(Variant::Delayed),
+        ..Mesh::healthy("v3")
+    };
+    let start = tokio::time::Instant::now();
+    let page = get(&mesh.productpage(), "/productpage").await;
+    assert_eq!(start.elapsed(), Duration::from_millis(2500));
+    assert_eq!(page.body.matches(RATINGS_ERROR).count(), 2);
+    assert!(page.body.contains("Book Reviews"));
+}
+
+async fn login(app: &Router, body: &str, referer: Option<&str>) -> Reply {
+    let mut req =
+        Request::post("/login").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(r) = referer {
+        req = req.header(header::REFERER, r);
+    }
+    send(app, req.body(Body::from(body.to_owned())).unwrap()).await
+}
+
+fn session_cookie(reply: &Reply) -> String {
+    let set = reply.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("Path=/"), "{set}");
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn login_sets_a_session_and_the_page_greets_the_user() {
+    let app = Mesh::healthy("v1").productpage();
+    let reply = login(&app, "username=jason&passwd=password", None).await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(reply.headers[header::LOCATION], "/productpage");
+    let cookie = session_cookie(&reply);
+    assert!(cookie.starts_with("session="));
+
+    let page = send(
+        &app,
+        Request::get("/productpage")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(page.body.contains("jason"));
+    assert!(page.body.contains("Sign out"));
+    assert!(!page.body.contains("id=\"sign-in-button\""));
+}
+
+#[tokio::test]
+async fn login_redirects_to_the_referer_and_reads_the_query_too() {
+    let app = Mesh::healthy("v1").productpage();
+    let reply = send(
+        &app,
+        Request::post("/login?username=bob")
+            .header(header::REFERER, "http://shop/productpage?u=test")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        "http://shop/productpage?u=test"
+    );
+    let cookie = session_cookie(&reply);
+    let page = send(
+        &app,
+        Request::get("/productpage")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(page.body.contains("bob"));
+}
+
+#[tokio::test]
+async fn empty_or_missing_user_name_stays_logged_out() {
+    let app = Mesh::healthy("v1").productpage();
+    for form in ["username=&passwd=x", "passwd=x"] {
+        let cookie = session_cookie(&login(&app, form, None).await);
+        let page = send(
+            &app,
+            Request::get("/productpage")
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert!(page.body.contains("id=\"sign-in-button\""), "{form}");
+        assert!(!page.body.contains("Sign out"), "{form}");
+    }
+}
+
+#[tokio::test]
+async fn a_forged_cookie_is_ignored() {
+    let app = Mesh::healthy("v1").productpage();
+    let page = send(
+        &app,
+        Request::get("/productpage")
+            .header(header::COOKIE, "session=eyJ1c2VyIjoiYWRtaW4ifQ.AAAA")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(!page.body.contains("admin"));
+    assert!(page.body.contains("Sign in"));
+}
+
+#[tokio::test]
+async fn logout_clears_the_session() {
+    let app = Mesh::healthy("v1").productpage();
+    let reply = get(&app, "/logout").await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(reply.headers[header::LOCATION], "/productpage");
+    let set = reply.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        set.starts_with("session=;") && set.contains("Max-Age=0"),
+        "{set}"
+    );
+}
+
+#[tokio::test]
+async fn get_login_is_405() {
+    assert_eq!(
+        get(&Mesh::healthy("v1").productpage(), "/login")
+            .await
+            .status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn api_products_list() {
+    let reply = get(&Mesh::healthy("v1").productpage(), "/api/v1/products").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers[header::CONTENT_TYPE], "application/json");
+    assert!(reply.body.starts_with(r#"[{"id": 0, "title": "The Comedy of Errors", "descriptionHtml": "<a href=\"https://en.wikipedia.org/wiki/The_Comedy_of_Errors\">Wikipedia Summary</a>: The Comedy of Errors is one of <b>William Shakespeare's</b> early plays."#), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn api_proxies_backends_in_python_json_with_their_status() {
+    let app = Mesh::healthy("v2").productpage();
+    let details = get(&app, "/api/v1/products/0").await;
+    assert_eq!(details.status, StatusCode::OK);
+    assert_eq!(
+        details.body,
+        r#"{"id": 0, "author": "William Shakespeare", "year": 1595, "type": "paperback", "pages": 200, "publisher": "PublisherA", "language": "English", "ISBN-10": "1234567890", "ISBN-13": "123-1234567890"}"#
+    );
+    let ratings = get(&app, "/api/v1/products/0/ratings").await;
+    assert_eq!(
+        ratings.body,
+        r#"{"id": 0, "ratings": {"Reviewer1": 5, "Reviewer2": 4}}"#
+    );
+    let reviews = get(&app, "/api/v1/products/0/reviews").await;
+    assert_eq!(reviews.status, StatusCode::OK);
+    assert!(reviews.body.starts_with(r#"{"id": "0", "podname": "reviews-v2-7f9c8d-x2b4q", "clustername": "null", "reviews": [{"reviewer": "Reviewer1", "#), "{}", reviews.body);
+    assert!(
+        reviews
+            .body
+            .contains(r#""rating": {"stars": 5, "color": "black"}"#)
+    );
+}
+
+#[tokio::test]
+async fn api_bad_ids_keep_each_backends_status() {
+    let app = Mesh::healthy("v1").productpage();
+    let d = get(&app, "/api/v1/products/abc").await;
+    assert_eq!(
+        (d.status, d.body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            r#"{"error": "Sorry, product details are currently unavailable for this book."}"#
+        )
+    );
+    let r = get(&app, "/api/v1/products/abc/reviews").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            r#"{"error": "Sorry, product reviews are currently unavailable for this book."}"#
+        )
+    );
+    let r = get(&app, "/api/v1/products/abc/ratings").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            r#"{"error": "Sorry, product ratings are currently unavailable for this book."}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn api_backend_down_is_500() {
+    let mesh = Mesh {
+        details: false,
+        ratings: None,
+        ..Mesh::healthy("v1")
+    };
+    let app = mesh.productpage();
+    assert_eq!(
+        get(&app, "/api/v1/products/0").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        get(&app, "/api/v1/products/0/ratings").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[tokio::test]
+async fn request_result_counts_results_not_attempts() {
+    let mesh = Mesh {
+        reviews: None,
+        ..Mesh::healthy("v1")
+    };
+    let app = mesh.productpage();
+    get(&app, "/productpage").await;
+    get(&app, "/productpage").await;
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(
+        metrics
+            .contains(r#"request_result_total{destination_app="details",response_code="200"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"request_result_total{destination_app="reviews",response_code="500"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn health_index_and_static_assets() {
+    let app = Mesh::healthy("v1").productpage();
+    let health = get(&app, "/health").await;
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (StatusCode::OK, "Product page is healthy")
+    );
+    let index = get(&app, "/").await;
+    assert!(index.body.contains(
+        "Hello! This is a simple bookstore application consisting of three services as shown below"
+    ));
+    assert!(
+        index.body.contains("/productpage?u=normal") && index.body.contains("/productpage?u=test")
+    );
+    assert!(!index.body.contains("<title>"));
+    assert_eq!(get(&app, "/index.html").await.status, StatusCode::OK);
+    let css = get(&app, "/static/css/bookinfo.css").await;
+    assert_eq!(css.headers[header::CONTENT_TYPE], "text/css; charset=utf-8");
+    assert!(css.body.contains(".text-red-500"));
+    let png = get(&app, "/static/img/izzy.png").await;
+    assert_eq!(png.headers[header::CONTENT_TYPE], "image/png");
+    assert_eq!(
+        get(&app, "/static/nope.js").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn the_page_loads_nothing_from_the_internet() {
+    let html = get(&Mesh::healthy("v3").productpage(), "/productpage")
+        .await
+        .body;
+    for tag in html
+        .split('<')
+        .filter(|t| t.starts_with("script") || t.starts_with("link") || t.starts_with("img"))
+    {
+        assert!(
+            !tag.contains("src=\"http")
+                && !tag.contains("href=\"http")
+                && !tag.contains("src=\"//")
+                && !tag.contains("href=\"//"),
+            "{tag}"
+        );
+    }
+}
