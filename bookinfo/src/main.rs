@@ -1,1 +1,87 @@
-fn main() {}
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Runs the whole Bookinfo app on this machine: productpage, details, reviews v1/v2/v3 and
+/// ratings, each on its own port. Refreshing the page cycles through reviews v1 (no stars),
+/// v2 (black stars) and v3 (red stars). Ctrl-C stops everything gracefully.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address every workload binds (use 0.0.0.0 to reach the page from other machines).
+    #[arg(long, env = "BOOKINFO_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// productpage port (0 picks a free port).
+    #[arg(long, env = "BOOKINFO_PRODUCTPAGE_PORT", default_value_t = bookinfo::DEFAULT_PRODUCTPAGE_PORT)]
+    productpage_port: u16,
+    /// details port.
+    #[arg(long, default_value_t = bookinfo::DEFAULT_DETAILS_PORT)]
+    details_port: u16,
+    /// reviews v1 port.
+    #[arg(long, default_value_t = bookinfo::DEFAULT_REVIEWS_V1_PORT)]
+    reviews_v1_port: u16,
+    /// reviews v2 port.
+    #[arg(long, default_value_t = bookinfo::DEFAULT_REVIEWS_V2_PORT)]
+    reviews_v2_port: u16,
+    /// reviews v3 port.
+    #[arg(long, default_value_t = bookinfo::DEFAULT_REVIEWS_V3_PORT)]
+    reviews_v3_port: u16,
+    /// ratings port.
+    #[arg(long, default_value_t = bookinfo::DEFAULT_RATINGS_PORT)]
+    ratings_port: u16,
+    /// ratings variant: v1, v-faulty, v-delayed, v-unavailable or v-unhealthy.
+    #[arg(long, default_value = "v1", value_parser = parse_variant)]
+    ratings_version: ratings::Variant,
+}
+
+fn parse_variant(s: &str) -> Result<ratings::Variant, String> {
+    ratings::Config::from_env(&[("SERVICE_VERSION", s)])
+        .map(|c| c.variant)
+        .map_err(|e| e.reason)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    mesh::logging::init();
+    let config = bookinfo::Config {
+        bind: cli.bind,
+        productpage_port: cli.productpage_port,
+        details_port: cli.details_port,
+        reviews_ports: [
+            cli.reviews_v1_port,
+            cli.reviews_v2_port,
+            cli.reviews_v3_port,
+        ],
+        ratings_port: cli.ratings_port,
+        ratings_variant: cli.ratings_version,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let running = match bookinfo::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let a = running.addrs;
+        println!("Bookinfo is running:");
+        println!("  productpage  http://{}", a.productpage);
+        println!("  details      http://{}", a.details);
+        println!("  reviews v1   http://{}", a.reviews[0]);
+        println!("  reviews v2   http://{}", a.reviews[1]);
+        println!("  reviews v3   http://{}", a.reviews[2]);
+        println!("  ratings      http://{}", a.ratings);
+        println!("Open {}  (Ctrl-C to stop)", a.page_url());
+        running.run_until(mesh::shutdown::signal()).await;
+        println!("Bookinfo stopped.");
+        ExitCode::SUCCESS
+    })
+}

@@ -66,6 +66,14 @@ impl Config {
     }
 }
 
+impl Default for Config {
+    /// Upstream's defaults: `details:9080`, `reviews:9080`, `ratings:9080`, no flooding.
+    fn default() -> Self {
+        let unset: [(&str, &str); 0] = [];
+        Self::from_env(&unset).expect("the defaults are valid")
+    }
+}
+
 /// What every handler needs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct State {

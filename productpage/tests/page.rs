@@ -48,8 +48,7 @@ impl Mesh {
                 details::app(details::Config::default()),
             ));
         }
-        let empty: [(&str, &str); 0] = [];
-        let config = productpage::Config::from_env(&empty).unwrap();
+        let config = productpage::Config::default();
         productpage::app(productpage::State::new(
             config,
             mesh::Client::in_process(backends),

@@ -130,19 +130,29 @@ impl Client {
                     url: url.to_owned(),
                     reason: e.to_string(),
                 })?;
-        let authority = match uri.authority() {
-            Some(a) if uri.scheme_str() == Some("http") => a.to_string(),
-            _ => {
-                return Err(OutboundError::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: "expected http://host:port/path".to_owned(),
-                });
-            }
-        };
         let mut request = Request::get(uri)
             .body(Body::empty())
             .expect("a parsed uri makes a valid request");
         *request.headers_mut() = headers;
+        self.send(request, timeout).await
+    }
+
+    /// Sends `request` (an absolute `http://` URI), the whole response due within `timeout`.
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, OutboundError> {
+        let uri = request.uri();
+        let authority = match uri.authority() {
+            Some(a) if uri.scheme_str() == Some("http") => a.to_string(),
+            _ => {
+                return Err(OutboundError::InvalidUrl {
+                    url: uri.to_string(),
+                    reason: "expected http://host:port/path".to_owned(),
+                });
+            }
+        };
         let call = async {
             let response = self.stack.clone().oneshot(request).await?;
             let (parts, body) = response.into_parts();
