@@ -23,14 +23,12 @@ impl Config {
     /// the Google Books lookup of upstream v2 needs internet access and is refused at start
     /// rather than silently ignored.
     pub fn from_env(vars: &impl Vars) -> Result<Self, VarError> {
-        if let Some(v) = vars.get("ENABLE_EXTERNAL_BOOK_SERVICE") {
-            if v == "true" {
-                return Err(VarError::new(
-                    "ENABLE_EXTERNAL_BOOK_SERVICE",
-                    &v,
-                    "the external book service (details v2) is not supported; unset it to serve details v1",
-                ));
-            }
+        if vars.get("ENABLE_EXTERNAL_BOOK_SERVICE").as_deref() == Some("true") {
+            return Err(VarError::new(
+                "ENABLE_EXTERNAL_BOOK_SERVICE",
+                "true",
+                "the external book service (details v2) is not supported; unset it to serve details v1",
+            ));
         }
         Ok(Self {})
     }

@@ -98,19 +98,19 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let logical = req.uri().authority().map(Authority::to_string);
-        if let Some(logical) = logical {
-            if let Some(addr) = self.endpoints.pick(&logical) {
-                if let Ok(host) = HeaderValue::from_str(&logical) {
-                    req.headers_mut().entry(header::HOST).or_insert(host);
-                }
-                let mut parts = req.uri().clone().into_parts();
-                parts.authority = Some(
-                    addr.to_string()
-                        .parse()
-                        .expect("a socket address is a valid authority"),
-                );
-                *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
+        if let Some(logical) = logical
+            && let Some(addr) = self.endpoints.pick(&logical)
+        {
+            if let Ok(host) = HeaderValue::from_str(&logical) {
+                req.headers_mut().entry(header::HOST).or_insert(host);
             }
+            let mut parts = req.uri().clone().into_parts();
+            parts.authority = Some(
+                addr.to_string()
+                    .parse()
+                    .expect("a socket address is a valid authority"),
+            );
+            *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
         }
         self.inner.call(req)
     }
