@@ -11,8 +11,18 @@ use http::StatusCode;
 async fn prints_the_page_url_serves_it_and_stops_on_ctrl_c() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
         .args([
-            "--productpage-port", "0", "--details-port", "0", "--reviews-v1-port", "0",
-            "--reviews-v2-port", "0", "--reviews-v3-port", "0", "--ratings-port", "0",
+            "--productpage-port",
+            "0",
+            "--details-port",
+            "0",
+            "--reviews-v1-port",
+            "0",
+            "--reviews-v2-port",
+            "0",
+            "--reviews-v3-port",
+            "0",
+            "--ratings-port",
+            "0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -25,21 +35,36 @@ async fn prints_the_page_url_serves_it_and_stops_on_ctrl_c() {
         let url = lines
             .by_ref()
             .map(Result::unwrap)
-            .find_map(|l| l.strip_prefix("Open ").map(|r| r.split_whitespace().next().unwrap().to_owned()))
+            .find_map(|l| {
+                l.strip_prefix("Open ")
+                    .map(|r| r.split_whitespace().next().unwrap().to_owned())
+            })
             .expect("the launcher prints the page URL");
         (url, lines)
     })
     .await
     .unwrap();
-    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/productpage"), "{url}");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/productpage"),
+        "{url}"
+    );
 
-    let page = mesh::Client::new().get(&url, Default::default(), Duration::from_secs(15)).await.unwrap();
+    let page = mesh::Client::new()
+        .get(&url, Default::default(), Duration::from_secs(15))
+        .await
+        .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert!(String::from_utf8_lossy(page.body()).contains("<title>Simple Bookstore App</title>"));
 
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status after Ctrl-C: {status}");
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(rest.iter().any(|l| l == "Bookinfo stopped."), "{rest:?}");
@@ -47,7 +72,10 @@ async fn prints_the_page_url_serves_it_and_stops_on_ctrl_c() {
 
 #[test]
 fn help_describes_the_options() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bookinfo")).arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in ["--bind", "--productpage-port", "--ratings-version"] {
@@ -57,7 +85,10 @@ fn help_describes_the_options() {
 
 #[test]
 fn a_bad_ratings_variant_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bookinfo")).args(["--ratings-version", "v9"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
+        .args(["--ratings-version", "v9"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("expected one of v1, v-faulty"), "{err}");
