@@ -1,21 +1,10 @@
-use std::process::ExitCode;
-
-use clap::Parser;
-use mesh::cli::ServeArgs;
-
-/// Bookinfo details: book details as JSON (upstream-compatible).
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match details::Config::from_env(&mesh::env::ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => return mesh::run::config_error("details", &e),
-    };
-    mesh::run::service("details", &cli.serve, |_client| details::app(config))
+fn main() -> std::process::ExitCode {
+    mesh::run::Service {
+        name: "details",
+        version: env!("CARGO_PKG_VERSION"),
+        about: "Bookinfo details: book details as JSON (upstream-compatible).",
+    }
+    .main(details::Config::from_env, |config, _client| {
+        details::app(config)
+    })
 }

@@ -26,30 +26,23 @@ pub const PRODUCTPAGE_FORWARDED: &[&str] = &[
     "jwt",
 ];
 
-/// Headers reviews (to ratings) and details (to its external book service) copy verbatim:
-/// productpage's list plus B3 and `end-user`.
-pub const BACKEND_FORWARDED: &[&str] = &[
-    "x-request-id",
-    "x-ot-span-context",
-    "x-datadog-trace-id",
-    "x-datadog-parent-id",
-    "x-datadog-sampling-priority",
-    "traceparent",
-    "tracestate",
-    "x-cloud-trace-context",
-    "grpc-trace-bin",
+/// What reviews (to ratings) and details (to its external book service) copy in addition to
+/// [`PRODUCTPAGE_FORWARDED`]: the raw B3 headers and `end-user`.
+pub const BACKEND_ALSO_FORWARDED: &[&str] = &[
     "x-b3-traceid",
     "x-b3-spanid",
     "x-b3-parentspanid",
     "x-b3-sampled",
     "x-b3-flags",
-    "sw8",
     "end-user",
-    "user-agent",
-    "cookie",
-    "authorization",
-    "jwt",
 ];
+
+/// The headers reviews and details forward: productpage's list plus B3 and `end-user`.
+pub fn backend_forwarded(incoming: &HeaderMap) -> HeaderMap {
+    let mut out = forwarded(incoming, PRODUCTPAGE_FORWARDED);
+    out.extend(forwarded(incoming, BACKEND_ALSO_FORWARDED));
+    out
+}
 
 /// The headers of `incoming` named in `allowed`, every value kept, in list order.
 pub fn forwarded(incoming: &HeaderMap, allowed: &[&'static str]) -> HeaderMap {
@@ -175,8 +168,10 @@ mod tests {
         assert!(out.get("x-b3-traceid").is_none());
         assert!(out.get("x-secret").is_none());
 
-        let out = forwarded(&incoming, BACKEND_FORWARDED);
+        let out = backend_forwarded(&incoming);
         assert_eq!(out["end-user"], "mallory");
+        assert_eq!(out.get_all("cookie").iter().count(), 2);
+        assert_eq!(out["sw8"], "1-xyz");
         assert_eq!(out["x-b3-traceid"], "463ac35c9f6413ad48485a3953bb6124");
     }
 

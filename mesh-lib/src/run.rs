@@ -1,44 +1,72 @@
-//! What a service binary's `main` does: logging, runtime, bind, serve until a signal.
+//! What a service binary's `main` does: parse the command line, read the configuration,
+//! start logging and the runtime, bind, and serve until a signal.
 
+use std::fmt::Display;
 use std::process::ExitCode;
 
 use axum::Router;
+use clap::{Args, Command, FromArgMatches};
 
 use crate::cli::ServeArgs;
+use crate::env::ProcessEnv;
 use crate::{Client, Server};
 
 /// Exit code for a configuration the process cannot start with (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
 
-/// Runs one service: builds its router with a fresh outbound [`Client`], serves it on
-/// `args.addr()` and returns when the process is asked to stop.
-pub fn service(name: &str, args: &ServeArgs, make_app: impl FnOnce(Client) -> Router) -> ExitCode {
-    crate::logging::init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{name}: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let server = match Server::bind(name, args.addr()).await {
+/// One service binary, described for `--help`.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    /// The workload name, used in logs and errors.
+    pub name: &'static str,
+    /// The binary's version, for `--version`.
+    pub version: &'static str,
+    /// What `--help` says the binary is.
+    pub about: &'static str,
+}
+
+impl Service {
+    /// Runs the service: `config` reads the environment, `app` builds the router from it and
+    /// a fresh outbound [`Client`]. Returns when the process is asked to stop.
+    pub fn main<C, E: Display>(
+        self,
+        config: impl FnOnce(&ProcessEnv) -> Result<C, E>,
+        app: impl FnOnce(C, Client) -> Router,
+    ) -> ExitCode {
+        let command = Command::new(self.name)
+            .version(self.version)
+            .about(self.about);
+        let matches = ServeArgs::augment_args(command).get_matches();
+        let args = ServeArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let config = match config(&ProcessEnv) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{}: invalid configuration: {e}", self.name);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        crate::logging::init();
+        let runtime = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("{}: cannot start the async runtime: {e}", self.name);
+                return ExitCode::FAILURE;
+            }
+        };
+        runtime.block_on(self.serve(&args, app(config, Client::new())))
+    }
+
+    async fn serve(self, args: &ServeArgs, app: Router) -> ExitCode {
+        let server = match Server::bind(self.name, args.addr()).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let app = make_app(Client::new());
-        tracing::info!("{name} listening on http://{}", server.local_addr());
+        tracing::info!("{} listening on http://{}", self.name, server.local_addr());
         server.serve(app, crate::shutdown::signal()).await;
-        tracing::info!("{name} stopped");
+        tracing::info!("{} stopped", self.name);
         ExitCode::SUCCESS
-    })
-}
-
-/// Prints a configuration error the way every binary does and returns [`EXIT_CONFIG`].
-pub fn config_error(name: &str, error: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("{name}: invalid configuration: {error}");
-    ExitCode::from(EXIT_CONFIG)
+    }
 }

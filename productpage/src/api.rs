@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::backends::{self, Fetched, outbound_headers};
+use crate::backends::{self, Backend, outbound_headers};
 use crate::pages::PRODUCT;
 use crate::{Session, State, pyjson};
 
@@ -20,43 +20,49 @@ pub(crate) async fn products() -> Response {
 }
 
 pub(crate) async fn product_details(
-    AxumState(state): AxumState<State>,
+    state: AxumState<State>,
     session: Session,
-    OriginalUri(uri): OriginalUri,
+    uri: OriginalUri,
     headers: HeaderMap,
 ) -> Response {
-    let headers = outbound_headers(&headers, &session);
-    reply(backends::details(&state, raw_id(uri.path()), &headers).await)
+    proxy(Backend::Details, state, session, uri, headers).await
 }
 
 pub(crate) async fn product_reviews(
-    AxumState(state): AxumState<State>,
+    state: AxumState<State>,
     session: Session,
-    OriginalUri(uri): OriginalUri,
+    uri: OriginalUri,
     headers: HeaderMap,
 ) -> Response {
-    let headers = outbound_headers(&headers, &session);
-    reply(backends::reviews(&state, raw_id(uri.path()), &headers).await)
+    proxy(Backend::Reviews, state, session, uri, headers).await
 }
 
 pub(crate) async fn product_ratings(
+    state: AxumState<State>,
+    session: Session,
+    uri: OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    proxy(Backend::Ratings, state, session, uri, headers).await
+}
+
+/// Calls `backend` for the product in the path and answers with its JSON and status.
+async fn proxy(
+    backend: Backend,
     AxumState(state): AxumState<State>,
     session: Session,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
 ) -> Response {
     let headers = outbound_headers(&headers, &session);
-    reply(backends::ratings(&state, raw_id(uri.path()), &headers).await)
+    let fetched = backends::fetch(&state, backend, raw_id(uri.path()), &headers).await;
+    json(fetched.status, &fetched.body)
 }
 
 /// The `<id>` segment exactly as received (still percent-encoded), passed through to the
 /// backend as upstream does.
 fn raw_id(path: &str) -> &str {
     path.split('/').nth(4).unwrap_or("")
-}
-
-fn reply(fetched: Fetched) -> Response {
-    json(fetched.status, &fetched.body)
 }
 
 fn json(status: StatusCode, value: &Value) -> Response {

@@ -44,51 +44,62 @@ pub(crate) fn outbound_headers(incoming: &HeaderMap, session: &Session) -> Heade
     headers
 }
 
-pub(crate) async fn details(state: &State, id: &str, headers: &HeaderMap) -> Fetched {
-    let url = format!("{}/details/{id}", state.config.details_url);
-    fetch(
-        state,
-        "details",
-        &url,
-        headers,
-        DETAILS_TIMEOUT,
-        1,
-        DETAILS_UNAVAILABLE,
-    )
-    .await
+/// The three services productpage calls, with upstream's timeout, attempts and error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Details,
+    Reviews,
+    Ratings,
 }
 
-pub(crate) async fn reviews(state: &State, id: &str, headers: &HeaderMap) -> Fetched {
-    let url = format!("{}/reviews/{id}", state.config.reviews_url);
-    fetch(
-        state,
-        "reviews",
-        &url,
-        headers,
-        REVIEWS_TIMEOUT,
-        REVIEWS_ATTEMPTS,
-        REVIEWS_UNAVAILABLE,
-    )
-    .await
-}
+impl Backend {
+    fn app(self) -> &'static str {
+        match self {
+            Self::Details => "details",
+            Self::Reviews => "reviews",
+            Self::Ratings => "ratings",
+        }
+    }
 
-pub(crate) async fn ratings(state: &State, id: &str, headers: &HeaderMap) -> Fetched {
-    let url = format!("{}/ratings/{id}", state.config.ratings_url);
-    fetch(
-        state,
-        "ratings",
-        &url,
-        headers,
-        RATINGS_TIMEOUT,
-        1,
-        RATINGS_UNAVAILABLE,
-    )
-    .await
+    fn base_url(self, state: &State) -> &str {
+        match self {
+            Self::Details => &state.config.details_url,
+            Self::Reviews => &state.config.reviews_url,
+            Self::Ratings => &state.config.ratings_url,
+        }
+    }
+
+    fn timeout(self) -> Duration {
+        match self {
+            Self::Details => DETAILS_TIMEOUT,
+            Self::Reviews => REVIEWS_TIMEOUT,
+            Self::Ratings => RATINGS_TIMEOUT,
+        }
+    }
+
+    fn attempts(self) -> u32 {
+        match self {
+            Self::Reviews => REVIEWS_ATTEMPTS,
+            Self::Details | Self::Ratings => 1,
+        }
+    }
+
+    fn unavailable(self) -> &'static str {
+        match self {
+            Self::Details => DETAILS_UNAVAILABLE,
+            Self::Reviews => REVIEWS_UNAVAILABLE,
+            Self::Ratings => RATINGS_UNAVAILABLE,
+        }
+    }
+
+    fn url(self, state: &State, id: &str) -> String {
+        format!("{}/{}/{id}", self.base_url(state), self.app())
+    }
 }
 
 /// `FLOOD_FACTOR` extra reviews calls, one after another, answers discarded and not counted.
 pub(crate) async fn flood(state: &State, id: &str, headers: &HeaderMap) {
-    let url = format!("{}/reviews/{id}", state.config.reviews_url);
+    let url = Backend::Reviews.url(state, id);
     for _ in 0..state.config.flood_factor {
         let _ = state
             .client
@@ -97,20 +108,23 @@ pub(crate) async fn flood(state: &State, id: &str, headers: &HeaderMap) {
     }
 }
 
-/// Up to `attempts` GETs, each due within `timeout`; any non-200 or error is retried. The
-/// status of the last attempt is reported, 500 when it had no response at all.
-async fn fetch(
+/// Up to the backend's number of attempts, each due within its timeout; any non-200 or error
+/// is retried. The status of the last attempt is reported, 500 when it had no response.
+pub(crate) async fn fetch(
     state: &State,
-    app: &'static str,
-    url: &str,
+    backend: Backend,
+    id: &str,
     headers: &HeaderMap,
-    timeout: Duration,
-    attempts: u32,
-    unavailable: &str,
 ) -> Fetched {
+    let app = backend.app();
+    let url = backend.url(state, id);
     let mut status = StatusCode::INTERNAL_SERVER_ERROR;
-    for attempt in 1..=attempts {
-        match state.client.get(url, headers.clone(), timeout).await {
+    for attempt in 1..=backend.attempts() {
+        match state
+            .client
+            .get(&url, headers.clone(), backend.timeout())
+            .await
+        {
             Ok(response) if response.status() == StatusCode::OK => {
                 match serde_json::from_slice::<Value>(response.body()) {
                     Ok(body) => {
@@ -141,7 +155,7 @@ async fn fetch(
     state.metrics.record(app, status);
     Fetched {
         status,
-        body: json!({"error": unavailable}),
+        body: json!({"error": backend.unavailable()}),
         ok: false,
     }
 }

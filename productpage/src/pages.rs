@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::Value;
 
-use crate::backends::{self, Fetched, outbound_headers};
+use crate::backends::{self, Backend, Fetched, outbound_headers};
 use crate::{Session, State};
 
 /// The one product of the store (upstream shows only product 0).
@@ -75,9 +75,9 @@ pub(crate) async fn product_page(
 ) -> Response {
     let headers = outbound_headers(&headers, &session);
     let id = PRODUCT.id.to_string();
-    let details = backends::details(&state, &id, &headers).await;
+    let details = backends::fetch(&state, Backend::Details, &id, &headers).await;
     backends::flood(&state, &id, &headers).await;
-    let reviews = backends::reviews(&state, &id, &headers).await;
+    let reviews = backends::fetch(&state, Backend::Reviews, &id, &headers).await;
     let (details, details_error) = split(details, book_details);
     let (reviews, reviews_error) = split(reviews, reviews_view);
     let page = ProductPage {

@@ -17,7 +17,7 @@ use axum::routing::get;
 use serde_json::Value;
 
 use mesh::env::{VarError, Vars};
-use mesh::propagation::{BACKEND_FORWARDED, forwarded};
+use mesh::propagation::backend_forwarded;
 
 /// reviews → ratings timeout when the stars are black (v2).
 pub const BLACK_STARS_RATINGS_TIMEOUT: Duration = Duration::from_millis(10_000);
@@ -175,7 +175,7 @@ async fn reviews(
 /// The stars of Reviewer1 and Reviewer2, `None` where ratings could not say.
 async fn fetch_ratings(state: &State, product_id: i32, incoming: &HeaderMap) -> [Option<i64>; 2] {
     let url = format!("{}/ratings/{product_id}", state.config.ratings_url);
-    let mut headers = forwarded(incoming, BACKEND_FORWARDED);
+    let mut headers = backend_forwarded(incoming);
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     let response = match state
         .client
