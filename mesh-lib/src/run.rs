@@ -33,10 +33,10 @@ impl Service {
         config: impl FnOnce(&ProcessEnv) -> Result<C, E>,
         app: impl FnOnce(C, Client) -> Router,
     ) -> ExitCode {
-        let command = Command::new(self.name)
+        let command = ServeArgs::augment_args(Command::new(self.name))
             .version(self.version)
             .about(self.about);
-        let matches = ServeArgs::augment_args(command).get_matches();
+        let matches = command.get_matches();
         let args = ServeArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let config = match config(&ProcessEnv) {
             Ok(c) => c,
