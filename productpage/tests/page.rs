@@ -484,3 +484,42 @@ async fn the_page_loads_nothing_from_the_internet() {
         );
     }
 }
+
+#[tokio::test]
+async fn flood_factor_makes_that_many_extra_reviews_calls_per_page() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let reviews = reviews::app(reviews::State {
+        config: reviews::Config::version("v1", "http://ratings:9080"),
+        client: mesh::Client::in_process([]),
+    })
+    .layer(axum::middleware::map_request(
+        move |req: axum::extract::Request| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                req
+            }
+        },
+    ));
+    let client = mesh::Client::in_process([
+        ("reviews:9080".to_owned(), reviews),
+        (
+            "details:9080".to_owned(),
+            details::app(details::Config::default()),
+        ),
+    ]);
+    let config = productpage::Config::from_env(&[("FLOOD_FACTOR", "3")]).unwrap();
+    let app = productpage::app(productpage::State::new(config, client));
+    let page = get(&app, "/productpage").await;
+    assert!(page.body.contains("Book Reviews"));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let metrics = get(&app, "/metrics").await.body;
+    assert!(
+        metrics
+            .contains(r#"request_result_total{destination_app="reviews",response_code="200"} 1"#),
+        "flood calls are not counted: {metrics}"
+    );
+}
