@@ -3,6 +3,7 @@
 
 use std::fmt::Display;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use axum::Router;
 use clap::{Args, Command, FromArgMatches};
@@ -13,6 +14,37 @@ use crate::{Client, Server};
 
 /// Exit code for a configuration the process cannot start with (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
+
+/// How long `--health-check` waits for `/health`.
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--health-check`: 0 when the local service answers `GET /health` with 200.
+fn health_check(name: &str, args: &ServeArgs) -> ExitCode {
+    let url = format!("http://{}/health", args.probe_addr());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result =
+        runtime.block_on(Client::new().get(&url, Default::default(), HEALTH_CHECK_TIMEOUT));
+    match result {
+        Ok(response) if response.status() == http::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("{name}: {url} answered {}", response.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{name}: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// One service binary, described for `--help`.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +70,9 @@ impl Service {
             .about(self.about);
         let matches = command.get_matches();
         let args = ServeArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if args.health_check {
+            return health_check(self.name, &args);
+        }
         let config = match config(&ProcessEnv) {
             Ok(c) => c,
             Err(e) => {

@@ -1,5 +1,8 @@
 //! Per-request endpoint choice for logical backend names.
 //!
+//! Names in the [`Endpoints`] table (the in-process launcher's) are chosen from it; other
+//! names with several DNS addresses are spread by [`DnsSpread`].
+//!
 //! A Kubernetes Service without routing rules spreads requests over its pods; refreshing the
 //! Bookinfo page therefore cycles through reviews v1, v2 and v3. This layer does the same for
 //! names it has a table for: each request to `reviews:9080` goes to the next address in
@@ -7,7 +10,9 @@
 //! connection pool because the choice is per request, never per connection.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -15,6 +20,8 @@ use std::task::{Context, Poll};
 use http::uri::Authority;
 use http::{HeaderValue, Request, Uri, header};
 use tower::{Layer, Service};
+
+use super::dns::DnsSpread;
 
 /// The addresses behind each logical `host:port`.
 #[derive(Debug, Default)]
@@ -59,11 +66,16 @@ impl Endpoints {
 #[derive(Debug, Clone)]
 pub struct BalanceLayer {
     endpoints: Arc<Endpoints>,
+    dns: DnsSpread,
 }
 
 impl BalanceLayer {
     pub fn new(endpoints: Arc<Endpoints>) -> Self {
-        Self { endpoints }
+        Self::with_dns(endpoints, DnsSpread::default())
+    }
+
+    pub fn with_dns(endpoints: Arc<Endpoints>, dns: DnsSpread) -> Self {
+        Self { endpoints, dns }
     }
 }
 
@@ -73,6 +85,7 @@ impl<S> Layer<S> for BalanceLayer {
         Balance {
             inner,
             endpoints: self.endpoints.clone(),
+            dns: self.dns.clone(),
         }
     }
 }
@@ -82,38 +95,56 @@ impl<S> Layer<S> for BalanceLayer {
 pub struct Balance<S> {
     inner: S,
     endpoints: Arc<Endpoints>,
+    dns: DnsSpread,
 }
 
 impl<S, B> Service<Request<B>> for Balance<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let logical = req.uri().authority().map(Authority::to_string);
-        if let Some(logical) = logical
-            && let Some(addr) = self.endpoints.pick(&logical)
-        {
-            if let Ok(host) = HeaderValue::from_str(&logical) {
-                req.headers_mut().entry(header::HOST).or_insert(host);
+        // The clone is not ready; the driven (ready) service goes into the future.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let endpoints = self.endpoints.clone();
+        let dns = self.dns.clone();
+        Box::pin(async move {
+            if let Some(logical) = req.uri().authority().map(Authority::to_string) {
+                let chosen = match endpoints.pick(&logical) {
+                    Some(addr) => Some(addr),
+                    None => dns.pick(&logical).await,
+                };
+                if let Some(addr) = chosen {
+                    route_to(&mut req, &logical, addr);
+                }
             }
-            let mut parts = req.uri().clone().into_parts();
-            parts.authority = Some(
-                addr.to_string()
-                    .parse()
-                    .expect("a socket address is a valid authority"),
-            );
-            *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
-        }
-        self.inner.call(req)
+            inner.call(req).await
+        })
     }
+}
+
+/// Sends `req` to `addr` while `Host` keeps the logical name.
+fn route_to<B>(req: &mut Request<B>, logical: &str, addr: SocketAddr) {
+    if let Ok(host) = HeaderValue::from_str(logical) {
+        req.headers_mut().entry(header::HOST).or_insert(host);
+    }
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(
+        addr.to_string()
+            .parse()
+            .expect("a socket address is a valid authority"),
+    );
+    *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
 }
 
 #[cfg(test)]

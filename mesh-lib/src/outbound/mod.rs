@@ -1,11 +1,12 @@
 //! The outbound client every service calls its backends through.
 //!
 //! The stack, in data-path order (built in [`Client::builder`]'s `build`):
-//! per-call deadline → endpoint choice ([`balance`]) → pooled HTTP/1.1 connection
+//! per-call deadline → endpoint choice ([`balance`], [`dns`]) → pooled HTTP/1.1 connection
 //! (TCP_NODELAY). Routing, retries and mTLS slot in between as tower layers later; service
 //! code only ever sees [`Client::get`].
 
 pub mod balance;
+pub mod dns;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,64 @@
+//! The ratings binary's `--health-check`, which container health checks run (no shell or curl
+//! in a FROM-scratch image). Every service binary shares it through mesh-lib.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn health_check(port: u16) -> ExitStatus {
+    Command::new(env!("CARGO_BIN_EXE_ratings"))
+        .args([&port.to_string(), "--health-check"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn health_check_succeeds_only_while_the_service_answers() {
+    let port = free_port();
+    assert!(!health_check(port).success(), "nothing listens yet");
+    let server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_ratings"))
+            .args([&port.to_string(), "--bind", "127.0.0.1"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Readiness is what is being tested: poll it, with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !health_check(port).success() {
+        assert!(Instant::now() < deadline, "ratings never became healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(server);
+    assert!(!health_check(port).success(), "the service is gone");
+}
+
+#[test]
+fn an_unsupported_variant_is_a_configuration_error_with_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ratings"))
+        .env("SERVICE_VERSION", "v2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("database-backed ratings (v2) are not supported")
+    );
+}

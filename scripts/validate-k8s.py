@@ -1,0 +1,731 @@
+#!/usr/bin/env python3
+"""Validate the Kubernetes manifests in k8s/ (and k8s/monitoring/) without a cluster.
+
+Checks, one output line per group:
+  files       the file names the tutorial applies exist; each app file holds its one resource;
+              no kustomization.yaml in monitoring/; namespace.yaml sorts first there
+  parse       every YAML document loads and names apiVersion, kind, metadata.name; no duplicates
+  schema      core Kubernetes kinds against the Kubernetes OpenAPI schemas bundled with the
+              kubernetes-validate package, strict mode (unknown fields are errors)
+  istio       Gateway/VirtualService in gateway.yaml (no bundled schema: explicit checks)
+  kustomize   kustomization.yaml lists exactly the 14 app files, all present, no duplicates
+  compose     Deployments agree with docker-compose.yml (image, env, port, health checks)
+  contract    Services, Deployments and ServiceAccounts of the app follow the Bookinfo contract;
+              every container of every Deployment has probes, requests and runAsNonRoot;
+              references (selectors, service accounts, config maps, role bindings) resolve
+  monitoring  Prometheus, Jaeger and Kiali in istio-system are wired together
+
+Ends with `k8s: <n> passed, <m> failed` and exits 1 when anything failed.
+Needs PyYAML and kubernetes-validate (`pip install kubernetes-validate`); no cluster, no kubectl.
+
+Usage: scripts/validate-k8s.py [--root DIR] [--k8s-version 1.32] [-v]
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover
+    sys.exit("validate-k8s: PyYAML is missing: pip install kubernetes-validate (pulls it in)")
+
+K8S_VERSION = "1.32"
+
+# The files the tutorial applies one by one, in this order, and what each must hold.
+APP_FILES = {
+    "serviceAccountBookDetail.yaml": ("ServiceAccount", "bookinfo-details"),
+    "serviceAccountRating.yaml": ("ServiceAccount", "bookinfo-ratings"),
+    "serviceAccountReviews.yaml": ("ServiceAccount", "bookinfo-reviews"),
+    "serviceAccountProductPage.yaml": ("ServiceAccount", "bookinfo-productpage"),
+    "serviceBookDetail.yaml": ("Service", "details"),
+    "serviceRating.yaml": ("Service", "ratings"),
+    "serviceReviews.yaml": ("Service", "reviews"),
+    "serviceProduct.yaml": ("Service", "productpage"),
+    "deploymentBookDetail.yaml": ("Deployment", "details-v1"),
+    "deploymentRating.yaml": ("Deployment", "ratings-v1"),
+    "deploymentReviews.yaml": ("Deployment", "reviews-v1"),
+    "deploymentReviewsV2.yaml": ("Deployment", "reviews-v2"),
+    "deploymentReviewsV3.yaml": ("Deployment", "reviews-v3"),
+    "deploymentProductPage.yaml": ("Deployment", "productpage-v1"),
+}
+APPS = ["details", "ratings", "reviews", "productpage"]
+APP_PORT = 9080
+# docker-compose service -> Deployment.
+COMPOSE_TO_DEPLOYMENT = {
+    "details": "details-v1",
+    "ratings": "ratings-v1",
+    "reviews-v1": "reviews-v1",
+    "reviews-v2": "reviews-v2",
+    "reviews-v3": "reviews-v3",
+    "productpage": "productpage-v1",
+}
+ISTIO_NS = "istio-system"
+READ_VERBS = {"get", "list", "watch"}
+
+
+class Group:
+    """One check group: counts passes, collects failure messages."""
+
+    def __init__(self, name):
+        self.name = name
+        self.passed = 0
+        self.failures = []
+
+    def check(self, ok, message):
+        if ok:
+            self.passed += 1
+        else:
+            self.failures.append(message)
+        return bool(ok)
+
+    def fail(self, message):
+        return self.check(False, message)
+
+
+class Doc:
+    def __init__(self, path, rel, index, data):
+        self.path = path
+        self.rel = rel
+        self.index = index
+        self.data = data
+
+    @property
+    def kind(self):
+        return self.data.get("kind", "?")
+
+    @property
+    def meta(self):
+        m = self.data.get("metadata")
+        return m if isinstance(m, dict) else {}
+
+    @property
+    def name(self):
+        return self.meta.get("name", "?")
+
+    @property
+    def namespace(self):
+        return self.meta.get("namespace")
+
+    def where(self):
+        return "%s: %s/%s" % (self.rel, self.kind, self.name)
+
+
+def dig(data, *keys, default=None):
+    for key in keys:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and -len(data) <= key < len(data):
+            data = data[key]
+        else:
+            return default
+    return data
+
+
+def as_str(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_docs(root, g_files, g_parse):
+    k8s = root / "k8s"
+    mon = k8s / "monitoring"
+    g_files.check(k8s.is_dir(), "%s: directory missing" % k8s)
+    for name in list(APP_FILES) + ["gateway.yaml", "kustomization.yaml", "README.md"]:
+        g_files.check((k8s / name).is_file(), "k8s/%s: file missing" % name)
+    g_files.check(mon.is_dir(), "k8s/monitoring: directory missing")
+    mon_files = sorted(p.name for p in mon.glob("*.y*ml")) if mon.is_dir() else []
+    g_files.check(
+        "kustomization.yaml" not in mon_files and "kustomization.yml" not in mon_files,
+        "k8s/monitoring/kustomization.yaml: must not exist (`kubectl apply -f monitoring` "
+        "would try to apply it as a resource)",
+    )
+    g_files.check(
+        bool(mon_files) and mon_files[0] == "namespace.yaml",
+        "k8s/monitoring: namespace.yaml must exist and sort first (kubectl applies the "
+        "directory in name order), found %s" % mon_files,
+    )
+
+    paths = sorted(k8s.glob("*.yaml")) + sorted(mon.glob("*.yaml"))
+    for p in sorted(k8s.glob("*.yml")) + sorted(mon.glob("*.yml")):
+        g_files.fail("%s: use the .yaml extension" % p.relative_to(root))
+    docs, kustomization = [], None
+    for path in paths:
+        rel = str(path.relative_to(root))
+        try:
+            loaded = list(yaml.safe_load_all(path.read_text()))
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+            g_parse.fail("%s: cannot parse YAML: %s" % (rel, str(e).replace("\n", " ")))
+            continue
+        loaded = [d for d in loaded if d is not None]
+        g_parse.check(loaded, "%s: no YAML document" % rel)
+        for i, data in enumerate(loaded):
+            if not g_parse.check(isinstance(data, dict), "%s: document %d is not a mapping" % (rel, i)):
+                continue
+            if path.name == "kustomization.yaml" and path.parent == k8s:
+                kustomization = Doc(path, rel, i, data)
+                continue
+            ok = g_parse.check(
+                isinstance(data.get("apiVersion"), str) and isinstance(data.get("kind"), str),
+                "%s: document %d lacks apiVersion or kind" % (rel, i),
+            )
+            ok = g_parse.check(
+                isinstance(dig(data, "metadata", "name"), str),
+                "%s: document %d (%s) lacks metadata.name" % (rel, i, data.get("kind")),
+            ) and ok
+            if ok:
+                docs.append(Doc(path, rel, i, data))
+    seen = {}
+    for d in docs:
+        key = (d.data["apiVersion"].split("/")[0] if "/" in d.data["apiVersion"] else "",
+               d.kind, d.namespace, d.name)
+        g_parse.check(key not in seen, "%s: duplicate of the resource in %s" % (
+            d.where(), seen.get(key)))
+        seen.setdefault(key, d.rel)
+    return docs, kustomization
+
+
+def is_istio(doc):
+    return doc.data.get("apiVersion", "").split("/")[0].endswith("istio.io")
+
+
+# ---------------------------------------------------------------------------------------------
+# schema
+
+
+def check_schema(docs, g, wanted_version):
+    try:
+        import kubernetes_validate as kv
+        from kubernetes_validate.utils import VersionNotSupportedError
+    except ImportError:
+        g.fail("kubernetes_validate is not installed: pip install kubernetes-validate")
+        return None
+    version = wanted_version
+    try:
+        kv.validate({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}},
+                    version, strict=True)
+    except VersionNotSupportedError:
+        version = kv.latest_version()
+    used = None
+    for d in docs:
+        if is_istio(d):
+            continue
+        try:
+            used = kv.validate(d.data, version, strict=True)
+            g.check(True, "")
+        except kv.ValidationError as e:
+            path = ".".join(str(p) for p in e.path) or "(top level)"
+            g.fail("%s: schema (Kubernetes %s): %s: %s" % (d.where(), e.version, path, e.message))
+        except kv.SchemaNotFoundError:
+            g.fail("%s: no Kubernetes %s schema for %s %s (unknown kind or apiVersion)" % (
+                d.where(), version, d.data.get("apiVersion"), d.kind))
+        except Exception as e:  # a broken schema or document: report, keep going
+            g.fail("%s: could not be validated: %s" % (d.where(), e))
+    return "%s (kubernetes-validate %s)" % (used or version, getattr(kv, "__version__", "?"))
+
+
+# ---------------------------------------------------------------------------------------------
+# istio
+
+
+def check_keys(g, where, obj, allowed, path):
+    if not g.check(isinstance(obj, dict), "%s: %s must be a mapping" % (where, path)):
+        return False
+    extra = sorted(set(obj) - set(allowed))
+    return g.check(not extra, "%s: %s has unknown field(s) %s" % (where, path, extra))
+
+
+def check_istio(docs, g):
+    istio = [d for d in docs if is_istio(d)]
+    for d in istio:
+        g.check(d.rel == "k8s/gateway.yaml", "%s: Istio resources belong in k8s/gateway.yaml" % d.where())
+        g.check(d.data.get("apiVersion") == "networking.istio.io/v1",
+                "%s: apiVersion must be networking.istio.io/v1, is %r" % (d.where(), d.data.get("apiVersion")))
+        g.check(d.kind in ("Gateway", "VirtualService"), "%s: unexpected Istio kind" % d.where())
+        check_keys(g, d.where(), d.data, ["apiVersion", "kind", "metadata", "spec"], "top level")
+        g.check(d.namespace is None, "%s: must not set metadata.namespace" % d.where())
+    gws = [d for d in istio if d.kind == "Gateway"]
+    vss = [d for d in istio if d.kind == "VirtualService"]
+    if g.check(len(gws) == 1 and gws[0].name == "bookinfo-gateway",
+               "k8s/gateway.yaml: expected exactly one Gateway bookinfo-gateway, found %s" % [d.name for d in gws]):
+        d = gws[0]
+        w, spec = d.where(), d.data.get("spec")
+        if check_keys(g, w, spec, ["selector", "servers"], "spec"):
+            g.check(spec.get("selector") == {"istio": "ingressgateway"},
+                    "%s: spec.selector must be {istio: ingressgateway}, is %r" % (w, spec.get("selector")))
+            servers = spec.get("servers")
+            if g.check(isinstance(servers, list) and len(servers) == 1,
+                       "%s: spec.servers must hold exactly one server" % w):
+                s = servers[0]
+                if check_keys(g, w, s, ["port", "hosts"], "spec.servers[0]"):
+                    port = s.get("port")
+                    if check_keys(g, w, port, ["number", "name", "protocol"], "spec.servers[0].port"):
+                        g.check(port.get("number") == 8080,
+                                "%s: server port number must be 8080 (the ingress Service maps 80 -> 8080), is %r"
+                                % (w, port.get("number")))
+                        g.check(port.get("name") == "http", "%s: server port name must be http" % w)
+                        g.check(port.get("protocol") == "HTTP", "%s: server port protocol must be HTTP" % w)
+                    g.check(s.get("hosts") == ["*"], "%s: server hosts must be [\"*\"], is %r" % (w, s.get("hosts")))
+    if g.check(len(vss) == 1 and vss[0].name == "bookinfo",
+               "k8s/gateway.yaml: expected exactly one VirtualService bookinfo, found %s" % [d.name for d in vss]):
+        d = vss[0]
+        w, spec = d.where(), d.data.get("spec")
+        if check_keys(g, w, spec, ["hosts", "gateways", "http"], "spec"):
+            g.check(spec.get("hosts") == ["*"], "%s: spec.hosts must be [\"*\"], is %r" % (w, spec.get("hosts")))
+            g.check(spec.get("gateways") == ["bookinfo-gateway"],
+                    "%s: spec.gateways must be [bookinfo-gateway], is %r" % (w, spec.get("gateways")))
+            http = spec.get("http")
+            if g.check(isinstance(http, list) and len(http) == 1, "%s: spec.http must hold one rule" % w):
+                rule = http[0]
+                if check_keys(g, w, rule, ["match", "route"], "spec.http[0]"):
+                    want = [{"uri": {"exact": "/productpage"}}, {"uri": {"prefix": "/static"}},
+                            {"uri": {"exact": "/login"}}, {"uri": {"exact": "/logout"}},
+                            {"uri": {"prefix": "/api/v1/products"}}]
+                    g.check(rule.get("match") == want,
+                            "%s: spec.http[0].match must be %r, is %r" % (w, want, rule.get("match")))
+                    route = rule.get("route")
+                    want_route = [{"destination": {"host": "productpage", "port": {"number": APP_PORT}}}]
+                    g.check(route == want_route,
+                            "%s: spec.http[0].route must be %r, is %r" % (w, want_route, route))
+
+
+# ---------------------------------------------------------------------------------------------
+# kustomization
+
+
+def check_kustomization(root, kust, g):
+    if not g.check(kust is not None, "k8s/kustomization.yaml: missing or unparsable"):
+        return
+    w, data = kust.rel, kust.data
+    g.check(data.get("apiVersion") == "kustomize.config.k8s.io/v1beta1",
+            "%s: apiVersion must be kustomize.config.k8s.io/v1beta1" % w)
+    g.check(data.get("kind") == "Kustomization", "%s: kind must be Kustomization" % w)
+    extra = sorted(set(data) - {"apiVersion", "kind", "resources"})
+    g.check(not extra, "%s: unexpected field(s) %s" % (w, extra))
+    res = data.get("resources")
+    if not g.check(isinstance(res, list) and all(isinstance(r, str) for r in res),
+                   "%s: resources must be a list of file names" % w):
+        return
+    dups = sorted({r for r in res if res.count(r) > 1})
+    g.check(not dups, "%s: duplicate resources %s" % (w, dups))
+    missing = sorted(set(APP_FILES) - set(res))
+    g.check(not missing, "%s: resources lack %s" % (w, missing))
+    extra = sorted(set(res) - set(APP_FILES))
+    g.check(not extra, "%s: resources must list only the 14 app files, also lists %s "
+                       "(gateway.yaml and monitoring/ need Istio CRDs / istio-system)" % (w, extra))
+    for r in res:
+        g.check((root / "k8s" / r).is_file(), "%s: resource %s does not exist" % (w, r))
+    stray = sorted(p.name for p in (root / "k8s").glob("*.yaml")
+                   if p.name not in APP_FILES and p.name not in ("gateway.yaml", "kustomization.yaml"))
+    g.check(not stray, "k8s/: files %s are neither app files nor gateway.yaml" % stray)
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose
+
+
+COMPOSE_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(value):
+    """Resolve Compose `${VAR:-default}`-style interpolation with the defaults only (the
+    caller's environment is ignored so the result is deterministic); `$$` is a literal `$`."""
+    if isinstance(value, dict):
+        return {k: interpolate(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m):
+        if m.group(0) == "$$":
+            return "$"
+        op, default = m.group(2), m.group(3)
+        return default if op in (":-", "-") else ""
+
+    return COMPOSE_VAR.sub(sub, value)
+
+
+def compose_env(service):
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        out = {}
+        for item in env:
+            key, _, value = str(item).partition("=")
+            out[key] = value
+        return out
+    return {str(k): as_str(v) for k, v in env.items()}
+
+
+def compose_published(service):
+    out = set()
+    for p in service.get("ports") or []:
+        if isinstance(p, dict):
+            out.add((as_str(p.get("published")), as_str(p.get("target"))))
+        else:
+            parts = str(p).split("/")[0].split(":")
+            if len(parts) >= 2:
+                out.add((parts[-2], parts[-1]))
+    return out
+
+
+def container_of(doc, name=None):
+    containers = dig(doc.data, "spec", "template", "spec", "containers", default=[]) or []
+    if name is None:
+        return containers[0] if containers else None
+    return next((c for c in containers if isinstance(c, dict) and c.get("name") == name), None)
+
+
+def check_compose(root, docs, g):
+    path = root / "docker-compose.yml"
+    try:
+        compose = interpolate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError) as e:
+        g.fail("docker-compose.yml: cannot load: %s" % e)
+        return
+    services = dig(compose, "services", default={}) or {}
+    deployments = {d.name: d for d in docs if d.kind == "Deployment" and d.rel.count("/") == 1}
+    g.check(sorted(services) == sorted(COMPOSE_TO_DEPLOYMENT),
+            "docker-compose.yml: services %s, expected %s" % (sorted(services), sorted(COMPOSE_TO_DEPLOYMENT)))
+    for svc_name in sorted(services):
+        svc = services[svc_name] or {}
+        dep_name = COMPOSE_TO_DEPLOYMENT.get(svc_name)
+        dep = deployments.get(dep_name)
+        if not g.check(dep is not None, "docker-compose.yml: service %s has no Deployment %s in k8s/"
+                       % (svc_name, dep_name)):
+            continue
+        w = dep.where()
+        app = dig(dep.data, "spec", "template", "metadata", "labels", "app")
+        c = container_of(dep, app)
+        if not g.check(isinstance(c, dict), "%s: no container named %r" % (w, app)):
+            continue
+        g.check(c.get("image") == svc.get("image"), "%s: image %r differs from compose %s image %r"
+                % (w, c.get("image"), svc_name, svc.get("image")))
+        want_env = compose_env(svc)
+        env_list = c.get("env") or []
+        got_env = {}
+        for e in env_list:
+            g.check("valueFrom" not in e, "%s: env %s uses valueFrom, compose sets a literal"
+                    % (w, e.get("name")))
+            g.check(e.get("name") not in got_env, "%s: env %s set twice" % (w, e.get("name")))
+            got_env[e.get("name")] = e.get("value")
+        for k in sorted(set(want_env) | set(got_env)):
+            g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (w, k, want_env.get(k), svc_name))
+            g.check(k in want_env, "%s: env %s not set by compose %s" % (w, k, svc_name))
+            if k in got_env and k in want_env:
+                g.check(isinstance(got_env[k], str) and got_env[k] == want_env[k],
+                        "%s: env %s=%r, compose %s has %r" % (w, k, got_env[k], svc_name, want_env[k]))
+        g.check(dig(dep.data, "spec", "template", "metadata", "labels", "version") == want_env.get("SERVICE_VERSION"),
+                "%s: version label differs from compose SERVICE_VERSION %r" % (w, want_env.get("SERVICE_VERSION")))
+        ports = [p.get("containerPort") for p in c.get("ports") or []]
+        g.check(ports == [APP_PORT], "%s: containerPorts %s, expected [%d]" % (w, ports, APP_PORT))
+        if c.get("readinessProbe") or c.get("livenessProbe"):
+            hc = svc.get("healthcheck") or {}
+            g.check(hc.get("test") and not hc.get("disable"),
+                    "%s: has probes but compose %s has no healthcheck" % (w, svc_name))
+        if svc_name == "productpage":
+            g.check((str(APP_PORT), str(APP_PORT)) in compose_published(svc),
+                    "docker-compose.yml: productpage must publish %d:%d" % (APP_PORT, APP_PORT))
+
+
+# ---------------------------------------------------------------------------------------------
+# contract
+
+
+def probe_targets_port(probe, container, port):
+    p = dig(probe, "httpGet", "port")
+    if isinstance(p, str):
+        named = {cp.get("name"): cp.get("containerPort") for cp in container.get("ports") or []}
+        p = named.get(p)
+    return p == port
+
+
+def check_all_deployments(docs, g):
+    """Rules for every Deployment, app and monitoring alike."""
+    by_ns = lambda d: d.namespace or "default"  # noqa: E731
+    sas = {(by_ns(d), d.name) for d in docs if d.kind == "ServiceAccount"}
+    cms = {(by_ns(d), d.name) for d in docs if d.kind == "ConfigMap"}
+    deps = [d for d in docs if d.kind == "Deployment"]
+    for d in deps:
+        w = d.where()
+        spec = d.data.get("spec") or {}
+        pod = dig(spec, "template", "spec", default={}) or {}
+        tlabels = dig(spec, "template", "metadata", "labels", default={}) or {}
+        sel = dig(spec, "selector", "matchLabels", default={}) or {}
+        g.check(sel and all(tlabels.get(k) == v for k, v in sel.items()),
+                "%s: selector %r does not match the pod template labels %r" % (w, sel, tlabels))
+        san = pod.get("serviceAccountName")
+        if san:
+            g.check((by_ns(d), san) in sas, "%s: serviceAccountName %s is not defined in the manifests" % (w, san))
+        for v in pod.get("volumes") or []:
+            if "configMap" in v:
+                cm = v["configMap"].get("name")
+                g.check((by_ns(d), cm) in cms, "%s: volume %s uses undefined ConfigMap %s" % (w, v.get("name"), cm))
+        pod_nonroot = dig(pod, "securityContext", "runAsNonRoot") is True
+        containers = pod.get("containers") or []
+        g.check(containers, "%s: no containers" % w)
+        for c in containers:
+            cw = "%s: container %s" % (w, c.get("name"))
+            for probe in ("readinessProbe", "livenessProbe"):
+                g.check(isinstance(c.get(probe), dict), "%s: no %s" % (cw, probe))
+            req = dig(c, "resources", "requests", default={}) or {}
+            g.check("cpu" in req and "memory" in req, "%s: resources.requests needs cpu and memory" % cw)
+            g.check(dig(c, "resources", "limits", "memory") is not None, "%s: no memory limit" % cw)
+            nonroot = dig(c, "securityContext", "runAsNonRoot")
+            g.check(nonroot is True or (nonroot is None and pod_nonroot), "%s: runAsNonRoot is not true" % cw)
+            g.check(dig(c, "securityContext", "allowPrivilegeEscalation") is False,
+                    "%s: allowPrivilegeEscalation must be false" % cw)
+    # Every Service selects the pods of some Deployment in its namespace, on a port they expose.
+    for s in (d for d in docs if d.kind == "Service"):
+        sel = dig(s.data, "spec", "selector", default={}) or {}
+        targets = [d for d in deps if by_ns(d) == by_ns(s) and sel and all(
+            dig(d.data, "spec", "template", "metadata", "labels", k) == v for k, v in sel.items())]
+        if not g.check(targets, "%s: selector %r matches no Deployment's pods" % (s.where(), sel)):
+            continue
+        for p in dig(s.data, "spec", "ports", default=[]) or []:
+            tp = p.get("targetPort", p.get("port"))
+            for d in targets:
+                cports = [cp for c in dig(d.data, "spec", "template", "spec", "containers", default=[])
+                          for cp in c.get("ports") or []]
+                g.check(any(tp in (cp.get("containerPort"), cp.get("name")) for cp in cports),
+                        "%s: targetPort %r is not a container port of %s" % (s.where(), tp, d.name))
+    for b in (d for d in docs if d.kind in ("ClusterRoleBinding", "RoleBinding")):
+        ref = b.data.get("roleRef") or {}
+        g.check(any(d.kind == ref.get("kind") and d.name == ref.get("name") for d in docs),
+                "%s: roleRef %s/%s is not defined" % (b.where(), ref.get("kind"), ref.get("name")))
+        for sub in b.data.get("subjects") or []:
+            if sub.get("kind") == "ServiceAccount":
+                g.check((sub.get("namespace") or "default", sub.get("name")) in sas,
+                        "%s: subject ServiceAccount %s/%s is not defined" % (
+                            b.where(), sub.get("namespace"), sub.get("name")))
+
+
+def check_contract(docs, g):
+    app_docs = [d for d in docs if d.rel.count("/") == 1 and not is_istio(d)]
+    for fname, (kind, name) in APP_FILES.items():
+        in_file = [d for d in app_docs if d.path.name == fname]
+        g.check(len(in_file) == 1 and in_file[0].kind == kind and in_file[0].name == name,
+                "k8s/%s: must hold exactly one %s %s, holds %s" % (
+                    fname, kind, name, ["%s/%s" % (d.kind, d.name) for d in in_file]))
+    for d in app_docs:
+        g.check(d.namespace is None, "%s: must not set metadata.namespace (apply into any namespace)" % d.where())
+    for app in APPS:
+        sa = [d for d in app_docs if d.kind == "ServiceAccount" and d.name == "bookinfo-" + app]
+        if g.check(sa, "k8s/: no ServiceAccount bookinfo-%s" % app):
+            g.check(sa[0].meta.get("labels") == {"account": app},
+                    "%s: labels must be {account: %s}, are %r" % (sa[0].where(), app, sa[0].meta.get("labels")))
+        svc = [d for d in app_docs if d.kind == "Service" and d.name == app]
+        if g.check(svc, "k8s/: no Service %s" % app):
+            s, w = svc[0], svc[0].where()
+            spec = s.data.get("spec") or {}
+            g.check(s.meta.get("labels") == {"app": app, "service": app},
+                    "%s: labels must be {app: %s, service: %s}, are %r" % (w, app, app, s.meta.get("labels")))
+            g.check(spec.get("selector") == {"app": app},
+                    "%s: selector must be only {app: %s}, is %r" % (w, app, spec.get("selector")))
+            g.check(spec.get("type", "ClusterIP") == "ClusterIP", "%s: type must be ClusterIP" % w)
+            ports = spec.get("ports") or []
+            ok = len(ports) == 1 and ports[0].get("port") == APP_PORT and ports[0].get("name") == "http" \
+                and ports[0].get("targetPort", APP_PORT) in (APP_PORT, "http") \
+                and ports[0].get("protocol", "TCP") == "TCP"
+            g.check(ok, "%s: must have one port %d named http (targetPort %d), has %r" % (w, APP_PORT, APP_PORT, ports))
+    for fname, (kind, name) in APP_FILES.items():
+        if kind != "Deployment":
+            continue
+        dd = [d for d in app_docs if d.kind == "Deployment" and d.name == name]
+        if not g.check(dd, "k8s/%s: no Deployment %s" % (fname, name)):
+            continue
+        d, w = dd[0], dd[0].where()
+        app, version = name.rsplit("-", 1)
+        labels = {"app": app, "version": version}
+        spec = d.data.get("spec") or {}
+        pod = dig(spec, "template", "spec", default={}) or {}
+        g.check(spec.get("replicas") == 1, "%s: replicas must be 1" % w)
+        g.check(d.meta.get("labels") == labels, "%s: metadata.labels must be %r, are %r" % (w, labels, d.meta.get("labels")))
+        g.check(dig(spec, "selector", "matchLabels") == labels and set(spec.get("selector") or {}) == {"matchLabels"},
+                "%s: selector must be matchLabels %r" % (w, labels))
+        g.check(dig(spec, "template", "metadata", "labels") == labels,
+                "%s: pod template labels must be %r" % (w, labels))
+        g.check(pod.get("serviceAccountName") == "bookinfo-" + app,
+                "%s: serviceAccountName must be bookinfo-%s, is %r" % (w, app, pod.get("serviceAccountName")))
+        ann = dig(spec, "template", "metadata", "annotations", default={}) or {}
+        if app == "productpage":
+            want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(APP_PORT), "prometheus.io/path": "/metrics"}
+            g.check(all(ann.get(k) == v for k, v in want.items()),
+                    "%s: pod template annotations must include %r, are %r" % (w, want, ann))
+        containers = pod.get("containers") or []
+        if not g.check(len(containers) == 1 and containers[0].get("name") == app,
+                       "%s: must have exactly one container named %s" % (w, app)):
+            continue
+        c, cw = containers[0], "%s: container %s" % (w, app)
+        g.check(c.get("image") == "bookinfo-rs/%s:latest" % app, "%s: image must be bookinfo-rs/%s:latest" % (cw, app))
+        g.check(c.get("imagePullPolicy") == "IfNotPresent",
+                "%s: imagePullPolicy must be IfNotPresent (images are loaded into minikube, not pulled)" % cw)
+        g.check([p.get("containerPort") for p in c.get("ports") or []] == [APP_PORT],
+                "%s: must expose containerPort %d" % (cw, APP_PORT))
+        for probe in ("readinessProbe", "livenessProbe"):
+            pr = c.get(probe) or {}
+            g.check(dig(pr, "httpGet", "path") == "/health" and probe_targets_port(pr, c, APP_PORT),
+                    "%s: %s must be httpGet /health on port %d" % (cw, probe, APP_PORT))
+            g.check(isinstance(pr.get("periodSeconds"), int) and 1 <= pr["periodSeconds"] <= 60,
+                    "%s: %s needs periodSeconds between 1 and 60" % (cw, probe))
+        sc = c.get("securityContext") or {}
+        want_sc = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                   "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+        for k, v in want_sc.items():
+            g.check(sc.get(k) == v, "%s: securityContext.%s must be %r, is %r" % (cw, k, v, sc.get(k)))
+        g.check(dig(sc, "capabilities", "drop") == ["ALL"], "%s: securityContext.capabilities.drop must be [ALL]" % cw)
+
+
+# ---------------------------------------------------------------------------------------------
+# monitoring
+
+
+def check_monitoring(docs, g):
+    mon = [d for d in docs if d.rel.startswith("k8s/monitoring/")]
+    find = lambda kind, name: next((d for d in mon if d.kind == kind and d.name == name), None)  # noqa: E731
+    g.check(find("Namespace", ISTIO_NS) is not None and find("Namespace", ISTIO_NS).rel == "k8s/monitoring/namespace.yaml",
+            "k8s/monitoring/namespace.yaml: must define Namespace %s" % ISTIO_NS)
+    for d in mon:
+        if d.kind in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            g.check(d.namespace is None, "%s: cluster-scoped, must not set a namespace" % d.where())
+        else:
+            g.check(d.namespace == ISTIO_NS, "%s: must be in namespace %s, is %r" % (d.where(), ISTIO_NS, d.namespace))
+
+    def svc_ports(name):
+        s = find("Service", name)
+        if not g.check(s is not None, "k8s/monitoring: no Service %s" % name):
+            return {}
+        return {p.get("port"): p for p in dig(s.data, "spec", "ports", default=[]) or []}
+
+    # Prometheus
+    prom = find("Deployment", "prometheus")
+    g.check(prom is not None, "k8s/monitoring: no Deployment prometheus")
+    g.check(9090 in svc_ports("prometheus"), "k8s/monitoring: Service prometheus must expose port 9090")
+    cm = find("ConfigMap", "prometheus")
+    if g.check(cm is not None, "k8s/monitoring: no ConfigMap prometheus"):
+        try:
+            pcfg = yaml.safe_load(dig(cm.data, "data", "prometheus.yml", default="")) or {}
+        except yaml.YAMLError as e:
+            pcfg = {}
+            g.fail("%s: prometheus.yml does not parse: %s" % (cm.where(), e))
+        pod_jobs = [j for j in pcfg.get("scrape_configs") or []
+                    if any(sd.get("role") == "pod" for sd in j.get("kubernetes_sd_configs") or [])]
+        if g.check(pod_jobs, "%s: prometheus.yml needs a scrape job with kubernetes_sd_configs role pod" % cm.where()):
+            text = yaml.safe_dump(pod_jobs)
+            for ann in ("scrape", "port", "path"):
+                g.check("__meta_kubernetes_pod_annotation_prometheus_io_%s" % ann in text,
+                        "%s: pod scrape job ignores the prometheus.io/%s annotation" % (cm.where(), ann))
+            keep = [r for j in pod_jobs for r in j.get("relabel_configs") or []
+                    if r.get("action") == "keep"
+                    and "__meta_kubernetes_pod_annotation_prometheus_io_scrape" in (r.get("source_labels") or [])]
+            g.check(keep, "%s: pod scrape job must keep only pods annotated prometheus.io/scrape" % cm.where())
+        if prom is not None:
+            args = " ".join(str(a) for a in (container_of(prom) or {}).get("args") or [])
+            mounts = {m.get("name"): m.get("mountPath") for m in (container_of(prom) or {}).get("volumeMounts") or []}
+            vols = {v.get("name"): dig(v, "configMap", "name") for v in dig(prom.data, "spec", "template", "spec", "volumes", default=[]) or []}
+            cfg_mount = next((mounts.get(n) for n, cmn in vols.items() if cmn == "prometheus"), None)
+            g.check(cfg_mount and "--config.file=%s/prometheus.yml" % cfg_mount.rstrip("/") in args,
+                    "%s: must mount ConfigMap prometheus and point --config.file at its prometheus.yml" % prom.where())
+    prom_role = find("ClusterRole", next((b.data["roleRef"]["name"] for b in mon if b.kind == "ClusterRoleBinding"
+                                          and any(s.get("name") == "prometheus" for s in b.data.get("subjects") or [])), None))
+    if g.check(prom_role is not None, "k8s/monitoring: no ClusterRole bound to ServiceAccount prometheus"):
+        granted = {r for rule in prom_role.data.get("rules") or [] if "list" in (rule.get("verbs") or [])
+                   and "" in (rule.get("apiGroups") or []) for r in rule.get("resources") or []}
+        for r in ("pods", "endpoints", "services", "nodes"):
+            g.check(r in granted, "%s: must allow list on %s" % (prom_role.where(), r))
+
+    # Jaeger
+    jg = find("Deployment", "jaeger")
+    if g.check(jg is not None, "k8s/monitoring: no Deployment jaeger"):
+        c = container_of(jg) or {}
+        g.check(str(c.get("image", "")).startswith("jaegertracing/all-in-one:"),
+                "%s: image must be jaegertracing/all-in-one" % jg.where())
+        env = {e.get("name"): e.get("value") for e in c.get("env") or []}
+        g.check(env.get("COLLECTOR_OTLP_ENABLED") == "true", "%s: COLLECTOR_OTLP_ENABLED must be \"true\"" % jg.where())
+    tr = svc_ports("tracing")
+    g.check(80 in tr and tr[80].get("targetPort") == 16686 and tr[80].get("name") == "http-query",
+            "k8s/monitoring: Service tracing must map port 80 (http-query) to 16686")
+    col = svc_ports("jaeger-collector")
+    for port, name in ((4317, "grpc-otlp"), (4318, "http-otlp"), (9411, "zipkin")):
+        g.check(port in col and col[port].get("name") == name,
+                "k8s/monitoring: Service jaeger-collector must expose %d named %s" % (port, name))
+
+    # Kiali
+    kd = find("Deployment", "kiali")
+    g.check(kd is not None and kd.namespace == ISTIO_NS,
+            "k8s/monitoring: no Deployment kiali in %s (the tutorial waits on its rollout)" % ISTIO_NS)
+    g.check(20001 in svc_ports("kiali"), "k8s/monitoring: Service kiali must expose port 20001")
+    g.check(find("ServiceAccount", "kiali") is not None, "k8s/monitoring: no ServiceAccount kiali")
+    kcm = find("ConfigMap", "kiali")
+    if g.check(kcm is not None, "k8s/monitoring: no ConfigMap kiali"):
+        try:
+            kcfg = yaml.safe_load(dig(kcm.data, "data", "config.yaml", default="")) or {}
+        except yaml.YAMLError as e:
+            kcfg = {}
+            g.fail("%s: config.yaml does not parse: %s" % (kcm.where(), e))
+        g.check(dig(kcfg, "external_services", "prometheus", "url") == "http://prometheus.istio-system:9090",
+                "%s: external_services.prometheus.url must be http://prometheus.istio-system:9090" % kcm.where())
+        turl = str(dig(kcfg, "external_services", "tracing", "internal_url", default=""))
+        g.check(dig(kcfg, "external_services", "tracing", "enabled") is True and
+                re.match(r"^https?://(tracing|jaeger-query)\.istio-system(\.svc[.a-z]*)?(:\d+)?(/.*)?$", turl),
+                "%s: external_services.tracing must be enabled with internal_url at the tracing Service, is %r"
+                % (kcm.where(), turl))
+        g.check(dig(kcfg, "server", "port", default=20001) == 20001, "%s: server.port must be 20001" % kcm.where())
+    kbind = [b for b in mon if b.kind == "ClusterRoleBinding"
+             and any(s.get("kind") == "ServiceAccount" and s.get("name") == "kiali" for s in b.data.get("subjects") or [])]
+    if g.check(kbind, "k8s/monitoring: no ClusterRoleBinding for ServiceAccount kiali"):
+        role = find("ClusterRole", kbind[0].data["roleRef"]["name"])
+        if g.check(role is not None, "%s: roleRef not defined" % kbind[0].where()):
+            allowed_writes = {"pods/portforward", "selfsubjectaccessreviews"}
+            for i, rule in enumerate(role.data.get("rules") or []):
+                writes = set(rule.get("verbs") or []) - READ_VERBS
+                g.check(not writes or set(rule.get("resources") or []) <= allowed_writes,
+                        "%s: rule %d grants %s, Kiali's role must be read-only" % (role.where(), i, sorted(writes)))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
+                    help="repository root holding k8s/ and docker-compose.yml (default: this script's repo)")
+    ap.add_argument("--k8s-version", default=K8S_VERSION, help="Kubernetes schema version (default %(default)s)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="also list the files read")
+    args = ap.parse_args()
+    root = args.root.resolve()
+
+    groups = {n: Group(n) for n in ("files", "parse", "schema", "istio", "kustomize", "compose", "contract", "monitoring")}
+    docs, kust = load_docs(root, groups["files"], groups["parse"])
+    if args.verbose:
+        for rel in sorted({d.rel for d in docs}):
+            print("read %s" % rel)
+    schema_version = check_schema(docs, groups["schema"], args.k8s_version)
+    check_istio(docs, groups["istio"])
+    check_kustomization(root, kust, groups["kustomize"])
+    check_compose(root, docs, groups["compose"])
+    check_contract(docs, groups["contract"])
+    check_all_deployments(docs, groups["contract"])
+    check_monitoring(docs, groups["monitoring"])
+
+    passed = failed = 0
+    for g in groups.values():
+        extra = " [Kubernetes %s]" % schema_version if g.name == "schema" and schema_version else ""
+        status = "ok  " if not g.failures else "FAIL"
+        print("%s %-10s %d passed, %d failed%s" % (status, g.name, g.passed, len(g.failures), extra))
+        for msg in g.failures:
+            print("     - %s" % msg)
+        passed += g.passed
+        failed += len(g.failures)
+    print("k8s: %d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
