@@ -13,15 +13,23 @@
 //! - [`env`], [`cli`], [`logging`], [`shutdown`], [`run`]: what every service binary shares.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod cli;
+pub mod config;
+pub mod control;
+pub mod dataplane;
 pub mod env;
+pub mod identity;
+pub mod io;
 pub mod logging;
 pub mod outbound;
 pub mod propagation;
 pub mod run;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 
+pub use dataplane::{Mesh, PeerIdentity};
 pub use outbound::{Client, Endpoints, OutboundError};
 pub use server::{BindError, Server};
 

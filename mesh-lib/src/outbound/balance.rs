@@ -1,7 +1,8 @@
 //! Per-request endpoint choice for logical backend names.
 //!
-//! Names in the [`Endpoints`] table (the in-process launcher's) are chosen from it; other
-//! names with several DNS addresses are spread by [`DnsSpread`].
+//! In the mesh, a name's endpoints come from meshd's registry (`reviews` → every reviews
+//! workload). Otherwise names in the [`Endpoints`] table are chosen from it, and other names
+//! with several DNS addresses are spread by [`DnsSpread`].
 //!
 //! A Kubernetes Service without routing rules spreads requests over its pods; refreshing the
 //! Bookinfo page therefore cycles through reviews v1, v2 and v3. This layer does the same for
@@ -22,6 +23,7 @@ use http::{HeaderValue, Request, Uri, header};
 use tower::{Layer, Service};
 
 use super::dns::DnsSpread;
+use crate::dataplane::Mesh;
 
 /// The addresses behind each logical `host:port`.
 #[derive(Debug, Default)]
@@ -67,7 +69,12 @@ impl Endpoints {
 pub struct BalanceLayer {
     endpoints: Arc<Endpoints>,
     dns: DnsSpread,
+    mesh: Option<Mesh>,
+    turns: Turns,
 }
+
+/// Round-robin positions per mesh service.
+type Turns = Arc<std::sync::Mutex<HashMap<String, usize>>>;
 
 impl BalanceLayer {
     pub fn new(endpoints: Arc<Endpoints>) -> Self {
@@ -75,7 +82,18 @@ impl BalanceLayer {
     }
 
     pub fn with_dns(endpoints: Arc<Endpoints>, dns: DnsSpread) -> Self {
-        Self { endpoints, dns }
+        Self {
+            endpoints,
+            dns,
+            mesh: None,
+            turns: Turns::default(),
+        }
+    }
+
+    /// Takes endpoints of mesh services from the data plane's registry snapshot.
+    pub fn with_mesh(mut self, mesh: Option<Mesh>) -> Self {
+        self.mesh = mesh;
+        self
     }
 }
 
@@ -86,6 +104,8 @@ impl<S> Layer<S> for BalanceLayer {
             inner,
             endpoints: self.endpoints.clone(),
             dns: self.dns.clone(),
+            mesh: self.mesh.clone(),
+            turns: self.turns.clone(),
         }
     }
 }
@@ -96,6 +116,8 @@ pub struct Balance<S> {
     inner: S,
     endpoints: Arc<Endpoints>,
     dns: DnsSpread,
+    mesh: Option<Mesh>,
+    turns: Turns,
 }
 
 impl<S, B> Service<Request<B>> for Balance<S>
@@ -118,9 +140,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let endpoints = self.endpoints.clone();
         let dns = self.dns.clone();
+        let from_mesh = req
+            .uri()
+            .host()
+            .and_then(|host| pick_mesh(self.mesh.as_ref()?, &self.turns, host));
         Box::pin(async move {
             if let Some(logical) = req.uri().authority().map(Authority::to_string) {
-                let chosen = match endpoints.pick(&logical) {
+                let chosen = match from_mesh.or_else(|| endpoints.pick(&logical)) {
                     Some(addr) => Some(addr),
                     None => dns.pick(&logical).await,
                 };
@@ -131,6 +157,21 @@ where
             inner.call(req).await
         })
     }
+}
+
+/// The next registry endpoint of the service `host` names (`reviews`, or
+/// `reviews.default.svc.cluster.local`).
+fn pick_mesh(mesh: &Mesh, turns: &Turns, host: &str) -> Option<SocketAddr> {
+    let service = host.split('.').next().unwrap_or(host);
+    let endpoints = mesh.endpoints_of(service);
+    if endpoints.is_empty() {
+        return None;
+    }
+    let mut turns = turns.lock().expect("turns lock is never poisoned");
+    let turn = turns.entry(service.to_owned()).or_default();
+    let chosen = endpoints[*turn % endpoints.len()].addr;
+    *turn = turn.wrapping_add(1);
+    Some(chosen)
 }
 
 /// Sends `req` to `addr` while `Host` keeps the logical name.

@@ -6,6 +6,7 @@
 //! code only ever sees [`Client::get`].
 
 pub mod balance;
+pub mod connect;
 pub mod dns;
 
 use std::sync::Arc;
@@ -172,6 +173,7 @@ impl Client {
 #[derive(Debug, Default)]
 pub struct ClientBuilder {
     endpoints: Option<Arc<Endpoints>>,
+    mesh: Option<crate::dataplane::Mesh>,
 }
 
 impl ClientBuilder {
@@ -182,17 +184,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Routes through this workload's data plane: mesh endpoints from meshd's registry,
+    /// reached over mTLS.
+    pub fn mesh(mut self, mesh: crate::dataplane::Mesh) -> Self {
+        self.mesh = Some(mesh);
+        self
+    }
+
     pub fn build(self) -> Client {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+        let connector = connect::MeshConnector::new(http, self.mesh.clone());
         let transport = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(DEFAULT_POOL_IDLE_TIMEOUT)
             .build::<_, Body>(connector)
             .map_response(|r| r.map(Body::new));
-        let stack = ServiceBuilder::new()
-            .layer(BalanceLayer::new(self.endpoints.unwrap_or_default()))
-            .service(transport);
+        let balance = BalanceLayer::new(self.endpoints.unwrap_or_default()).with_mesh(self.mesh);
+        let stack = ServiceBuilder::new().layer(balance).service(transport);
         Client::from_service(stack)
     }
 }

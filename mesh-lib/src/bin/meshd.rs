@@ -1,0 +1,94 @@
+//! meshd: the Bookinfo mesh's control plane (CA, workload registry, config distribution).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mesh::control::daemon::{self, CaSource, MeshdConfig};
+use mesh::control::server::Tokens;
+
+/// meshd: the mesh control plane. Signs workload certificates (SPIFFE identities) for callers
+/// that prove their service account with a bootstrap token, keeps the registry of running
+/// workloads, and streams endpoints and Istio-style policies from a watched directory to every
+/// data plane.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// gRPC address data planes connect to.
+    #[arg(long, env = "MESHD_LISTEN", default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Directory holding the root CA (root-cert.pem, root-key.pem); generated there on first
+    /// start.
+    #[arg(long, env = "MESHD_CA_DIR", default_value = "meshd-ca", conflicts_with_all = ["ca_cert", "ca_key"])]
+    ca_dir: PathBuf,
+    /// A root CA certificate you supply (PEM); needs --ca-key.
+    #[arg(long, env = "MESHD_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert (PEM).
+    #[arg(long, env = "MESHD_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Bootstrap tokens: DIR/<namespace>/<service-account> files, one token each.
+    #[arg(long, env = "MESHD_TOKEN_DIR")]
+    token_dir: PathBuf,
+    /// Directory of Istio-style YAML (PeerAuthentication, AuthorizationPolicy), watched.
+    #[arg(long, env = "MESHD_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// SPIFFE trust domain.
+    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Lifetime of workload certificates (e.g. 24h, 10m, 30s).
+    #[arg(long, env = "MESHD_CERT_TTL", default_value = "24h", value_parser = mesh::cli::parse_duration)]
+    cert_ttl: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    mesh::logging::init();
+    let tokens = match Tokens::load_dir(&cli.token_dir) {
+        Ok(t) if t.is_empty() => {
+            eprintln!(
+                "meshd: {} holds no tokens (expected <namespace>/<service-account> files)",
+                cli.token_dir.display()
+            );
+            return ExitCode::from(mesh::run::EXIT_CONFIG);
+        }
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("meshd: {e}");
+            return ExitCode::from(mesh::run::EXIT_CONFIG);
+        }
+    };
+    let ca = match (cli.ca_cert, cli.ca_key) {
+        (Some(cert), Some(key)) => CaSource::Files { cert, key },
+        _ => CaSource::Dir(cli.ca_dir),
+    };
+    let config = MeshdConfig {
+        listen: cli.listen,
+        ca,
+        tokens,
+        config_dir: cli.config_dir,
+        trust_domain: cli.trust_domain,
+        cert_ttl: cli.cert_ttl,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let running = match daemon::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("meshd: {e}");
+                return ExitCode::from(mesh::run::EXIT_CONFIG);
+            }
+        };
+        mesh::shutdown::signal().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

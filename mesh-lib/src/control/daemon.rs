@@ -1,0 +1,215 @@
+//! meshd as a library: the control plane's gRPC server, its CA, and the watched config
+//! directory. The `meshd` binary and the in-process `bookinfo` launcher both run this.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::server::{ControlPlane, Tokens};
+use crate::config::{self, ConfigError};
+use crate::identity::{CaError, CertificateAuthority};
+
+/// How often the config directory is checked for changes.
+pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Where the CA's root comes from.
+#[derive(Debug, Clone)]
+pub enum CaSource {
+    /// Load from this directory, or generate there on first start.
+    Dir(PathBuf),
+    /// A root the user supplies.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A fresh root in memory (lost on exit).
+    Ephemeral,
+}
+
+/// How meshd runs.
+#[derive(Debug, Clone)]
+pub struct MeshdConfig {
+    pub listen: SocketAddr,
+    pub ca: CaSource,
+    pub tokens: Tokens,
+    /// A directory of Istio-style YAML, watched for changes.
+    pub config_dir: Option<PathBuf>,
+    pub trust_domain: String,
+    /// Lifetime of workload certificates.
+    pub cert_ttl: Duration,
+}
+
+/// meshd cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshdError {
+    #[error("certificate authority: {0}")]
+    Ca(#[from] CaError),
+    #[error("mesh config: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running meshd.
+#[derive(Debug)]
+pub struct RunningMeshd {
+    pub addr: SocketAddr,
+    pub plane: ControlPlane,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningMeshd {
+    /// The URL data planes use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and watching; registered workloads keep their last snapshot.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops at once, as a crash would (for tests of data planes outliving meshd).
+    pub fn kill(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Loads the CA and the config, binds, and serves.
+pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
+    let ca = match &config.ca {
+        CaSource::Dir(dir) => {
+            CertificateAuthority::load_or_create(dir, &config.trust_domain, config.cert_ttl)?
+        }
+        CaSource::Files { cert, key } => {
+            CertificateAuthority::from_files(cert, key, config.cert_ttl)?
+        }
+        CaSource::Ephemeral => {
+            CertificateAuthority::generate(&config.trust_domain, config.cert_ttl)?
+        }
+    };
+    let plane = ControlPlane::new(ca, config.tokens.clone(), &config.trust_domain);
+    let mut tasks = Vec::new();
+    let (stop, stopped) = watch::channel(false);
+    if let Some(dir) = &config.config_dir {
+        let loaded = config::load_dir(dir)?;
+        log_warnings(&loaded.warnings);
+        plane.set_config(loaded.config);
+        tasks.push(spawn_config_watch(
+            dir.clone(),
+            plane.clone(),
+            stopped.clone(),
+        ));
+    } else {
+        plane.set_config(Default::default());
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| MeshdError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| MeshdError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let service = plane.clone().service();
+    let mut stopped_grpc = stopped;
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            // A data plane that vanished without closing its stream is noticed within ~15 s
+            // and deregistered.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped_grpc.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("meshd gRPC server failed: {e}");
+        }
+    }));
+    tracing::info!("meshd listening on {addr}");
+    Ok(RunningMeshd {
+        addr,
+        plane,
+        stop,
+        tasks,
+    })
+}
+
+fn log_warnings(warnings: &[String]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Reloads the directory when a file in it changes; a bad change is logged with file, line
+/// and reason, and the last good config stays in force.
+fn spawn_config_watch(
+    dir: PathBuf,
+    plane: ControlPlane,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = fingerprint(&dir);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            let now = fingerprint(&dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match config::load_dir(&dir) {
+                Ok(loaded) => {
+                    log_warnings(&loaded.warnings);
+                    tracing::info!(
+                        "mesh config reloaded from {}: {} PeerAuthentication, {} AuthorizationPolicy",
+                        dir.display(),
+                        loaded.config.peer_authentications.len(),
+                        loaded.config.authorization_policies.len()
+                    );
+                    plane.set_config(loaded.config);
+                }
+                Err(e) => tracing::error!(
+                    "rejected mesh config change: {e}; keeping the last good config"
+                ),
+            }
+        }
+    })
+}
+
+/// Names, sizes and modification times of the directory's files: a change in any means reload.
+fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                meta.len(),
+                meta.modified().ok(),
+            ))
+        })
+        .collect();
+    entries.sort();
+    entries
+}

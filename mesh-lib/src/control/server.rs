@@ -1,0 +1,300 @@
+//! meshd's gRPC service: certificate signing for proven identities, the workload registry,
+//! and the snapshot stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
+use tonic::{Request, Response, Status};
+
+use super::pb;
+use crate::config::MeshConfig;
+use crate::identity::{CertificateAuthority, SpiffeId};
+
+/// The bootstrap secrets that prove identities: one per namespace/service account.
+#[derive(Debug, Default, Clone)]
+pub struct Tokens {
+    by_account: HashMap<(String, String), String>,
+}
+
+/// The token directory cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read tokens from {path}: {reason}")]
+pub struct TokensError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl Tokens {
+    pub fn insert(&mut self, namespace: &str, service_account: &str, token: &str) {
+        self.by_account.insert(
+            (namespace.to_owned(), service_account.to_owned()),
+            token.trim().to_owned(),
+        );
+    }
+
+    /// Reads `DIR/<namespace>/<service-account>` files, each holding one token.
+    pub fn load_dir(dir: &Path) -> Result<Self, TokensError> {
+        let err = |path: &Path, e: &dyn std::fmt::Display| TokensError {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let mut tokens = Self::default();
+        for ns in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
+            let ns = ns.map_err(|e| err(dir, &e))?;
+            if !ns.path().is_dir() || ns.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            for sa in fs::read_dir(ns.path()).map_err(|e| err(&ns.path(), &e))? {
+                let sa = sa.map_err(|e| err(&ns.path(), &e))?;
+                let name = sa.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || !sa.path().is_file() {
+                    continue;
+                }
+                let token = fs::read_to_string(sa.path()).map_err(|e| err(&sa.path(), &e))?;
+                if token.trim().is_empty() {
+                    return Err(err(&sa.path(), &"the token file is empty"));
+                }
+                tokens.insert(&ns.file_name().to_string_lossy(), &name, &token);
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Whether `token` proves namespace/service_account (compared in constant time).
+    pub fn verify(&self, namespace: &str, service_account: &str, token: &str) -> bool {
+        let Some(expected) = self
+            .by_account
+            .get(&(namespace.to_owned(), service_account.to_owned()))
+        else {
+            return false;
+        };
+        let (a, b) = (expected.as_bytes(), token.trim().as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_account.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Registered {
+    service: String,
+    addr: SocketAddr,
+    labels: BTreeMap<String, String>,
+    identity: SpiffeId,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    workloads: BTreeMap<u64, Registered>,
+}
+
+/// The control plane's state, shared by every call.
+#[derive(Clone)]
+pub struct ControlPlane {
+    ca: Arc<CertificateAuthority>,
+    tokens: Arc<Tokens>,
+    trust_domain: String,
+    registry: Arc<Mutex<Registry>>,
+    config: Arc<Mutex<Arc<MeshConfig>>>,
+    snapshots: Arc<watch::Sender<Arc<pb::Snapshot>>>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    pub fn new(ca: CertificateAuthority, tokens: Tokens, trust_domain: impl Into<String>) -> Self {
+        Self {
+            ca: Arc::new(ca),
+            tokens: Arc::new(tokens),
+            trust_domain: trust_domain.into(),
+            registry: Arc::default(),
+            config: Arc::default(),
+            snapshots: Arc::new(watch::Sender::new(Arc::new(pb::Snapshot::default()))),
+        }
+    }
+
+    /// Replaces the policies every data plane gets, and pushes a new snapshot.
+    pub fn set_config(&self, config: MeshConfig) {
+        *self.config.lock().expect("config lock is never poisoned") = Arc::new(config);
+        self.publish();
+    }
+
+    /// The gRPC service to add to a tonic server.
+    pub fn service(self) -> pb::mesh_control_server::MeshControlServer<Self> {
+        pb::mesh_control_server::MeshControlServer::new(self)
+    }
+
+    /// How many workloads are registered now.
+    pub fn registered(&self) -> usize {
+        self.registry
+            .lock()
+            .expect("registry lock is never poisoned")
+            .workloads
+            .len()
+    }
+
+    fn prove(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<SpiffeId, Status> {
+        if self.tokens.verify(namespace, service_account, token) {
+            Ok(SpiffeId::new(
+                &self.trust_domain,
+                namespace,
+                service_account,
+            ))
+        } else {
+            tracing::warn!(%namespace, %service_account, "refused: the token does not prove this identity");
+            Err(Status::permission_denied(format!(
+                "the token does not prove {namespace}/{service_account}"
+            )))
+        }
+    }
+
+    fn publish(&self) {
+        let endpoints = {
+            let registry = self
+                .registry
+                .lock()
+                .expect("registry lock is never poisoned");
+            registry
+                .workloads
+                .values()
+                .map(|w| pb::Endpoint {
+                    service: w.service.clone(),
+                    address: w.addr.to_string(),
+                    labels: w.labels.clone().into_iter().collect(),
+                    namespace: w.identity.namespace.clone(),
+                    identity: w.identity.to_string(),
+                })
+                .collect()
+        };
+        let config = self
+            .config
+            .lock()
+            .expect("config lock is never poisoned")
+            .clone();
+        let config_json = serde_json::to_string(&*config).expect("mesh config serialises");
+        self.snapshots.send_modify(|current| {
+            *current = Arc::new(pb::Snapshot {
+                version: current.version + 1,
+                endpoints,
+                config_json,
+            });
+        });
+    }
+
+    fn register(&self, workload: Registered) -> Deregister {
+        let id = {
+            let mut registry = self
+                .registry
+                .lock()
+                .expect("registry lock is never poisoned");
+            registry.next_id += 1;
+            let id = registry.next_id;
+            tracing::info!(service = %workload.service, addr = %workload.addr, identity = %workload.identity, "workload registered");
+            registry.workloads.insert(id, workload);
+            id
+        };
+        self.publish();
+        Deregister {
+            plane: self.clone(),
+            id,
+        }
+    }
+}
+
+/// Removes a workload from the registry when its watch stream ends.
+struct Deregister {
+    plane: ControlPlane,
+    id: u64,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        let removed = self
+            .plane
+            .registry
+            .lock()
+            .expect("registry lock is never poisoned")
+            .workloads
+            .remove(&self.id);
+        if let Some(w) = removed {
+            tracing::info!(service = %w.service, addr = %w.addr, "workload deregistered");
+            self.plane.publish();
+        }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::Snapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::mesh_control_server::MeshControl for ControlPlane {
+    async fn certify(
+        &self,
+        request: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let req = request.into_inner();
+        let identity = self.prove(&req.token, &req.namespace, &req.service_account)?;
+        let cert = self.ca.sign(&req.csr_pem, &identity).map_err(|e| {
+            tracing::warn!(%identity, "refused to sign: {e}");
+            Status::permission_denied(e.to_string())
+        })?;
+        tracing::debug!(%identity, "signed a workload certificate");
+        Ok(Response::new(pb::CertifyResponse {
+            cert_chain_pem: cert,
+            roots_pem: self.ca.root_pem().to_owned(),
+        }))
+    }
+
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = request.remote_addr();
+        let req = request.into_inner();
+        let workload = req
+            .workload
+            .ok_or_else(|| Status::invalid_argument("a watch names its workload"))?;
+        let identity = self.prove(&req.token, &workload.namespace, &workload.service_account)?;
+        let mut addr: SocketAddr = workload.address.parse().map_err(|e| {
+            Status::invalid_argument(format!("address {:?}: {e}", workload.address))
+        })?;
+        if addr.ip().is_unspecified() {
+            let caller = caller.ok_or_else(|| {
+                Status::invalid_argument("an unspecified address needs a caller address")
+            })?;
+            addr.set_ip(caller.ip());
+        }
+        let guard = self.register(Registered {
+            service: workload.service,
+            addr,
+            labels: workload.labels.into_iter().collect(),
+            identity,
+        });
+        let stream = WatchStream::new(self.snapshots.subscribe()).map(move |snapshot| {
+            let _registered = &guard;
+            Ok(pb::Snapshot::clone(&snapshot))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

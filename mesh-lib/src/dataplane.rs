@@ -1,0 +1,181 @@
+//! The embedded data plane of one workload: its identity and certificate, the latest
+//! snapshot from meshd, and the TLS configs derived from them. [`Server`](crate::Server) and
+//! [`Client`](crate::Client) consult it on every connection and request; nothing else in a
+//! service knows the mesh exists.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Decision, MtlsMode, RequestAttrs, Workload};
+use crate::control::client::{self, ControlError, WorkloadSpec};
+use crate::control::{Endpoint, Snapshot};
+use crate::identity::{Certified, Credentials, SpiffeId};
+
+/// The peer's identity on an inbound connection: `None` for plaintext. Inserted into every
+/// request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity(pub Option<SpiffeId>);
+
+/// A cheap-to-clone handle to this workload's data plane.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spec: WorkloadSpec,
+    credentials: Credentials,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    server_tls: watch::Receiver<Option<Arc<ServerConfig>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("identity", self.identity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// Joins the mesh as the workload serving at `addr`: certificate and snapshot loops start
+    /// in the background. Until a certificate arrives, mTLS fails closed.
+    pub fn start(
+        spec: WorkloadSpec,
+        trust_domain: &str,
+        addr: SocketAddr,
+    ) -> Result<Self, ControlError> {
+        let channel = client::channel(&spec.control_plane)?;
+        let identity = SpiffeId::new(trust_domain, &spec.namespace, &spec.service_account);
+        let credentials = Credentials::new(identity);
+        let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+        let (tls_tx, server_tls) = watch::channel(None);
+        let mut certs = credentials.subscribe();
+        let tls_task = tokio::spawn(async move {
+            loop {
+                let current = certs.borrow_and_update().clone();
+                if let Some(certified) = current {
+                    match crate::tls::server_config(&certified) {
+                        Ok(config) => {
+                            tls_tx.send_replace(Some(config));
+                        }
+                        Err(e) => tracing::error!("cannot build the server TLS config: {e}"),
+                    }
+                }
+                if certs.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let tasks = vec![
+            client::spawn_certificates(channel.clone(), spec.clone(), credentials.clone()),
+            client::spawn_watch(channel, spec.clone(), addr, snapshot_tx),
+            tls_task,
+        ];
+        Ok(Self {
+            inner: Arc::new(Inner {
+                spec,
+                credentials,
+                snapshot,
+                server_tls,
+                tasks,
+            }),
+        })
+    }
+
+    pub fn identity(&self) -> &SpiffeId {
+        self.inner.credentials.identity()
+    }
+
+    pub fn service(&self) -> &str {
+        &self.inner.spec.service
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.inner.spec.labels
+    }
+
+    /// The latest snapshot (empty until meshd has sent one).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.borrow().clone()
+    }
+
+    /// The current certificate, if any.
+    pub fn certified(&self) -> Option<Arc<Certified>> {
+        self.inner.credentials.current()
+    }
+
+    /// The inbound TLS config for the current certificate.
+    pub fn server_tls(&self) -> Option<Arc<ServerConfig>> {
+        self.inner.server_tls.borrow().clone()
+    }
+
+    /// Whether this workload has a certificate, a snapshot and its inbound TLS config.
+    pub fn is_ready(&self) -> bool {
+        self.server_tls().is_some() && self.snapshot().version > 0
+    }
+
+    /// Waits until [`Mesh::is_ready`], or `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let mut tls = self.inner.server_tls.clone();
+        let mut snapshot = self.inner.snapshot.clone();
+        let wait = async {
+            let _ = tls.wait_for(Option::is_some).await;
+            let _ = snapshot.wait_for(|s| s.version > 0).await;
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    fn workload(&self) -> Workload<'_> {
+        Workload {
+            namespace: &self.inner.spec.namespace,
+            labels: &self.inner.spec.labels,
+        }
+    }
+
+    /// The PeerAuthentication mode that applies to this workload now.
+    pub fn mtls_mode(&self) -> MtlsMode {
+        self.snapshot().config.mtls_mode(&self.workload())
+    }
+
+    /// The AuthorizationPolicy decision for a request to this workload.
+    pub fn authorize(&self, request: &RequestAttrs<'_>) -> Decision {
+        self.snapshot().config.authorize(&self.workload(), request)
+    }
+
+    /// The mesh endpoints of `service` (empty when it is not in the mesh).
+    pub fn endpoints_of(&self, service: &str) -> Vec<Endpoint> {
+        self.snapshot().endpoints_of(service).cloned().collect()
+    }
+
+    /// The identity to require from `addr`, when it is a mesh endpoint that takes mTLS.
+    pub fn tls_target(&self, addr: SocketAddr) -> Option<SpiffeId> {
+        let snapshot = self.snapshot();
+        let endpoint = snapshot.endpoint_at(addr)?;
+        let mode = snapshot.config.mtls_mode(&Workload {
+            namespace: &endpoint.namespace,
+            labels: &endpoint.labels,
+        });
+        (mode != MtlsMode::Disable).then(|| endpoint.identity.clone())
+    }
+
+    /// An outbound client that routes through the mesh.
+    pub fn client(&self) -> crate::Client {
+        crate::Client::builder().mesh(self.clone()).build()
+    }
+}

@@ -1,0 +1,257 @@
+//! The mesh's certificate authority (run by meshd): a root key and certificate, generated on
+//! first start and kept in a directory (or supplied by the user), that sign workloads' CSRs
+//! into short-lived leaf certificates carrying exactly one SPIFFE URI SAN.
+//!
+//! The CA decides the identity, never the CSR: a CSR that asks for another identity is
+//! refused, and the signed certificate carries only the identity the caller proved.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use super::SpiffeId;
+
+/// How long a workload certificate is valid unless configured otherwise (Istio's default).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long the generated root is valid.
+pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+/// File names in the CA directory.
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+pub const ROOT_KEY_FILE: &str = "root-key.pem";
+
+/// Why the CA cannot start or cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a usable {what}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("{dir} holds {present} but not {missing}; supply both or neither")]
+    HalfPresent {
+        dir: PathBuf,
+        present: &'static str,
+        missing: &'static str,
+    },
+    #[error("invalid certificate signing request: {0}")]
+    InvalidCsr(String),
+    #[error("the request asks for {requested}, but the caller is {proven}")]
+    ForeignIdentity { requested: String, proven: String },
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+/// A root that signs workload certificates.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    root_pem: String,
+    cert_ttl: Duration,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("cert_ttl", &self.cert_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// A fresh root, kept only in memory.
+    pub fn generate(trust_domain: &str, cert_ttl: Duration) -> Result<Self, CaError> {
+        let (root_pem, key) = new_root(trust_domain)?;
+        Self::from_pem(&root_pem, key, cert_ttl, Path::new("(generated)"))
+    }
+
+    /// Loads the root from `dir`, or generates one there on first start. Existing files are
+    /// never overwritten: a corrupt or half-present pair is an error to fix by hand.
+    pub fn load_or_create(
+        dir: &Path,
+        trust_domain: &str,
+        cert_ttl: Duration,
+    ) -> Result<Self, CaError> {
+        let cert_path = dir.join(ROOT_CERT_FILE);
+        let key_path = dir.join(ROOT_KEY_FILE);
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => Self::from_files(&cert_path, &key_path, cert_ttl),
+            (false, false) => {
+                fs::create_dir_all(dir).map_err(|source| CaError::Write {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                let (root_pem, key) = new_root(trust_domain)?;
+                write_private(&key_path, &key.serialize_pem())?;
+                fs::write(&cert_path, &root_pem).map_err(|source| CaError::Write {
+                    path: cert_path.clone(),
+                    source,
+                })?;
+                tracing::info!("generated a new mesh root CA in {}", dir.display());
+                Self::from_pem(&root_pem, key, cert_ttl, &cert_path)
+            }
+            (true, false) => Err(CaError::HalfPresent {
+                dir: dir.to_owned(),
+                present: ROOT_CERT_FILE,
+                missing: ROOT_KEY_FILE,
+            }),
+            (false, true) => Err(CaError::HalfPresent {
+                dir: dir.to_owned(),
+                present: ROOT_KEY_FILE,
+                missing: ROOT_CERT_FILE,
+            }),
+        }
+    }
+
+    /// Loads a user-supplied root certificate and key (PEM).
+    pub fn from_files(cert: &Path, key: &Path, cert_ttl: Duration) -> Result<Self, CaError> {
+        let read = |path: &Path| {
+            fs::read_to_string(path).map_err(|source| CaError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let root_pem = read(cert)?;
+        let key_pem = read(key)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::Corrupt {
+            path: key.to_owned(),
+            what: "private key",
+            reason: e.to_string(),
+        })?;
+        Self::from_pem(&root_pem, key, cert_ttl, cert)
+    }
+
+    fn from_pem(
+        root_pem: &str,
+        key: KeyPair,
+        cert_ttl: Duration,
+        path: &Path,
+    ) -> Result<Self, CaError> {
+        let corrupt = |reason: String| CaError::Corrupt {
+            path: path.to_owned(),
+            what: "CA certificate",
+            reason,
+        };
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(root_pem.as_bytes())
+            .map_err(|e: rustls_pki_types::pem::Error| corrupt(e.to_string()))?;
+        let der: rustls_pki_types::CertificateDer<'static> = der;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&der).map_err(|e| corrupt(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(corrupt("it does not belong to the CA private key".into()));
+        }
+        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Self {
+            issuer,
+            root_pem: root_pem.to_owned(),
+            cert_ttl,
+        })
+    }
+
+    /// The root certificate every workload trusts (PEM).
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    pub fn cert_ttl(&self) -> Duration {
+        self.cert_ttl
+    }
+
+    /// Signs `csr_pem` for `identity`, which the caller has proven. The CSR may name no
+    /// identity or exactly this one; anything else is refused.
+    pub fn sign(&self, csr_pem: &str, identity: &SpiffeId) -> Result<String, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::InvalidCsr(e.to_string()))?;
+        let wanted = identity.to_string();
+        for san in &csr.params.subject_alt_names {
+            let requested = match san {
+                SanType::URI(uri) => uri.as_str().to_owned(),
+                other => format!("{other:?}"),
+            };
+            if requested != wanted {
+                return Err(CaError::ForeignIdentity {
+                    requested,
+                    proven: wanted,
+                });
+            }
+        }
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            wanted
+                .as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
+        )];
+        params.distinguished_name = DistinguishedName::new();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        // A minute of slack for clocks that disagree a little.
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + self.cert_ttl;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &fastrand::u64(..).to_be_bytes(),
+        ));
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok(cert.pem())
+    }
+}
+
+fn new_root(trust_domain: &str) -> Result<(String, KeyPair), CaError> {
+    let sign_err = |e: rcgen::Error| CaError::Sign(e.to_string());
+    let key = KeyPair::generate().map_err(sign_err)?;
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, trust_domain);
+    name.push(DnType::CommonName, "bookinfo mesh root CA");
+    params.distinguished_name = name;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + ROOT_TTL;
+    let cert = params.self_signed(&key).map_err(sign_err)?;
+    Ok((cert.pem(), key))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
+    let err = |source| CaError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(err)?;
+    io::Write::write_all(&mut file, contents.as_bytes()).map_err(err)
+}

@@ -1,0 +1,122 @@
+//! Opening connections: TCP (TCP_NODELAY, connect timeout), then mTLS when the address is a
+//! mesh endpoint, requiring the identity the registry gives that endpoint. Without a current
+//! certificate a connection to a mesh endpoint fails: mTLS fails closed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tower::Service;
+
+use crate::BoxError;
+use crate::dataplane::Mesh;
+use crate::io::EitherIo;
+
+/// A connection to a backend: plaintext or mTLS.
+#[derive(Debug)]
+pub struct MeshStream(TokioIo<EitherIo<TcpStream, TlsStream<TcpStream>>>);
+
+/// The destination is a mesh endpoint but this workload has no certificate yet.
+#[derive(Debug, thiserror::Error)]
+#[error("no workload certificate yet; refusing to connect to a mesh endpoint without mTLS")]
+pub struct NoCertificate;
+
+/// Connects plaintext, or mTLS to mesh endpoints.
+#[derive(Debug, Clone)]
+pub struct MeshConnector {
+    http: HttpConnector,
+    mesh: Option<Mesh>,
+}
+
+impl MeshConnector {
+    pub fn new(http: HttpConnector, mesh: Option<Mesh>) -> Self {
+        Self { http, mesh }
+    }
+}
+
+impl Service<Uri> for MeshConnector {
+    type Response = MeshStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<MeshStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.http.call(uri);
+        let mesh = self.mesh.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            let expected = match &mesh {
+                Some(mesh) => mesh.tls_target(tcp.peer_addr()?),
+                None => None,
+            };
+            let Some(expected) = expected else {
+                return Ok(MeshStream(TokioIo::new(EitherIo::Left(tcp))));
+            };
+            let mesh = mesh.expect("a TLS target comes from the mesh");
+            let certified = mesh.certified().ok_or(NoCertificate)?;
+            let config = crate::tls::client_config(&certified, expected.clone())?;
+            // The verifier checks the SPIFFE id; the name only fills SNI.
+            let name = ServerName::try_from(expected.service_account.clone())
+                .unwrap_or_else(|_| ServerName::try_from("mesh.local").expect("a valid name"));
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(MeshStream(TokioIo::new(EitherIo::Right(tls))))
+        })
+    }
+}
+
+impl Connection for MeshStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for MeshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
