@@ -10,8 +10,16 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
 use axum::Router;
-use mesh::{BindError, Client, Endpoints, Server};
+use mesh::control::client::WorkloadSpec;
+use mesh::control::daemon::{self, CaSource, MeshdConfig, MeshdError, RunningMeshd};
+use mesh::control::server::Tokens;
+use mesh::identity::DEFAULT_TRUST_DOMAIN;
+use mesh::{BindError, Client, Endpoints, Mesh, Server};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -23,7 +31,12 @@ pub const DEFAULT_REVIEWS_V2_PORT: u16 = 9083;
 pub const DEFAULT_REVIEWS_V3_PORT: u16 = 9084;
 pub const DEFAULT_RATINGS_PORT: u16 = 9085;
 
-/// Where each workload listens (port 0 picks a free port) and how ratings behaves.
+/// The Kubernetes namespace the workloads' identities name.
+pub const NAMESPACE: &str = "default";
+/// How long start waits for every workload's certificate and first snapshot.
+pub const MESH_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where each workload listens (port 0 picks a free port), how ratings behaves, and the mesh.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: IpAddr,
@@ -32,6 +45,41 @@ pub struct Config {
     pub reviews_ports: [u16; 3],
     pub ratings_port: u16,
     pub ratings_variant: ratings::Variant,
+    /// `None` runs plain HTTP between the services, with no control plane.
+    pub mesh: Option<MeshOptions>,
+}
+
+/// The in-process control plane.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// Istio-style YAML, watched live.
+    pub config_dir: Option<PathBuf>,
+    pub ca: CaSource,
+    pub meshd_port: u16,
+    /// Lifetime of workload certificates.
+    pub cert_ttl: Duration,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            config_dir: None,
+            ca: CaSource::Ephemeral,
+            meshd_port: mesh::control::DEFAULT_CONTROL_PORT,
+            cert_ttl: mesh::identity::ca::DEFAULT_CERT_TTL,
+        }
+    }
+}
+
+/// The app cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("meshd: {0}")]
+    Meshd(#[from] MeshdError),
+    #[error("mesh: {0}")]
+    Mesh(String),
 }
 
 impl Default for Config {
@@ -47,6 +95,7 @@ impl Default for Config {
             ],
             ratings_port: DEFAULT_RATINGS_PORT,
             ratings_variant: ratings::Variant::V1,
+            mesh: Some(MeshOptions::default()),
         }
     }
 }
@@ -59,6 +108,10 @@ impl Config {
             details_port: 0,
             reviews_ports: [0; 3],
             ratings_port: 0,
+            mesh: Some(MeshOptions {
+                meshd_port: 0,
+                ..MeshOptions::default()
+            }),
             ..Self::default()
         }
     }
@@ -86,6 +139,8 @@ pub struct Running {
     pub addrs: Addrs,
     stop: watch::Sender<bool>,
     servers: JoinSet<()>,
+    meshd: Option<RunningMeshd>,
+    meshes: Vec<Mesh>,
 }
 
 impl Running {
@@ -93,6 +148,25 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.servers.join_next().await.is_some() {}
+        drop(self.meshes);
+        if let Some(meshd) = self.meshd {
+            meshd.shutdown().await;
+        }
+    }
+
+    /// The in-process meshd's URL, when the mesh is on.
+    pub fn meshd_url(&self) -> Option<String> {
+        self.meshd.as_ref().map(RunningMeshd::url)
+    }
+
+    /// The workloads' data planes (empty without the mesh).
+    pub fn meshes(&self) -> &[Mesh] {
+        &self.meshes
+    }
+
+    /// Takes meshd out of the app, e.g. to stop it while the workloads go on.
+    pub fn take_meshd(&mut self) -> Option<RunningMeshd> {
+        self.meshd.take()
     }
 
     /// Resolves when `signal` does, then shuts down.
@@ -103,7 +177,7 @@ impl Running {
 }
 
 /// Binds every port first, so a taken port fails the start before anything serves.
-pub async fn start(config: Config) -> Result<Running, BindError> {
+pub async fn start(config: Config) -> Result<Running, StartError> {
     let at = |port| SocketAddr::new(config.bind, port);
     let details = Server::bind("details", at(config.details_port)).await?;
     let ratings = Server::bind("ratings", at(config.ratings_port)).await?;
@@ -123,28 +197,70 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         ],
         ratings: ratings.local_addr(),
     };
-    let client = Client::builder()
+
+    // Without the mesh, a static table stands in for the registry.
+    let plain_client = Client::builder()
         .endpoints(Arc::new(endpoints(&addrs)))
         .build();
+    let (meshd, tokens) = match &config.mesh {
+        Some(options) => {
+            let (meshd, tokens) = start_meshd(config.bind, options).await?;
+            (Some(meshd), tokens)
+        }
+        None => (None, HashMap::new()),
+    };
+    let mut meshes = Vec::new();
+    // Joins the mesh as `service`/`version`, or stays plain; returns the server and the
+    // client the workload calls out with.
+    let mut join =
+        |server: Server, service: &str, version: &str| -> Result<(Server, Client), StartError> {
+            let Some(meshd) = &meshd else {
+                return Ok((server, plain_client.clone()));
+            };
+            let account = format!("bookinfo-{service}");
+            let spec = WorkloadSpec {
+                control_plane: meshd.url(),
+                token: tokens.get(&account).cloned().unwrap_or_default(),
+                service: service.to_owned(),
+                labels: BTreeMap::from([
+                    ("app".to_owned(), service.to_owned()),
+                    ("version".to_owned(), version.to_owned()),
+                ]),
+                namespace: NAMESPACE.to_owned(),
+                service_account: account,
+            };
+            let mesh = Mesh::start(spec, DEFAULT_TRUST_DOMAIN, server.local_addr())
+                .map_err(|e| StartError::Mesh(e.to_string()))?;
+            let client = mesh.client();
+            meshes.push(mesh.clone());
+            Ok((server.with_mesh(mesh), client))
+        };
 
     let mut apps: Vec<(Server, Router)> = Vec::new();
-    apps.push((details, details::app(details::Config::default())));
-    apps.push((
-        ratings,
-        ratings::app(ratings::State::new(ratings::Config {
-            variant: config.ratings_variant,
-        })),
-    ));
+    let (server, _) = join(details, "details", "v1")?;
+    apps.push((server, details::app(details::Config::default())));
+    let (server, _) = join(ratings, "ratings", "v1")?;
+    let state = ratings::State::new(ratings::Config {
+        variant: config.ratings_variant,
+    });
+    apps.push((server, ratings::app(state)));
     for (server, version) in reviews.into_iter().zip(["v1", "v2", "v3"]) {
+        let (server, client) = join(server, "reviews", version)?;
         let config = reviews::Config::version(version, "http://ratings:9080");
-        let state = reviews::State {
-            config,
-            client: client.clone(),
-        };
-        apps.push((server, reviews::app(state)));
+        apps.push((server, reviews::app(reviews::State { config, client })));
     }
+    let (server, client) = join(productpage, "productpage", "v1")?;
     let state = productpage::State::new(productpage::Config::default(), client);
-    apps.push((productpage, productpage::app(state)));
+    apps.push((server, productpage::app(state)));
+
+    for mesh in &meshes {
+        if !mesh.ready(MESH_READY_TIMEOUT).await {
+            return Err(StartError::Mesh(format!(
+                "{} got no certificate or config from meshd within {MESH_READY_TIMEOUT:?}",
+                mesh.identity()
+            )));
+        }
+    }
 
     let (stop, stopped) = watch::channel(false);
     let mut servers = JoinSet::new();
@@ -164,7 +280,34 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         addrs,
         stop,
         servers,
+        meshd,
+        meshes,
     })
+}
+
+/// meshd in this process, with a fresh bootstrap token per service account.
+async fn start_meshd(
+    bind: IpAddr,
+    options: &MeshOptions,
+) -> Result<(RunningMeshd, HashMap<String, String>), StartError> {
+    let mut tokens = Tokens::default();
+    let mut by_account = HashMap::new();
+    for service in ["productpage", "details", "reviews", "ratings"] {
+        let account = format!("bookinfo-{service}");
+        let token = format!("{:032x}", fastrand::u128(..));
+        tokens.insert(NAMESPACE, &account, &token);
+        by_account.insert(account, token);
+    }
+    let meshd = daemon::start(MeshdConfig {
+        listen: SocketAddr::new(bind, options.meshd_port),
+        ca: options.ca.clone(),
+        tokens,
+        config_dir: options.config_dir.clone(),
+        trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+        cert_ttl: options.cert_ttl,
+    })
+    .await?;
+    Ok((meshd, by_account))
 }
 
 /// The logical names the services call, and where they are in this process.

@@ -1,7 +1,10 @@
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use mesh::control::daemon::CaSource;
 
 /// Runs the whole Bookinfo app on this machine: productpage, details, reviews v1/v2/v3 and
 /// ratings, each on its own port. Refreshing the page cycles through reviews v1 (no stars),
@@ -33,6 +36,22 @@ struct Cli {
     /// ratings variant: v1, v-faulty, v-delayed, v-unavailable or v-unhealthy.
     #[arg(long, default_value = "v1", value_parser = parse_variant)]
     ratings_version: ratings::Variant,
+    /// Run without the mesh: plain HTTP between the services, no meshd.
+    #[arg(long)]
+    no_mesh: bool,
+    /// Directory of Istio-style YAML (PeerAuthentication, AuthorizationPolicy), watched live.
+    #[arg(long, env = "BOOKINFO_CONFIG_DIR", conflicts_with = "no_mesh")]
+    config_dir: Option<PathBuf>,
+    /// Keep the mesh's root CA in this directory (generated on first start); by default a
+    /// fresh CA lives in memory.
+    #[arg(long, conflicts_with = "no_mesh")]
+    ca_dir: Option<PathBuf>,
+    /// meshd's gRPC port.
+    #[arg(long, default_value_t = mesh::control::DEFAULT_CONTROL_PORT)]
+    meshd_port: u16,
+    /// Lifetime of workload certificates (renewed at half-life), e.g. 24h, 10m, 30s.
+    #[arg(long, default_value = "24h", value_parser = mesh::cli::parse_duration)]
+    cert_ttl: Duration,
 }
 
 fn parse_variant(s: &str) -> Result<ratings::Variant, String> {
@@ -55,6 +74,12 @@ fn main() -> ExitCode {
         ],
         ratings_port: cli.ratings_port,
         ratings_variant: cli.ratings_version,
+        mesh: (!cli.no_mesh).then(|| bookinfo::MeshOptions {
+            config_dir: cli.config_dir.clone(),
+            ca: cli.ca_dir.map_or(CaSource::Ephemeral, CaSource::Dir),
+            meshd_port: cli.meshd_port,
+            cert_ttl: cli.cert_ttl,
+        }),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -79,6 +104,15 @@ fn main() -> ExitCode {
         println!("  reviews v2   http://{}", a.reviews[1]);
         println!("  reviews v3   http://{}", a.reviews[2]);
         println!("  ratings      http://{}", a.ratings);
+        match running.meshd_url() {
+            Some(url) => {
+                println!("  meshd        {url}  (mTLS between the services; PERMISSIVE unless a PeerAuthentication says otherwise)");
+                if let Some(dir) = &cli.config_dir {
+                    println!("  mesh config  {} (watched)", dir.display());
+                }
+            }
+            None => println!("  mesh         off (plain HTTP between the services)"),
+        }
         println!("Open {}  (Ctrl-C to stop)", a.page_url());
         running.run_until(mesh::shutdown::signal()).await;
         println!("Bookinfo stopped.");

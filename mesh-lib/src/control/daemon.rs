@@ -73,17 +73,18 @@ impl RunningMeshd {
 
     /// Stops serving and watching; registered workloads keep their last snapshot.
     pub async fn shutdown(self) {
+        self.plane.close();
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
     }
 
-    /// Stops at once, as a crash would (for tests of data planes outliving meshd).
+    /// Goes away without waiting: streams end, connections close, the port is freed (for
+    /// tests of data planes outliving meshd).
     pub fn kill(self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.plane.close();
+        let _ = self.stop.send(true);
     }
 }
 

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
-use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::pb;
@@ -106,6 +106,8 @@ pub struct ControlPlane {
     registry: Arc<Mutex<Registry>>,
     config: Arc<Mutex<Arc<MeshConfig>>>,
     snapshots: Arc<watch::Sender<Arc<pb::Snapshot>>>,
+    /// Set when meshd stops: every open watch stream ends, so data planes notice at once.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -125,7 +127,13 @@ impl ControlPlane {
             registry: Arc::default(),
             config: Arc::default(),
             snapshots: Arc::new(watch::Sender::new(Arc::new(pb::Snapshot::default()))),
+            closing: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// Ends every watch stream (meshd is stopping).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Replaces the policies every data plane gets, and pushes a new snapshot.
@@ -291,10 +299,26 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
             labels: workload.labels.into_iter().collect(),
             identity,
         });
-        let stream = WatchStream::new(self.snapshots.subscribe()).map(move |snapshot| {
-            let _registered = &guard;
-            Ok(pb::Snapshot::clone(&snapshot))
+        // A task per stream forwards snapshots until the caller goes away (the send fails)
+        // or meshd closes; the registration lives exactly as long as that task.
+        let mut closing = self.closing.subscribe();
+        let mut snapshots = self.snapshots.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let _registered = guard;
+            loop {
+                let snapshot = pb::Snapshot::clone(&snapshots.borrow_and_update());
+                if tx.send(Ok(snapshot)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                    _ = closing.wait_for(|c| *c) => return,
+                    () = tx.closed() => return,
+                }
+            }
         });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
     }
 }

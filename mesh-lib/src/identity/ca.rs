@@ -8,7 +8,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -21,6 +21,8 @@ use super::SpiffeId;
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long the generated root is valid.
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+/// How far back certificates are valid, for clocks that disagree a little.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// File names in the CA directory.
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 pub const ROOT_KEY_FILE: &str = "root-key.pem";
@@ -174,9 +176,22 @@ impl CertificateAuthority {
         self.cert_ttl
     }
 
-    /// Signs `csr_pem` for `identity`, which the caller has proven. The CSR may name no
-    /// identity or exactly this one; anything else is refused.
+    /// Signs `csr_pem` for `identity`, which the caller has proven, valid from a minute ago
+    /// (clock skew) for the configured TTL. The CSR may name no identity or exactly this one;
+    /// anything else is refused.
     pub fn sign(&self, csr_pem: &str, identity: &SpiffeId) -> Result<String, CaError> {
+        let now = SystemTime::now();
+        self.sign_valid(csr_pem, identity, now - CLOCK_SKEW, now + self.cert_ttl)
+    }
+
+    /// [`sign`](Self::sign) with an explicit validity (tests make expired certificates so).
+    pub fn sign_valid(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<String, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::InvalidCsr(e.to_string()))?;
         let wanted = identity.to_string();
@@ -208,10 +223,8 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        // A minute of slack for clocks that disagree a little.
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after = now + self.cert_ttl;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(
             &fastrand::u64(..).to_be_bytes(),
         ));
@@ -254,4 +267,121 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(err)?;
     io::Write::write_all(&mut file, contents.as_bytes()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Credentials;
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", "default", sa)
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mesh-ca-{name}-{}", fastrand::u64(..)));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn signs_the_proven_identity_into_a_uri_san() {
+        let ca = CertificateAuthority::generate("cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let creds = Credentials::new(id("bookinfo-details"));
+        let request = creds.request().unwrap();
+        let cert = ca.sign(&request.csr_pem, &id("bookinfo-details")).unwrap();
+        let certified = creds.install(request, &cert, ca.root_pem()).unwrap();
+        assert_eq!(certified.identity, id("bookinfo-details"));
+        let life = certified
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(life > DEFAULT_CERT_TTL - Duration::from_secs(60) && life <= DEFAULT_CERT_TTL);
+    }
+
+    #[test]
+    fn a_csr_for_another_identity_is_refused() {
+        let ca = CertificateAuthority::generate("cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let request = Credentials::new(id("bookinfo-ratings")).request().unwrap();
+        let err = ca
+            .sign(&request.csr_pem, &id("bookinfo-details"))
+            .unwrap_err();
+        assert!(matches!(err, CaError::ForeignIdentity { .. }), "{err}");
+        assert!(err.to_string().contains("bookinfo-ratings"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_not_a_csr() {
+        let ca = CertificateAuthority::generate("cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let err = ca
+            .sign(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+                &id("x"),
+            )
+            .unwrap_err();
+        assert!(matches!(err, CaError::InvalidCsr(_)), "{err}");
+    }
+
+    #[test]
+    fn the_root_is_generated_once_and_reloaded() {
+        let dir = tempdir("persist");
+        let first =
+            CertificateAuthority::load_or_create(&dir, "cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let again =
+            CertificateAuthority::load_or_create(&dir, "cluster.local", DEFAULT_CERT_TTL).unwrap();
+        assert_eq!(first.root_pem(), again.root_pem());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(ROOT_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the CA key is private");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_half_present_files_are_errors_and_are_left_alone() {
+        let dir = tempdir("corrupt");
+        fs::write(dir.join(ROOT_CERT_FILE), "not a certificate").unwrap();
+        let err = CertificateAuthority::load_or_create(&dir, "cluster.local", DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(matches!(err, CaError::HalfPresent { .. }), "{err}");
+        fs::write(dir.join(ROOT_KEY_FILE), "not a key").unwrap();
+        let err = CertificateAuthority::load_or_create(&dir, "cluster.local", DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CaError::Corrupt {
+                    what: "private key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join(ROOT_CERT_FILE)).unwrap(),
+            "not a certificate"
+        );
+
+        // A real key with a certificate that is not its own.
+        let other = tempdir("other");
+        CertificateAuthority::load_or_create(&other, "cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let mine = tempdir("mine");
+        CertificateAuthority::load_or_create(&mine, "cluster.local", DEFAULT_CERT_TTL).unwrap();
+        fs::copy(other.join(ROOT_CERT_FILE), mine.join(ROOT_CERT_FILE)).unwrap();
+        let err = CertificateAuthority::load_or_create(&mine, "cluster.local", DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not belong to the CA private key"),
+            "{err}"
+        );
+        for d in [dir, other, mine] {
+            fs::remove_dir_all(d).unwrap();
+        }
+    }
 }

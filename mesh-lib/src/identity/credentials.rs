@@ -23,6 +23,8 @@ pub struct Certified {
     pub root_ders: Vec<CertificateDer<'static>>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this workload received it.
+    pub installed_at: SystemTime,
 }
 
 impl Certified {
@@ -30,13 +32,15 @@ impl Certified {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
 
-    /// When to ask for the next certificate: at half of the lifetime, as Istio does.
+    /// When to ask for the next certificate: half-way through the time it had left when it
+    /// arrived (Istio renews at half-life; the CA back-dates `not_before` for clock skew, so
+    /// the arrival time is the better start).
     pub fn renew_at(&self) -> SystemTime {
-        let life = self
+        let left = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.installed_at)
             .unwrap_or(Duration::ZERO);
-        self.not_before + life / 2
+        self.installed_at + left / 2
     }
 }
 
@@ -145,6 +149,7 @@ impl Credentials {
             root_ders,
             not_before,
             not_after,
+            installed_at: SystemTime::now(),
         });
         self.current.send_replace(Some(certified.clone()));
         Ok(certified)
