@@ -1,0 +1,272 @@
+//! The whole app with its in-process meshd: Istio's authorization task step by step, STRICT
+//! mTLS, and the identities on the hops. Policies are written to the launcher's watched config
+//! directory, as a user would.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use mesh::Client;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bookinfo-{name}-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn start(config_dir: &std::path::Path) -> bookinfo::Running {
+    let mut config = bookinfo::Config::ephemeral();
+    config.mesh.as_mut().unwrap().config_dir = Some(config_dir.to_owned());
+    bookinfo::start(config).await.unwrap()
+}
+
+struct Page {
+    status: StatusCode,
+    body: String,
+}
+
+async fn send(request: Request<Body>) -> Page {
+    let r = Client::new().send(request, PATIENCE).await.unwrap();
+    Page {
+        status: r.status(),
+        body: String::from_utf8_lossy(r.body()).into_owned(),
+    }
+}
+
+async fn page(url: &str) -> Page {
+    send(Request::get(url).body(Body::empty()).unwrap()).await
+}
+
+/// Loads the page until `check` accepts three loads in a row (one per reviews version), or
+/// fails after the patience runs out. Policies take effect asynchronously; this waits on the
+/// outcome rather than on a guess of how long propagation takes.
+async fn eventually(url: &str, what: &str, check: impl Fn(&[Page]) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut pages = Vec::new();
+        for _ in 0..3 {
+            pages.push(page(url).await);
+        }
+        if check(&pages) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last pages were {:?}",
+            pages
+                .iter()
+                .map(|p| (p.status, p.body.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn policy(name: &str, selector: Option<&str>, rule: &str) -> String {
+    let selector = selector.map_or(String::new(), |app| {
+        format!("  selector:\n    matchLabels:\n      app: {app}\n")
+    });
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{selector}{rule}"
+    )
+}
+
+const STAR: &str = "glyphicon glyphicon-star";
+const RATINGS_ERROR: &str = "Ratings service is currently unavailable";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn istio_authorization_task_produces_the_documented_page_at_each_step() {
+    let dir = tempdir("authz");
+    let app = start(&dir).await;
+    let url = app.addrs.page_url();
+    eventually(&url, "baseline", |p| {
+        p.iter()
+            .all(|p| p.status == StatusCode::OK && p.body.contains("Book Details"))
+    })
+    .await;
+
+    // 1. allow-nothing: productpage itself denies.
+    std::fs::write(dir.join("allow-nothing.yaml"), "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-nothing\n  namespace: default\nspec:\n  {}\n").unwrap();
+    eventually(&url, "step 1", |p| {
+        p.iter()
+            .all(|p| p.status == StatusCode::FORBIDDEN && p.body == "RBAC: access denied")
+    })
+    .await;
+
+    // 2. productpage-viewer: the page, but details and reviews deny productpage.
+    std::fs::write(
+        dir.join("productpage-viewer.yaml"),
+        policy(
+            "productpage-viewer",
+            Some("productpage"),
+            "  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        methods: [\"GET\"]\n",
+        ),
+    )
+    .unwrap();
+    eventually(&url, "step 2", |p| {
+        p.iter().all(|p| {
+            p.status == StatusCode::OK
+                && p.body.contains("William Shakespeare")
+                && p.body.contains("Error fetching product details")
+                && p.body.contains("Error fetching product reviews")
+        })
+    })
+    .await;
+    let login = send(
+        Request::post(format!("http://{}/login", app.addrs.productpage))
+            .body(Body::from("username=jason"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (login.status, login.body.as_str()),
+        (StatusCode::FORBIDDEN, "RBAC: access denied"),
+        "POST /login is not a GET"
+    );
+
+    // 3. details-viewer and reviews-viewer: details and reviews, but ratings denies reviews.
+    for (name, app_label) in [("details-viewer", "details"), ("reviews-viewer", "reviews")] {
+        std::fs::write(
+            dir.join(format!("{name}.yaml")),
+            policy(name, Some(app_label), "  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/bookinfo-productpage\"]\n    to:\n    - operation:\n        methods: [\"GET\"]\n"),
+        )
+        .unwrap();
+    }
+    eventually(&url, "step 3", |p| {
+        p.iter().all(|p| {
+            p.body.contains("Book Details")
+                && p.body.contains("Book Reviews")
+                && !p.body.contains(STAR)
+        }) && p
+            .iter()
+            .filter(|p| p.body.matches(RATINGS_ERROR).count() == 2)
+            .count()
+            == 2
+    })
+    .await;
+
+    // 4. ratings-viewer: black and red stars are back.
+    std::fs::write(
+        dir.join("ratings-viewer.yaml"),
+        policy("ratings-viewer", Some("ratings"), "  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/bookinfo-reviews\"]\n    to:\n    - operation:\n        methods: [\"GET\"]\n"),
+    )
+    .unwrap();
+    eventually(&url, "step 4", |p| {
+        p.iter().all(|p| {
+            p.body.contains("William Shakespeare")
+                && p.body.contains("Book Details")
+                && p.body.contains("Book Reviews")
+                && !p.body.contains(RATINGS_ERROR)
+        }) && p
+            .iter()
+            .filter(|p| p.body.matches(STAR).count() == 9)
+            .count()
+            == 2
+    })
+    .await;
+
+    // 5. Cleanup: everything allowed again.
+    for f in [
+        "allow-nothing",
+        "productpage-viewer",
+        "details-viewer",
+        "reviews-viewer",
+        "ratings-viewer",
+    ] {
+        std::fs::remove_file(dir.join(format!("{f}.yaml"))).unwrap();
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while send(
+        Request::post(format!("http://{}/login", app.addrs.productpage))
+            .body(Body::from("username=jason"))
+            .unwrap(),
+    )
+    .await
+    .status
+        != StatusCode::FOUND
+    {
+        assert!(Instant::now() < deadline, "step 5: login still denied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(&url, "step 5", |p| {
+        p.iter()
+            .all(|p| p.status == StatusCode::OK && p.body.contains("Book Details"))
+            && p.iter()
+                .filter(|p| p.body.matches(STAR).count() == 9)
+                .count()
+                == 2
+    })
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_on_details_resets_plaintext_but_the_page_still_gets_details_over_mtls() {
+    let dir = tempdir("strict");
+    let app = start(&dir).await;
+    std::fs::write(
+        dir.join("details-strict.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: details-strict\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: details\n  mtls:\n    mode: STRICT\n",
+    )
+    .unwrap();
+    let details = format!("http://{}/details/0", app.addrs.details);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match Client::new()
+            .get(&details, Default::default(), PATIENCE)
+            .await
+        {
+            Err(e) => {
+                let chain = format!("{e:?}");
+                assert!(
+                    chain.contains("reset") || chain.contains("Reset") || chain.contains("closed"),
+                    "{chain}"
+                );
+                break;
+            }
+            Ok(_) => assert!(Instant::now() < deadline, "STRICT never applied to details"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = page(&app.addrs.page_url()).await;
+    assert!(
+        page.body.contains("Book Details"),
+        "productpage reaches details over mTLS"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_workload_has_its_upstream_service_account_identity() {
+    let dir = tempdir("ids");
+    let app = start(&dir).await;
+    let mut ids: Vec<String> = app
+        .meshes()
+        .iter()
+        .map(|m| m.identity().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        [
+            "spiffe://cluster.local/ns/default/sa/bookinfo-details",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+        ]
+    );
+    // Each workload is in the registry with the identity a client must find.
+    let snapshot = app.meshes()[0].snapshot();
+    assert_eq!(snapshot.endpoints.len(), 6);
+    for e in &snapshot.endpoints {
+        assert_eq!(
+            e.identity.service_account,
+            format!("bookinfo-{}", e.service)
+        );
+    }
+    app.shutdown().await;
+}
