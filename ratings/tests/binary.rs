@@ -62,3 +62,63 @@ fn an_unsupported_variant_is_a_configuration_error_with_exit_64() {
             .contains("database-backed ratings (v2) are not supported")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port() {
+    use mesh::control::daemon::{self, CaSource, MeshdConfig};
+    let mut tokens = mesh::control::server::Tokens::default();
+    tokens.insert("default", "bookinfo-ratings", "s3cret");
+    let meshd = daemon::start(MeshdConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: CaSource::Ephemeral,
+        tokens,
+        config_dir: None,
+        trust_domain: "cluster.local".into(),
+        cert_ttl: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let env = [
+        ("MESH_CONTROL_PLANE", meshd.url()),
+        ("MESH_TOKEN", "s3cret".to_owned()),
+        ("MESH_ADMIN_PORT", admin.to_string()),
+    ];
+    let ready = |env: &[(&str, String)]| {
+        Command::new(env!("CARGO_BIN_EXE_ratings"))
+            .args([&port.to_string(), "--health-check"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let _server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_ratings"))
+            .args([&port.to_string(), "--bind", "127.0.0.1"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready(&env) {
+        assert!(
+            Instant::now() < deadline,
+            "ratings never became ready in the mesh"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(meshd.plane.registered(), 1);
+    meshd.shutdown().await;
+}
+
+#[test]
+fn joining_the_mesh_without_a_token_is_a_configuration_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ratings"))
+        .env("MESH_CONTROL_PLANE", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bootstrap token"));
+}
