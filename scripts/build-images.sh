@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Bookinfo images bookinfo-rs/{details,ratings,reviews,productpage}:$BOOKINFO_TAG.
+# Builds the images bookinfo-rs/{details,ratings,reviews,productpage,meshd}:$BOOKINFO_TAG.
 #
 #   scripts/build-images.sh            from source with docker/Dockerfile (pulls rust:1-bookworm)
 #   scripts/build-images.sh --offline  static binaries built on this host, packaged by
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tag=${BOOKINFO_TAG:-latest}
-services=(details ratings reviews productpage)
+services=(details ratings reviews productpage meshd)
 
 case "${1:-}" in
   --offline)
@@ -19,12 +19,13 @@ case "${1:-}" in
     # this keeps it from waiting on another cargo's lock.
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/static}
     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" \
-      $(printf -- '-p %s ' "${services[@]}")
+      -p details -p ratings -p reviews -p productpage -p mesh-lib $(printf -- '--bin %s ' "${services[@]}")
     context=$(mktemp -d)
     trap 'rm -rf "$context"' EXIT
     for s in "${services[@]}"; do
       cp "$CARGO_TARGET_DIR/$target/release/$s" "$context/"
     done
+    mkdir "$context/meshd-state"
     for s in "${services[@]}"; do
       docker build --quiet -f docker/Dockerfile.prebuilt --target "$s" -t "bookinfo-rs/$s:$tag" "$context" >/dev/null
     done

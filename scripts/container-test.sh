@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Container test: builds the images offline, starts docker-compose.yml, waits until every
-# container is healthy, checks the app through the published port, stops ratings and checks the
-# degraded page, then removes everything it created (containers, network, images).
+# Container test: builds the images offline, starts docker-compose.yml (the app in the mesh, with
+# meshd), waits until every container is healthy, checks the app through the published port,
+# turns on STRICT mTLS and checks that plaintext between containers is refused while the page
+# still works, stops ratings and checks the degraded page, then removes everything it created
+# (containers, network, volume, images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,9 @@ started=$(date +%s)
 project=bookinfo-test-$$
 export BOOKINFO_TAG=test-$$
 export BOOKINFO_PORT=${BOOKINFO_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+# meshd watches this directory; the containers run as uid 65532, so it must be world-readable.
+export MESH_CONFIG_DIR=$(mktemp -d)
+chmod 755 "$MESH_CONFIG_DIR"
 base=http://127.0.0.1:$BOOKINFO_PORT
 compose() { docker-compose -p "$project" -f docker-compose.yml "$@"; }
 fail() { echo "container test: FAIL: $*" >&2; compose logs --no-color --tail 30 >&2 || true; exit 1; }
@@ -19,7 +24,8 @@ count() { { grep -o -- "$1" <<<"$2" || true; } | wc -l; }
 
 cleanup() {
   compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-  for s in details ratings reviews productpage; do
+  rm -rf "$MESH_CONFIG_DIR"
+  for s in details ratings reviews productpage meshd; do
     docker rmi "bookinfo-rs/$s:$BOOKINFO_TAG" >/dev/null 2>&1 || true
   done
 }
@@ -29,13 +35,13 @@ docker info >/dev/null 2>&1 || fail "no Docker engine reachable (docker info fai
 
 echo "building images (offline, tag $BOOKINFO_TAG)"
 scripts/build-images.sh --offline
-for s in details ratings reviews productpage; do
+for s in details ratings reviews productpage meshd; do
   size=$(docker image inspect --format '{{.Size}}' "bookinfo-rs/$s:$BOOKINFO_TAG")
   [ "$size" -le 15000000 ] || fail "bookinfo-rs/$s is $size bytes, over the 15 MB budget"
   user=$(docker image inspect --format '{{.Config.User}}' "bookinfo-rs/$s:$BOOKINFO_TAG")
   [ "$user" = "65532:65532" ] || fail "bookinfo-rs/$s runs as '$user', not the non-root 65532"
 done
-pass "four images under 15 MB, non-root"
+pass "five images under 15 MB, non-root"
 
 echo "starting docker-compose project $project on port $BOOKINFO_PORT"
 up_at=$(date +%s)
@@ -45,13 +51,13 @@ compose up -d --no-build
 deadline=$(( $(date +%s) + 120 ))
 while :; do
   ids=$(compose ps -q)
-  [ "$(echo "$ids" | wc -w)" -eq 6 ] || fail "expected 6 containers, got: $(compose ps)"
+  [ "$(echo "$ids" | wc -w)" -eq 7 ] || fail "expected 7 containers, got: $(compose ps)"
   unhealthy=$(docker inspect --format '{{.Name}} {{.State.Health.Status}}' $ids | grep -v ' healthy$' || true)
   [ -z "$unhealthy" ] && break
   [ "$(date +%s)" -lt "$deadline" ] || fail "containers not healthy after 120 s: $unhealthy"
   sleep 1
 done
-pass "all 6 containers healthy after $(( $(date +%s) - up_at )) s"
+pass "all 7 containers healthy after $(( $(date +%s) - up_at )) s"
 
 page=$(curl -fsS "$base/productpage")
 has '<title>Simple Bookstore App</title>' "$page" || fail "no title on the page"
@@ -86,6 +92,25 @@ ratings=$(curl -fsS "$base/api/v1/products/0/ratings")
 status=$(curl -s -o /dev/null -w '%{http_code}' "$base/api/v1/products/abc/reviews")
 [ "$status" = 404 ] || fail "/api/v1/products/abc/reviews gave $status"
 pass "JSON API"
+
+# Plaintext between containers is accepted under the default PERMISSIVE mode...
+details_ip=$(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$(compose ps -q details)")
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://$details_ip:9080/details/0" || true)
+[ "$code" = 200 ] || fail "plaintext to details under PERMISSIVE gave $code"
+# ...and reset under STRICT (curl exit 56), while the mesh's own mTLS calls keep working.
+cp mesh-config/security/strict-mtls.yaml "$MESH_CONFIG_DIR/"
+chmod 644 "$MESH_CONFIG_DIR/strict-mtls.yaml"
+deadline=$(( $(date +%s) + 30 ))
+while :; do
+  rc=0; curl -s -o /dev/null "http://$details_ip:9080/details/0" || rc=$?
+  [ "$rc" -eq 56 ] && break
+  [ "$(date +%s)" -lt "$deadline" ] || fail "plaintext to details not reset under STRICT (curl exit $rc)"
+  sleep 0.2
+done
+page=$(curl -fsS "$base/productpage")
+has 'Book Details' "$page" && has 'Book Reviews' "$page" || fail "the page lost its backends under STRICT"
+pass "STRICT: plaintext between containers reset (curl exit 56), mTLS page intact"
+rm -f "$MESH_CONFIG_DIR/strict-mtls.yaml"
 
 compose stop ratings >/dev/null 2>&1
 degraded=0

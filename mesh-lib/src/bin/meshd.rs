@@ -29,9 +29,13 @@ struct Cli {
     /// The key of --ca-cert (PEM).
     #[arg(long, env = "MESHD_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
-    /// Bootstrap tokens: DIR/<namespace>/<service-account> files, one token each.
-    #[arg(long, env = "MESHD_TOKEN_DIR")]
-    token_dir: PathBuf,
+    /// Bootstrap tokens: DIR/<namespace>.<service-account> files (or DIR/<namespace>/<sa>), one token each.
+    #[arg(
+        long,
+        env = "MESHD_TOKEN_DIR",
+        required_unless_present = "health_check"
+    )]
+    token_dir: Option<PathBuf>,
     /// Directory of Istio-style YAML (PeerAuthentication, AuthorizationPolicy), watched.
     #[arg(long, env = "MESHD_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
@@ -41,16 +45,33 @@ struct Cli {
     /// Lifetime of workload certificates (e.g. 24h, 10m, 30s).
     #[arg(long, env = "MESHD_CERT_TTL", default_value = "24h", value_parser = mesh::cli::parse_duration)]
     cert_ttl: Duration,
+    /// Instead of serving, check that a meshd already listens on --listen's port (for
+    /// container health checks), and exit 0 if so.
+    #[arg(long)]
+    health_check: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.health_check {
+        let addr = SocketAddr::from(([127, 0, 0, 1], cli.listen.port()));
+        return match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meshd: nothing answers on {addr}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     mesh::logging::init();
-    let tokens = match Tokens::load_dir(&cli.token_dir) {
+    let token_dir = cli
+        .token_dir
+        .expect("clap requires --token-dir when serving");
+    let tokens = match Tokens::load_dir(&token_dir) {
         Ok(t) if t.is_empty() => {
             eprintln!(
                 "meshd: {} holds no tokens (expected <namespace>/<service-account> files)",
-                cli.token_dir.display()
+                token_dir.display()
             );
             return ExitCode::from(mesh::run::EXIT_CONFIG);
         }

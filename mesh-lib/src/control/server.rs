@@ -38,29 +38,31 @@ impl Tokens {
         );
     }
 
-    /// Reads `DIR/<namespace>/<service-account>` files, each holding one token.
+    /// Reads a token directory: `DIR/<namespace>.<service-account>` files (as Docker and
+    /// Kubernetes mount secrets) or `DIR/<namespace>/<service-account>`, one token each.
+    /// Hidden files (Kubernetes' `..data` links among them) are skipped.
     pub fn load_dir(dir: &Path) -> Result<Self, TokensError> {
-        let err = |path: &Path, e: &dyn std::fmt::Display| TokensError {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        };
         let mut tokens = Self::default();
-        for ns in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
-            let ns = ns.map_err(|e| err(dir, &e))?;
-            if !ns.path().is_dir() || ns.file_name().to_string_lossy().starts_with('.') {
+        for entry in read_dir(dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
                 continue;
             }
-            for sa in fs::read_dir(ns.path()).map_err(|e| err(&ns.path(), &e))? {
-                let sa = sa.map_err(|e| err(&ns.path(), &e))?;
-                let name = sa.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') || !sa.path().is_file() {
-                    continue;
+            let path = entry.path();
+            if path.is_dir() {
+                for inner in read_dir(&path)? {
+                    let sa = inner.file_name().to_string_lossy().into_owned();
+                    if !sa.starts_with('.') && inner.path().is_file() {
+                        tokens.insert(&name, &sa, &read_token(&inner.path())?);
+                    }
                 }
-                let token = fs::read_to_string(sa.path()).map_err(|e| err(&sa.path(), &e))?;
-                if token.trim().is_empty() {
-                    return Err(err(&sa.path(), &"the token file is empty"));
-                }
-                tokens.insert(&ns.file_name().to_string_lossy(), &name, &token);
+            } else if let Some((namespace, account)) = name.split_once('.') {
+                tokens.insert(namespace, account, &read_token(&path)?);
+            } else {
+                return Err(TokensError {
+                    path,
+                    reason: "expected a <namespace>.<service-account> file name".into(),
+                });
             }
         }
         Ok(tokens)
@@ -81,6 +83,33 @@ impl Tokens {
     pub fn is_empty(&self) -> bool {
         self.by_account.is_empty()
     }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, TokensError> {
+    let err = |e: std::io::Error| TokensError {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut entries = fs::read_dir(dir)
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    entries.sort_by_key(fs::DirEntry::file_name);
+    Ok(entries)
+}
+
+fn read_token(path: &Path) -> Result<String, TokensError> {
+    let token = fs::read_to_string(path).map_err(|e| TokensError {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if token.trim().is_empty() {
+        return Err(TokensError {
+            path: path.to_owned(),
+            reason: "the token file is empty".into(),
+        });
+    }
+    Ok(token)
 }
 
 #[derive(Debug, Clone)]
@@ -320,5 +349,28 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_load_from_flat_and_nested_files() {
+        let dir = std::env::temp_dir().join(format!("mesh-tokens-{}", fastrand::u64(..)));
+        fs::create_dir_all(dir.join("bar")).unwrap();
+        fs::write(dir.join("default.bookinfo-ratings"), "t1\n").unwrap();
+        fs::write(dir.join("bar").join("svc"), "t2").unwrap();
+        fs::write(dir.join(".hidden"), "x").unwrap();
+        let tokens = Tokens::load_dir(&dir).unwrap();
+        assert!(tokens.verify("default", "bookinfo-ratings", "t1"));
+        assert!(tokens.verify("bar", "svc", "t2"));
+        assert!(!tokens.verify("default", "bookinfo-ratings", "t2"));
+        assert!(!tokens.verify("default", "nobody", "t1"));
+        fs::write(dir.join("empty.sa"), "  ").unwrap();
+        let err = Tokens::load_dir(&dir).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        fs::remove_dir_all(dir).unwrap();
     }
 }
