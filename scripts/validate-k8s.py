@@ -9,20 +9,32 @@ Checks, one output line per group:
               kubernetes-validate package, strict mode (unknown fields are errors)
   istio       Gateway/VirtualService in gateway.yaml (no bundled schema: explicit checks)
   kustomize   kustomization.yaml lists exactly the 14 app files, all present, no duplicates
-  compose     Deployments agree with docker-compose.yml (image, env, port, health checks)
+  mesh        the k8s/mesh overlay (embedded mesh): its kustomization lists the base's files and
+              its own, every base Deployment is patched once; meshd's ServiceAccount, Service and
+              Deployment (token dir = all of Secret mesh-tokens, config dir = ConfigMap
+              mesh-config, writable CA dir, tcpSocket probes); each patched workload joins meshd,
+              mounts only its own token key and is probed on the admin port 15021. With kubectl on
+              PATH, `kubectl kustomize` (offline) must render the overlay as merged here
+  compose     docker-compose.yml (which runs the app in the mesh) agrees with the base
+              Deployments plus the overlay's patches (image, env, port, health checks), its meshd
+              with the overlay's meshd, and docker/mesh-tokens/* with the overlay's Secret
   contract    Services, Deployments and ServiceAccounts of the app follow the Bookinfo contract;
               every container of every Deployment has probes, requests and runAsNonRoot;
               references (selectors, service accounts, config maps, role bindings) resolve
   monitoring  Prometheus, Jaeger and Kiali in istio-system are wired together
 
 Ends with `k8s: <n> passed, <m> failed` and exits 1 when anything failed.
-Needs PyYAML and kubernetes-validate (`pip install kubernetes-validate`); no cluster, no kubectl.
+Needs PyYAML and kubernetes-validate (`pip install kubernetes-validate`); no cluster; kubectl
+optional. The overlay's resources and its patched Deployments get the schema checks too.
 
 Usage: scripts/validate-k8s.py [--root DIR] [--k8s-version 1.32] [-v]
 """
 
 import argparse
+import copy
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,6 +74,15 @@ COMPOSE_TO_DEPLOYMENT = {
     "productpage": "productpage-v1",
 }
 ISTIO_NS = "istio-system"
+# The k8s/mesh overlay (embedded mesh) and docker-compose.yml's meshd.
+MESH_DIR = "mesh"
+MESHD = "meshd"
+MESHD_PORT = 15012
+MESHD_FLAGS = ("--token-dir", "--config-dir")
+MESHD_STATE_DIR = "/var/lib/meshd"
+MESH_TOKENS_SECRET = "mesh-tokens"
+MESH_CONFIG_CM = "mesh-config"
+ADMIN_PORT = 15021
 READ_VERBS = {"get", "list", "watch"}
 
 
@@ -327,6 +348,395 @@ def check_kustomization(root, kust, g):
 
 
 # ---------------------------------------------------------------------------------------------
+# k8s/mesh: the overlay that runs the app in the embedded mesh
+
+
+# Strategic-merge keys of the list fields the patches touch (as kustomize merges them).
+SMP_MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+                  "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name"}
+PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
+
+
+def smp_merge(base, patch, field=None):
+    """A strategic merge patch, enough for Deployment patches: maps merge, null deletes, lists
+    with a merge key merge item by item (new items first, as kustomize puts them), other lists
+    are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            elif k in out:
+                out[k] = smp_merge(out[k], v, k)
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+    key = SMP_MERGE_KEYS.get(field)
+    if key and isinstance(base, list) and isinstance(patch, list) \
+            and all(isinstance(i, dict) for i in base + patch):
+        out, added = [dict(i) for i in base], []
+        for item in patch:
+            idx = next((n for n, b in enumerate(out) if b.get(key) == item.get(key)), None)
+            if idx is None:
+                added.append(copy.deepcopy(item))
+            else:
+                out[idx] = smp_merge(out[idx], item)
+        return added + out
+    return copy.deepcopy(patch)
+
+
+class Mesh:
+    """The overlay: its kustomization, resources (meshd, Secret, ConfigMap), patches and the
+    effective Deployments (base + patch)."""
+
+    def __init__(self):
+        self.kust = None
+        self.docs = []
+        self.patches = []
+        self.effective = {}
+
+    def find(self, kind, name):
+        return next((d for d in self.docs if d.kind == kind and d.name == name), None)
+
+
+def load_mesh(root, base_docs, g_files, g_parse, g_mesh):
+    mesh = Mesh()
+    mdir = root / "k8s" / MESH_DIR
+    if not g_files.check(mdir.is_dir(), "k8s/%s: directory missing" % MESH_DIR):
+        return mesh
+    for p in sorted(mdir.glob("*.yml")) + sorted(mdir.glob("*/*.yml")):
+        g_files.fail("%s: use the .yaml extension" % p.relative_to(root))
+
+    def load(path):
+        rel = str(path.relative_to(root))
+        try:
+            loaded = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+            g_parse.fail("%s: cannot parse YAML: %s" % (rel, str(e).replace("\n", " ")))
+            return []
+        g_parse.check(loaded, "%s: no YAML document" % rel)
+        out = []
+        for i, data in enumerate(loaded):
+            if not g_parse.check(isinstance(data, dict), "%s: document %d is not a mapping" % (rel, i)):
+                continue
+            ok = g_parse.check(isinstance(data.get("apiVersion"), str) and isinstance(data.get("kind"), str),
+                               "%s: document %d lacks apiVersion or kind" % (rel, i))
+            ok = g_parse.check(isinstance(dig(data, "metadata", "name"), str),
+                               "%s: document %d (%s) lacks metadata.name" % (rel, i, data.get("kind"))) and ok
+            if ok:
+                out.append(Doc(path, rel, i, data))
+        return out
+
+    kpath = mdir / "kustomization.yaml"
+    if not g_files.check(kpath.is_file(), "k8s/%s/kustomization.yaml: file missing" % MESH_DIR):
+        return mesh
+    krel = str(kpath.relative_to(root))
+    try:
+        kd = [d for d in yaml.safe_load_all(kpath.read_text()) if d is not None]
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        g_parse.fail("%s: cannot parse YAML: %s" % (krel, str(e).replace("\n", " ")))
+        return mesh
+    if not g_mesh.check(len(kd) == 1 and isinstance(kd[0], dict), "%s: must hold one mapping" % krel):
+        return mesh
+    mesh.kust = Doc(kpath, krel, 0, kd[0])
+    w, data = mesh.kust.rel, mesh.kust.data
+    g_mesh.check(data.get("apiVersion") == "kustomize.config.k8s.io/v1beta1",
+                 "%s: apiVersion must be kustomize.config.k8s.io/v1beta1" % w)
+    g_mesh.check(data.get("kind") == "Kustomization", "%s: kind must be Kustomization" % w)
+    extra = sorted(set(data) - {"apiVersion", "kind", "metadata", "resources", "patches"})
+    g_mesh.check(not extra, "%s: unexpected field(s) %s" % (w, extra))
+    res = data.get("resources")
+    if not g_mesh.check(isinstance(res, list) and all(isinstance(r, str) for r in res),
+                        "%s: resources must be a list of file names" % w):
+        res = []
+    dups = sorted({r for r in res if res.count(r) > 1})
+    g_mesh.check(not dups, "%s: duplicate resources %s" % (w, dups))
+    for r in res:
+        p = (mdir / r)
+        if p.is_dir():
+            g_mesh.fail("%s: resource %s is a directory; kustomize rejects an overlay inside its base "
+                        "(cycle): list the base's files as ../<file>.yaml" % (w, r))
+        else:
+            g_mesh.check(p.is_file(), "%s: resource %s does not exist" % (w, r))
+    # The whole base app, file by file.
+    base_kust = root / "k8s" / "kustomization.yaml"
+    try:
+        base_res = yaml.safe_load(base_kust.read_text()).get("resources") or []
+    except Exception:  # reported by the kustomize group
+        base_res = list(APP_FILES)
+    listed_base = sorted(r[3:] for r in res if r.startswith("../") and "/" not in r[3:])
+    g_mesh.check(listed_base == sorted(base_res),
+                 "%s: must list the base's resources %s as ../<file>, lists %s" % (w, sorted(base_res), listed_base))
+    local = [r for r in res if not r.startswith("../")]
+    for r in local:
+        g_mesh.check("/" not in r and r.endswith(".yaml"), "%s: resource %s must be a .yaml file in k8s/%s"
+                     % (w, r, MESH_DIR))
+    stray = sorted(p.name for p in mdir.glob("*.yaml") if p.name != "kustomization.yaml" and p.name not in local)
+    g_mesh.check(not stray, "k8s/%s: files %s are not listed in kustomization.yaml resources" % (MESH_DIR, stray))
+    for r in local:
+        if (mdir / r).is_file():
+            mesh.docs.extend(load(mdir / r))
+
+    patches = data.get("patches") or []
+    if not g_mesh.check(isinstance(patches, list), "%s: patches must be a list" % w):
+        patches = []
+    ppaths = []
+    for i, pt in enumerate(patches):
+        if not g_mesh.check(isinstance(pt, dict) and isinstance(pt.get("path"), str),
+                            "%s: patches[%d] must name a file (path)" % (w, i)):
+            continue
+        g_mesh.check(set(pt) == {"path"}, "%s: patches[%d]: only strategic merge patches by path are "
+                     "supported here (no target/patch/options), has %s" % (w, i, sorted(pt)))
+        ppaths.append(pt["path"])
+        pp = mdir / pt["path"]
+        if not g_mesh.check(pp.is_file() and mdir.resolve() in pp.resolve().parents,
+                            "%s: patch %s does not exist in k8s/%s" % (w, pt["path"], MESH_DIR)):
+            continue
+        pd = load(pp)
+        if g_mesh.check(len(pd) == 1, "%s: a patch file must hold one document" % pp.relative_to(root)):
+            mesh.patches.append(pd[0])
+    g_mesh.check(len(set(ppaths)) == len(ppaths), "%s: duplicate patches" % w)
+    stray = sorted(str(p.relative_to(mdir)) for p in mdir.glob("*/*.yaml") if str(p.relative_to(mdir)) not in ppaths)
+    g_mesh.check(not stray, "k8s/%s: files %s are not listed in kustomization.yaml patches" % (MESH_DIR, stray))
+
+    # Effective Deployments: base + patch.
+    base_deps = {d.name: d for d in base_docs if d.kind == "Deployment" and d.rel.count("/") == 1}
+    patched = {}
+    for p in mesh.patches:
+        pw = p.where()
+        ok = g_mesh.check(p.data.get("apiVersion") == "apps/v1" and p.kind == "Deployment",
+                          "%s: patches must target apps/v1 Deployments" % pw)
+        ok = g_mesh.check(p.name in base_deps, "%s: patches no Deployment of the base (%s)"
+                          % (pw, sorted(base_deps))) and ok
+        ok = g_mesh.check(p.name not in patched, "%s: Deployment %s is already patched by %s"
+                          % (pw, p.name, patched.get(p.name))) and ok
+        g_mesh.check(p.namespace is None, "%s: must not set metadata.namespace" % pw)
+        if ok:
+            patched[p.name] = p.rel
+            base = base_deps[p.name]
+            mesh.effective[p.name] = Doc(p.path, "%s (on %s)" % (p.rel, base.rel), 0,
+                                         smp_merge(base.data, p.data))
+    missing = sorted(set(base_deps) - set(patched))
+    g_mesh.check(not missing, "k8s/%s: base Deployments %s are not patched" % (MESH_DIR, missing))
+    return mesh
+
+
+def named_port(container, port):
+    if isinstance(port, str):
+        return {cp.get("name"): cp.get("containerPort") for cp in container.get("ports") or []}.get(port)
+    return port
+
+
+def check_mesh(root, base_docs, mesh, g):
+    if mesh.kust is None:
+        return
+    md = lambda kind, name: mesh.find(kind, name)  # noqa: E731
+    for d in mesh.docs:
+        g.check(d.namespace is None, "%s: must not set metadata.namespace" % d.where())
+        clash = [b for b in base_docs if b.rel.count("/") == 1 and b.kind == d.kind and b.name == d.name]
+        g.check(not clash, "%s: the base already defines it (%s); patch it instead" % (
+            d.where(), clash[0].rel if clash else ""))
+    seen = set()
+    for d in mesh.docs:
+        g.check((d.kind, d.name) not in seen, "%s: defined twice in k8s/%s" % (d.where(), MESH_DIR))
+        seen.add((d.kind, d.name))
+
+    # The Secret and the ConfigMap.
+    sec = md("Secret", MESH_TOKENS_SECRET)
+    keys = {"default.bookinfo-%s" % app for app in APPS}
+    if g.check(sec is not None, "k8s/%s: no Secret %s" % (MESH_DIR, MESH_TOKENS_SECRET)):
+        w = sec.where()
+        g.check(sec.data.get("type") == "Opaque", "%s: type must be Opaque" % w)
+        g.check("data" not in sec.data, "%s: use stringData (readable demo tokens), not data" % w)
+        sd = sec.data.get("stringData") or {}
+        g.check(set(sd) == keys, "%s: stringData keys must be %s, are %s" % (w, sorted(keys), sorted(sd)))
+        for k, v in sd.items():
+            g.check(isinstance(v, str) and v.strip() and v == v.strip(),
+                    "%s: token %s must be a non-empty string without whitespace" % (w, k))
+    cm = md("ConfigMap", MESH_CONFIG_CM)
+    if g.check(cm is not None, "k8s/%s: no ConfigMap %s" % (MESH_DIR, MESH_CONFIG_CM)):
+        w = cm.where()
+        data = cm.data.get("data")
+        g.check(isinstance(data, dict), "%s: data must be a mapping (data: {} for no policy)" % w)
+        g.check("binaryData" not in cm.data, "%s: no binaryData (meshd reads YAML)" % w)
+        for k, v in (data or {}).items():
+            g.check(str(k).endswith(".yaml"), "%s: key %s: meshd only reads *.yaml" % (w, k))
+            try:
+                list(yaml.safe_load_all(v or ""))
+                g.check(True, "")
+            except yaml.YAMLError as e:
+                g.fail("%s: key %s does not parse: %s" % (w, k, str(e).replace("\n", " ")))
+
+    # meshd: ServiceAccount, Service, Deployment.
+    sa = md("ServiceAccount", MESHD)
+    if g.check(sa is not None, "k8s/%s: no ServiceAccount %s" % (MESH_DIR, MESHD)):
+        g.check(sa.meta.get("labels") == {"account": MESHD}, "%s: labels must be {account: %s}" % (sa.where(), MESHD))
+    svc = md("Service", MESHD)
+    if g.check(svc is not None, "k8s/%s: no Service %s" % (MESH_DIR, MESHD)):
+        spec = svc.data.get("spec") or {}
+        ports = spec.get("ports") or []
+        g.check(spec.get("selector") == {"app": MESHD}, "%s: selector must be {app: %s}" % (svc.where(), MESHD))
+        g.check(len(ports) == 1 and ports[0].get("port") == MESHD_PORT and ports[0].get("name") == "grpc"
+                and ports[0].get("targetPort", MESHD_PORT) in (MESHD_PORT, "grpc"),
+                "%s: must have one port %d named grpc, has %r" % (svc.where(), MESHD_PORT, ports))
+    dep = md("Deployment", MESHD)
+    if g.check(dep is not None, "k8s/%s: no Deployment %s" % (MESH_DIR, MESHD)):
+        w = dep.where()
+        spec = dep.data.get("spec") or {}
+        pod = dig(spec, "template", "spec", default={}) or {}
+        g.check(spec.get("replicas") == 1, "%s: replicas must be 1 (one CA)" % w)
+        g.check(dig(spec, "template", "metadata", "labels", "app") == MESHD, "%s: pods must be labelled app: %s" % (w, MESHD))
+        g.check(pod.get("serviceAccountName") == MESHD, "%s: serviceAccountName must be %s" % (w, MESHD))
+        cs = pod.get("containers") or []
+        if g.check(len(cs) == 1 and cs[0].get("name") == MESHD, "%s: must have one container %s" % (w, MESHD)):
+            c, cw = cs[0], "%s: container %s" % (w, MESHD)
+            g.check(c.get("image") == "bookinfo-rs/%s:latest" % MESHD, "%s: image must be bookinfo-rs/%s:latest" % (cw, MESHD))
+            g.check(c.get("imagePullPolicy") == "IfNotPresent", "%s: imagePullPolicy must be IfNotPresent" % cw)
+            g.check("command" not in c, "%s: keep the image's entrypoint (it sets --ca-dir); use args" % cw)
+            flags = flag_values([as_str(a) for a in c.get("args") or []])
+            mounts = {m.get("mountPath"): m for m in c.get("volumeMounts") or []}
+            vols = {v.get("name"): v for v in pod.get("volumes") or []}
+
+            def vol_at(path):
+                m = mounts.get(path)
+                return (m, vols.get(m.get("name"))) if m else (None, None)
+
+            m, v = vol_at(flags.get("--token-dir"))
+            g.check(v and dig(v, "secret", "secretName") == MESH_TOKENS_SECRET and "items" not in v["secret"]
+                    and m.get("readOnly") is True and "subPath" not in m,
+                    "%s: --token-dir %r must be a read-only mount of all of Secret %s" % (cw, flags.get("--token-dir"), MESH_TOKENS_SECRET))
+            m, v = vol_at(flags.get("--config-dir"))
+            g.check(v and dig(v, "configMap", "name") == MESH_CONFIG_CM and "subPath" not in m,
+                    "%s: --config-dir %r must be a mount of ConfigMap %s (no subPath: updates must propagate)"
+                    % (cw, flags.get("--config-dir"), MESH_CONFIG_CM))
+            m, v = vol_at(MESHD_STATE_DIR)
+            g.check(v and ("emptyDir" in v or "persistentVolumeClaim" in v) and not m.get("readOnly"),
+                    "%s: %s (the CA) must be a writable emptyDir or PVC (the root FS is read-only)" % (cw, MESHD_STATE_DIR))
+            cports = c.get("ports") or []
+            g.check(any(p.get("containerPort") == MESHD_PORT and p.get("name") == "grpc" for p in cports),
+                    "%s: must expose containerPort %d named grpc" % (cw, MESHD_PORT))
+            for probe in ("readinessProbe", "livenessProbe"):
+                pr = c.get(probe) or {}
+                g.check(named_port(c, dig(pr, "tcpSocket", "port")) == MESHD_PORT
+                        and not any(h in pr for h in PROBE_HANDLERS if h != "tcpSocket"),
+                        "%s: %s must be tcpSocket on port %d" % (cw, probe, MESHD_PORT))
+            check_security_context(g, cw, c)
+
+    # The six patched Deployments.
+    meshd_url = "http://%s:%d" % (MESHD, MESHD_PORT)
+    for name, eff in sorted(mesh.effective.items()):
+        w = eff.where()
+        pod = dig(eff.data, "spec", "template", "spec", default={}) or {}
+        app = dig(eff.data, "spec", "template", "metadata", "labels", "app")
+        c = container_of(eff, app)
+        if not g.check(isinstance(c, dict), "%s: no container %s" % (w, app)):
+            continue
+        cw = "%s: container %s" % (w, app)
+        env = container_env(c)
+        g.check(env.get("MESH_CONTROL_PLANE") == meshd_url,
+                "%s: MESH_CONTROL_PLANE must be %s (Service %s), is %r" % (cw, meshd_url, MESHD, env.get("MESH_CONTROL_PLANE")))
+        # Its own token, and only that.
+        own = "default.%s" % pod.get("serviceAccountName")
+        g.check(own == "default.bookinfo-%s" % app, "%s: serviceAccountName must be bookinfo-%s" % (w, app))
+        tf = env.get("MESH_TOKEN_FILE")
+        if g.check(isinstance(tf, str) and tf.startswith("/"), "%s: MESH_TOKEN_FILE must be an absolute path" % cw):
+            d, _, f = tf.rpartition("/")
+            m = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == d), None)
+            v = next((v for v in pod.get("volumes") or [] if m and v.get("name") == m.get("name")), None)
+            ok = g.check(m is not None and v is not None and "subPath" not in m and m.get("readOnly") is True,
+                         "%s: MESH_TOKEN_FILE %s: its directory %s must be a read-only volume mount (no subPath)"
+                         % (cw, tf, d))
+            if ok:
+                items = dig(v, "secret", "items", default=None)
+                g.check(dig(v, "secret", "secretName") == MESH_TOKENS_SECRET and isinstance(items, list)
+                        and [(i.get("key"), i.get("path")) for i in items] == [(own, f)],
+                        "%s: volume %s must be Secret %s with items [{key: %s, path: %s}] only, is %r"
+                        % (w, v.get("name"), MESH_TOKENS_SECRET, own, f, v))
+        for v in pod.get("volumes") or []:
+            if dig(v, "secret", "secretName") == MESH_TOKENS_SECRET or \
+                    any(dig(s, "secret", "name") == MESH_TOKENS_SECRET for s in dig(v, "projected", "sources", default=[]) or []):
+                keys_in = [i.get("key") for i in dig(v, "secret", "items", default=[]) or []]
+                g.check(keys_in == [own], "%s: volume %s exposes %s of Secret %s; the pod may see only %s"
+                        % (w, v.get("name"), keys_in or "every key", MESH_TOKENS_SECRET, own))
+        for e in c.get("env") or []:
+            g.check(dig(e, "valueFrom", "secretKeyRef", "name") != MESH_TOKENS_SECRET,
+                    "%s: env %s reads Secret %s" % (cw, e.get("name"), MESH_TOKENS_SECRET))
+        g.check(not any(dig(s, "secretRef", "name") == MESH_TOKENS_SECRET for s in c.get("envFrom") or []),
+                "%s: envFrom exposes every token" % cw)
+        # Admin port and probes.
+        ports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
+        g.check(ports.get(ADMIN_PORT) == "admin" and APP_PORT in ports,
+                "%s: must expose %d and containerPort %d named admin, has %r" % (cw, APP_PORT, ADMIN_PORT, ports))
+        for probe in ("readinessProbe", "livenessProbe"):
+            pr = c.get(probe) or {}
+            handlers = [h for h in PROBE_HANDLERS if h in pr]
+            g.check(handlers == ["httpGet"] and dig(pr, "httpGet", "path") == "/healthz/ready"
+                    and named_port(c, dig(pr, "httpGet", "port")) == ADMIN_PORT,
+                    "%s: %s must be only httpGet /healthz/ready on port %d (9080 may be STRICT mTLS), is %r"
+                    % (cw, probe, ADMIN_PORT, pr))
+        # The patch adds, it does not drop: the base container's env stays.
+        base = next((b for b in base_docs if b.kind == "Deployment" and b.name == name and b.rel.count("/") == 1), None)
+        benv = container_env(container_of(base, app) or {}) if base else {}
+        g.check(all(env.get(k) == v for k, v in benv.items()), "%s: the patch changes base env %r" % (cw, benv))
+        check_security_context(g, cw, c)
+
+
+def check_security_context(g, cw, c):
+    sc = c.get("securityContext") or {}
+    want_sc = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+               "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+    for k, v in want_sc.items():
+        g.check(sc.get(k) == v, "%s: securityContext.%s must be %r, is %r" % (cw, k, v, sc.get(k)))
+    g.check(dig(sc, "capabilities", "drop") == ["ALL"], "%s: securityContext.capabilities.drop must be [ALL]" % cw)
+
+
+def canonical(obj, field=None):
+    """Order-insensitive form of merge-keyed lists, to compare with kustomize's output."""
+    if isinstance(obj, dict):
+        return {k: canonical(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        items = [canonical(i) for i in obj]
+        key = SMP_MERGE_KEYS.get(field)
+        if key and all(isinstance(i, dict) for i in items):
+            items.sort(key=lambda i: str(i.get(key)))
+        return items
+    return obj
+
+
+def check_mesh_render(root, base_docs, mesh, g):
+    """When kubectl is on PATH: `kubectl kustomize` (offline) must render the overlay, with the
+    same Deployments as this script's merge and every resource of base + overlay."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None or mesh.kust is None:
+        return False
+    try:
+        run = subprocess.run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone",
+                              str(root / "k8s" / MESH_DIR)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        g.fail("kubectl kustomize k8s/%s: could not run: %s" % (MESH_DIR, e))
+        return True
+    if not g.check(run.returncode == 0, "kubectl kustomize k8s/%s fails: %s" % (MESH_DIR, run.stderr.strip()[-400:])):
+        return True
+    try:
+        rendered = [d for d in yaml.safe_load_all(run.stdout) if isinstance(d, dict)]
+    except yaml.YAMLError as e:
+        g.fail("kubectl kustomize k8s/%s: output does not parse: %s" % (MESH_DIR, e))
+        return True
+    got = {(d.get("kind"), dig(d, "metadata", "name")): d for d in rendered}
+    want = {(d.kind, d.name) for d in base_docs if d.rel.count("/") == 1 and not is_istio(d)} | \
+        {(d.kind, d.name) for d in mesh.docs}
+    g.check(set(got) == want, "kubectl kustomize k8s/%s renders %s, expected %s" % (
+        MESH_DIR, sorted(set(got) ^ want), "base + overlay resources"))
+    for name, eff in sorted(mesh.effective.items()):
+        r = got.get(("Deployment", name))
+        if r is not None:
+            g.check(canonical(r) == canonical(eff.data),
+                    "kubectl kustomize k8s/%s: Deployment %s differs from base + patch as merged here"
+                    % (MESH_DIR, name))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
 # docker-compose
 
 
@@ -382,7 +792,47 @@ def container_of(doc, name=None):
     return next((c for c in containers if isinstance(c, dict) and c.get("name") == name), None)
 
 
-def check_compose(root, docs, g):
+def compose_command(service):
+    cmd = service.get("command") or []
+    if isinstance(cmd, str):
+        cmd = cmd.split()
+    return [as_str(a) for a in cmd]
+
+
+def flag_values(args):
+    """`--flag value` / `--flag=value` pairs of an argument list, as {flag: value}."""
+    out, i = {}, 0
+    while i < len(args):
+        a = str(args[i])
+        if a.startswith("--") and "=" in a:
+            k, _, v = a.partition("=")
+            out[k] = v
+        elif a.startswith("--"):
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is not None and not str(nxt).startswith("--"):
+                out[a] = str(nxt)
+                i += 1
+            else:
+                out[a] = None
+        i += 1
+    return out
+
+
+def container_env(c, g=None, w=""):
+    env = {}
+    for e in c.get("env") or []:
+        if g is not None:
+            g.check("valueFrom" not in e, "%s: env %s uses valueFrom, compose sets a literal" % (w, e.get("name")))
+            g.check(e.get("name") not in env, "%s: env %s set twice" % (w, e.get("name")))
+        env[e.get("name")] = e.get("value")
+    return env
+
+
+def check_compose(root, docs, mesh, g):
+    """docker-compose.yml runs the app in the mesh, so each service is compared with the base
+    Deployment plus the k8s/mesh overlay's patch (the effective mesh-mode Deployment), and
+    `meshd` with the overlay's meshd. Compose-only plumbing (`secrets`, `volumes`,
+    `depends_on`) is not compared; the token values are, with the overlay's Secret."""
     path = root / "docker-compose.yml"
     try:
         compose = interpolate(yaml.safe_load(path.read_text()))
@@ -391,9 +841,13 @@ def check_compose(root, docs, g):
         return
     services = dig(compose, "services", default={}) or {}
     deployments = {d.name: d for d in docs if d.kind == "Deployment" and d.rel.count("/") == 1}
-    g.check(sorted(services) == sorted(COMPOSE_TO_DEPLOYMENT),
-            "docker-compose.yml: services %s, expected %s" % (sorted(services), sorted(COMPOSE_TO_DEPLOYMENT)))
+    effective = mesh.effective if mesh else {}
+    want_services = sorted(list(COMPOSE_TO_DEPLOYMENT) + [MESHD])
+    g.check(sorted(services) == want_services,
+            "docker-compose.yml: services %s, expected %s" % (sorted(services), want_services))
     for svc_name in sorted(services):
+        if svc_name == MESHD:
+            continue
         svc = services[svc_name] or {}
         dep_name = COMPOSE_TO_DEPLOYMENT.get(svc_name)
         dep = deployments.get(dep_name)
@@ -407,20 +861,30 @@ def check_compose(root, docs, g):
             continue
         g.check(c.get("image") == svc.get("image"), "%s: image %r differs from compose %s image %r"
                 % (w, c.get("image"), svc_name, svc.get("image")))
+        base_env = container_env(c, g, w)
+        mesh_vars = sorted(k for k in base_env if str(k).startswith("MESH_"))
+        g.check(not mesh_vars, "%s: base Deployment sets %s; k8s/ stays plain (for Istio), mesh "
+                               "settings belong in the k8s/mesh overlay" % (w, mesh_vars))
+        # The effective mesh-mode env: base plus the overlay's patch.
+        eff = effective.get(dep_name)
+        if not g.check(eff is not None, "k8s/mesh: no patch for Deployment %s, so compose %s (mesh mode) "
+                       "has no k8s counterpart" % (dep_name, svc_name)):
+            continue
+        ew = eff.where()
+        got_env = container_env(container_of(eff, app) or {}, g, ew)
         want_env = compose_env(svc)
-        env_list = c.get("env") or []
-        got_env = {}
-        for e in env_list:
-            g.check("valueFrom" not in e, "%s: env %s uses valueFrom, compose sets a literal"
-                    % (w, e.get("name")))
-            g.check(e.get("name") not in got_env, "%s: env %s set twice" % (w, e.get("name")))
-            got_env[e.get("name")] = e.get("value")
         for k in sorted(set(want_env) | set(got_env)):
-            g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (w, k, want_env.get(k), svc_name))
-            g.check(k in want_env, "%s: env %s not set by compose %s" % (w, k, svc_name))
+            g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (ew, k, want_env.get(k), svc_name))
+            g.check(k in want_env, "%s: env %s not set by compose %s" % (ew, k, svc_name))
             if k in got_env and k in want_env:
-                g.check(isinstance(got_env[k], str) and got_env[k] == want_env[k],
-                        "%s: env %s=%r, compose %s has %r" % (w, k, got_env[k], svc_name, want_env[k]))
+                if k == "MESH_TOKEN_FILE":
+                    # Different paths by design (Compose secret vs. Secret volume): both set.
+                    g.check(isinstance(got_env[k], str) and got_env[k] and want_env[k],
+                            "%s: env %s must be set in both, k8s %r, compose %s %r"
+                            % (ew, k, got_env[k], svc_name, want_env[k]))
+                else:
+                    g.check(isinstance(got_env[k], str) and got_env[k] == want_env[k],
+                            "%s: env %s=%r, compose %s has %r" % (ew, k, got_env[k], svc_name, want_env[k]))
         g.check(dig(dep.data, "spec", "template", "metadata", "labels", "version") == want_env.get("SERVICE_VERSION"),
                 "%s: version label differs from compose SERVICE_VERSION %r" % (w, want_env.get("SERVICE_VERSION")))
         ports = [p.get("containerPort") for p in c.get("ports") or []]
@@ -432,6 +896,51 @@ def check_compose(root, docs, g):
         if svc_name == "productpage":
             g.check((str(APP_PORT), str(APP_PORT)) in compose_published(svc),
                     "docker-compose.yml: productpage must publish %d:%d" % (APP_PORT, APP_PORT))
+
+    # meshd <-> the overlay's meshd Deployment.
+    svc = services.get(MESHD)
+    md = mesh.find("Deployment", MESHD) if mesh else None
+    if svc is not None and g.check(md is not None, "k8s/mesh: no Deployment %s for compose service %s"
+                                   % (MESHD, MESHD)):
+        c = container_of(md, MESHD) or {}
+        w = md.where()
+        g.check(c.get("image") == svc.get("image"), "%s: image %r differs from compose %s image %r"
+                % (w, c.get("image"), MESHD, svc.get("image")))
+        kflags = flag_values([as_str(a) for a in c.get("args") or []])
+        cflags = flag_values(compose_command(svc))
+        for flag in MESHD_FLAGS:
+            g.check(kflags.get(flag), "%s: args lack %s <dir>" % (w, flag))
+            g.check(cflags.get(flag), "docker-compose.yml: %s command lacks %s <dir>" % (MESHD, flag))
+        g.check(set(kflags) == set(cflags), "%s: args flags %s differ from compose %s command flags %s"
+                % (w, sorted(kflags), MESHD, sorted(cflags)))
+        g.check(not container_env(c) and not compose_env(svc),
+                "%s: meshd takes its settings as flags; neither side should set env" % w)
+        hc = svc.get("healthcheck") or {}
+        g.check(hc.get("test") and not hc.get("disable") and c.get("readinessProbe"),
+                "%s: compose %s healthcheck and the readinessProbe must both exist" % (w, MESHD))
+
+    # Token values: docker/mesh-tokens/* == the overlay's Secret == compose's secrets.
+    sec = mesh.find("Secret", MESH_TOKENS_SECRET) if mesh else None
+    if not g.check(sec is not None, "k8s/mesh: no Secret %s" % MESH_TOKENS_SECRET):
+        return
+    sdata = sec.data.get("stringData") or {}
+    tok_dir = root / "docker" / "mesh-tokens"
+    files = {p.name: p for p in sorted(tok_dir.glob("*.*")) if not p.name.startswith(".")
+             and p.suffix != ".md"} if tok_dir.is_dir() else {}
+    g.check(files, "docker/mesh-tokens: no token files")
+    g.check(sorted(files) == sorted(sdata), "%s: stringData keys %s differ from docker/mesh-tokens files %s"
+            % (sec.where(), sorted(sdata), sorted(files)))
+    for name, p in files.items():
+        if name in sdata:
+            g.check(as_str(sdata[name]).strip() == p.read_text().strip(),
+                    "%s: token %s differs from docker/mesh-tokens/%s" % (sec.where(), name, name))
+    csecrets = dig(compose, "secrets", default={}) or {}
+    g.check(sorted(csecrets) == sorted(sdata), "docker-compose.yml: secrets %s differ from %s keys %s"
+            % (sorted(csecrets), sec.where(), sorted(sdata)))
+    for name, spec in csecrets.items():
+        f = dig(spec, "file")
+        g.check(isinstance(f, str) and (root / f).resolve() == (tok_dir / name).resolve(),
+                "docker-compose.yml: secret %s must be file ./docker/mesh-tokens/%s, is %r" % (name, name, f))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,23 +1204,35 @@ def check_monitoring(docs, g):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
-                    help="repository root holding k8s/ and docker-compose.yml (default: this script's repo)")
+                    help="repository root holding k8s/, docker-compose.yml and docker/mesh-tokens (default: this script's repo)")
     ap.add_argument("--k8s-version", default=K8S_VERSION, help="Kubernetes schema version (default %(default)s)")
     ap.add_argument("-v", "--verbose", action="store_true", help="also list the files read")
     args = ap.parse_args()
     root = args.root.resolve()
 
-    groups = {n: Group(n) for n in ("files", "parse", "schema", "istio", "kustomize", "compose", "contract", "monitoring")}
+    groups = {n: Group(n) for n in ("files", "parse", "schema", "istio", "kustomize", "mesh", "compose",
+                                    "contract", "monitoring")}
     docs, kust = load_docs(root, groups["files"], groups["parse"])
+    mesh = load_mesh(root, docs, groups["files"], groups["parse"], groups["mesh"])
     if args.verbose:
-        for rel in sorted({d.rel for d in docs}):
+        for rel in sorted({d.rel for d in docs + mesh.docs + mesh.patches}):
             print("read %s" % rel)
-    schema_version = check_schema(docs, groups["schema"], args.k8s_version)
+    # The overlay's own resources and its effective (patched) Deployments get the schema check.
+    schema_version = check_schema(docs + mesh.docs + list(mesh.effective.values()), groups["schema"],
+                                  args.k8s_version)
     check_istio(docs, groups["istio"])
     check_kustomization(root, kust, groups["kustomize"])
-    check_compose(root, docs, groups["compose"])
+    check_mesh(root, docs, mesh, groups["mesh"])
+    rendered = check_mesh_render(root, docs, mesh, groups["mesh"])
+    if args.verbose:
+        print("kubectl kustomize k8s/%s: %s" % (MESH_DIR, "compared" if rendered else "skipped (no kubectl)"))
+    check_compose(root, docs, mesh, groups["compose"])
     check_contract(docs, groups["contract"])
     check_all_deployments(docs, groups["contract"])
+    # The same rules for what the overlay deploys: base app + meshd & co. + patched Deployments.
+    check_all_deployments([mesh.effective.get(d.name, d) if d.kind == "Deployment" else d
+                           for d in docs if d.rel.count("/") == 1 and not is_istio(d)]
+                          + mesh.docs, groups["contract"])
     check_monitoring(docs, groups["monitoring"])
 
     passed = failed = 0
