@@ -280,5 +280,9 @@ fn the_shipped_mesh_config_samples_load_cleanly() {
     assert_eq!(loaded.config.peer_authentications.len(), 2);
     let live = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-config/live");
     let loaded = mesh::config::load_dir(&live).unwrap();
-    assert_eq!(loaded.config, mesh::config::MeshConfig::default(), "nothing is applied by default");
+    assert_eq!(
+        loaded.config,
+        mesh::config::MeshConfig::default(),
+        "nothing is applied by default"
+    );
 }
