@@ -33,6 +33,9 @@ struct Inner {
     credentials: Credentials,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     server_tls: watch::Receiver<Option<Arc<ServerConfig>>>,
+    /// Every address ever seen as a mesh endpoint, with its identity: an address is never
+    /// downgraded to plaintext because one snapshot lacks it.
+    known: std::sync::Mutex<std::collections::HashMap<SocketAddr, SpiffeId>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -93,6 +96,7 @@ impl Mesh {
                 credentials,
                 snapshot,
                 server_tls,
+                known: Default::default(),
                 tasks,
             }),
         })
@@ -166,7 +170,15 @@ impl Mesh {
     /// The identity to require from `addr`, when it is a mesh endpoint that takes mTLS.
     pub fn tls_target(&self, addr: SocketAddr) -> Option<SpiffeId> {
         let snapshot = self.snapshot();
-        let endpoint = snapshot.endpoint_at(addr)?;
+        let mut known = self
+            .inner
+            .known
+            .lock()
+            .expect("known lock is never poisoned");
+        let Some(endpoint) = snapshot.endpoint_at(addr) else {
+            return known.get(&addr).cloned();
+        };
+        known.insert(addr, endpoint.identity.clone());
         let mode = snapshot.config.mtls_mode(&Workload {
             namespace: &endpoint.namespace,
             labels: &endpoint.labels,

@@ -273,7 +273,11 @@ impl Drop for Deregister {
             .expect("registry lock is never poisoned")
             .workloads
             .remove(&self.id);
-        if let Some(w) = removed {
+        // While meshd stops, every stream ends at once: publishing the shrinking registry
+        // would only hand the last data planes a snapshot without their peers.
+        if let Some(w) = removed
+            && !*self.plane.closing.borrow()
+        {
             tracing::info!(service = %w.service, addr = %w.addr, "workload deregistered");
             self.plane.publish();
         }

@@ -1,7 +1,9 @@
 //! Per-request endpoint choice for logical backend names.
 //!
-//! In the mesh, a name's endpoints come from meshd's registry (`reviews` → every reviews
-//! workload). Otherwise names in the [`Endpoints`] table are chosen from it, and other names
+//! In the mesh, endpoints come from meshd's registry: those of the destination the split layer
+//! chose (service + subset labels), else of the service the host names; the DestinationRule's
+//! policy picks among them (round robin, random, least request), skipping endpoints outlier
+//! detection ejected, and every outcome is reported back to it. Otherwise names in the [`Endpoints`] table are chosen from it, and other names
 //! with several DNS addresses are spread by [`DnsSpread`].
 //!
 //! A Kubernetes Service without routing rules spreads requests over its pods; refreshing the
@@ -22,7 +24,11 @@ use http::uri::Authority;
 use http::{HeaderValue, Request, Uri, header};
 use tower::{Layer, Service};
 
+use super::classify::{LocalError, classify};
 use super::dns::DnsSpread;
+use super::health::Health;
+use super::plan::{LbPolicy, OutlierPlan};
+use super::split::Chosen;
 use crate::dataplane::Mesh;
 
 /// The addresses behind each logical `host:port`.
@@ -71,6 +77,7 @@ pub struct BalanceLayer {
     dns: DnsSpread,
     mesh: Option<Mesh>,
     turns: Turns,
+    health: Arc<Health>,
 }
 
 /// Round-robin positions per mesh service.
@@ -87,7 +94,14 @@ impl BalanceLayer {
             dns,
             mesh: None,
             turns: Turns::default(),
+            health: Arc::default(),
         }
+    }
+
+    /// Shares endpoint state (in flight, ejections) with the other layers of the stack.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Takes endpoints of mesh services from the data plane's registry snapshot.
@@ -106,6 +120,7 @@ impl<S> Layer<S> for BalanceLayer {
             dns: self.dns.clone(),
             mesh: self.mesh.clone(),
             turns: self.turns.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -118,20 +133,22 @@ pub struct Balance<S> {
     dns: DnsSpread,
     mesh: Option<Mesh>,
     turns: Turns,
+    health: Arc<Health>,
 }
 
-impl<S, B> Service<Request<B>> for Balance<S>
+impl<S, B, R> Service<Request<B>> for Balance<S>
 where
-    S: Service<Request<B>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
     S::Future: Send,
+    S::Error: Into<crate::BoxError>,
     B: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Error = crate::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, crate::BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
@@ -140,38 +157,119 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let endpoints = self.endpoints.clone();
         let dns = self.dns.clone();
-        let from_mesh = req
-            .uri()
-            .host()
-            .and_then(|host| pick_mesh(self.mesh.as_ref()?, &self.turns, host));
+        let mesh_choice = match &self.mesh {
+            Some(mesh) => self.pick_mesh(mesh, &req),
+            None => Ok(None),
+        };
+        let health = self.health.clone();
         Box::pin(async move {
-            if let Some(logical) = req.uri().authority().map(Authority::to_string) {
-                let chosen = match from_mesh.or_else(|| endpoints.pick(&logical)) {
+            let picked = mesh_choice?;
+            let Some(logical) = req.uri().authority().map(Authority::to_string) else {
+                return inner.call(req).await.map_err(Into::into);
+            };
+            let Some(MeshPick {
+                addr,
+                peers,
+                outlier,
+            }) = picked
+            else {
+                let chosen = match endpoints.pick(&logical) {
                     Some(addr) => Some(addr),
                     None => dns.pick(&logical).await,
                 };
                 if let Some(addr) = chosen {
                     route_to(&mut req, &logical, addr);
                 }
-            }
-            inner.call(req).await
+                return inner.call(req).await.map_err(Into::into);
+            };
+            route_to(&mut req, &logical, addr);
+            health.start(addr);
+            let result = inner.call(req).await.map_err(Into::into);
+            health.finish(addr, classify(&result), outlier.as_ref(), &peers);
+            result
         })
     }
 }
 
-/// The next registry endpoint of the service `host` names (`reviews`, or
-/// `reviews.default.svc.cluster.local`).
-fn pick_mesh(mesh: &Mesh, turns: &Turns, host: &str) -> Option<SocketAddr> {
-    let service = host.split('.').next().unwrap_or(host);
-    let endpoints = mesh.endpoints_of(service);
-    if endpoints.is_empty() {
-        return None;
+/// An endpoint chosen from the registry, with what outlier detection needs to judge it.
+struct MeshPick {
+    addr: SocketAddr,
+    peers: Vec<SocketAddr>,
+    outlier: Option<OutlierPlan>,
+}
+
+impl<S> Balance<S> {
+    /// The next endpoint of the chosen destination (or of the service the host names), by the
+    /// destination's load-balancing policy, skipping ejected endpoints while any are left.
+    /// `Ok(None)`: not a mesh destination, use the table or DNS.
+    fn pick_mesh<B>(
+        &self,
+        mesh: &Mesh,
+        req: &Request<B>,
+    ) -> Result<Option<MeshPick>, crate::BoxError> {
+        let chosen = req.extensions().get::<Chosen>().map(|c| c.0.clone());
+        let host = req.uri().host().unwrap_or_default();
+        let (service, labels, policy) = match &chosen {
+            Some(d) => (d.service.clone(), d.subset_labels.clone(), d.policy.clone()),
+            None => (
+                host.split('.').next().unwrap_or(host).to_owned(),
+                Default::default(),
+                Default::default(),
+            ),
+        };
+        let all = mesh.endpoints_of(&service);
+        let candidates: Vec<SocketAddr> = all
+            .iter()
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .map(|e| e.addr)
+            .collect();
+        if candidates.is_empty() {
+            // A routed destination with no endpoint is Envoy's 503; an unknown name is not
+            // the mesh's business (DNS decides).
+            return match chosen {
+                Some(d) if d.subset.is_some() || !all.is_empty() => {
+                    Err(LocalError::NoHealthyUpstream.into())
+                }
+                _ => Ok(None),
+            };
+        }
+        let healthy: Vec<SocketAddr> = candidates
+            .iter()
+            .copied()
+            .filter(|a| !self.health.is_ejected(*a))
+            .collect();
+        // All ejected: use them all rather than fail (Envoy's panic threshold).
+        let pool = if healthy.is_empty() {
+            &candidates
+        } else {
+            &healthy
+        };
+        let addr = match policy.lb {
+            LbPolicy::RoundRobin => {
+                let key = format!("{service}/{labels:?}");
+                let mut turns = self.turns.lock().expect("turns lock is never poisoned");
+                let turn = turns.entry(key).or_default();
+                let addr = pool[*turn % pool.len()];
+                *turn = turn.wrapping_add(1);
+                addr
+            }
+            LbPolicy::Random => pool[fastrand::usize(..pool.len())],
+            LbPolicy::LeastRequest => {
+                let a = pool[fastrand::usize(..pool.len())];
+                let b = pool[fastrand::usize(..pool.len())];
+                if self.health.in_flight(b) < self.health.in_flight(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Ok(Some(MeshPick {
+            addr,
+            peers: candidates,
+            outlier: policy.outlier,
+        }))
     }
-    let mut turns = turns.lock().expect("turns lock is never poisoned");
-    let turn = turns.entry(service.to_owned()).or_default();
-    let chosen = endpoints[*turn % endpoints.len()].addr;
-    *turn = turn.wrapping_add(1);
-    Some(chosen)
 }
 
 /// Sends `req` to `addr` while `Host` keeps the logical name.
@@ -208,13 +306,20 @@ mod tests {
     }
 
     async fn send(
-        svc: &mut (impl Service<Request<()>, Response = (String, String), Error = Infallible> + Clone),
+        svc: &mut (
+                 impl Service<
+            Request<()>,
+            Response = http::Response<(String, String)>,
+            Error = crate::BoxError,
+        > + Clone
+             ),
         uri: &str,
     ) -> (String, String) {
         svc.clone()
             .oneshot(Request::get(uri).body(()).unwrap())
             .await
             .unwrap()
+            .into_body()
     }
 
     #[tokio::test]
@@ -223,7 +328,7 @@ mod tests {
             .layer(BalanceLayer::new(table()))
             .service(service_fn(|req: Request<()>| async move {
                 let host = req.headers()[header::HOST].to_str().unwrap().to_owned();
-                Ok::<_, Infallible>((req.uri().to_string(), host))
+                Ok::<_, Infallible>(http::Response::new((req.uri().to_string(), host)))
             }));
         let mut seen = Vec::new();
         for _ in 0..6 {
@@ -254,7 +359,7 @@ mod tests {
                     .get(header::HOST)
                     .map(|h| h.to_str().unwrap().to_owned())
                     .unwrap_or_default();
-                Ok::<_, Infallible>((req.uri().to_string(), host))
+                Ok::<_, Infallible>(http::Response::new((req.uri().to_string(), host)))
             }));
         let (uri, host) = send(&mut svc, "http://details:9080/details/0").await;
         assert_eq!(uri, "http://details:9080/details/0");

@@ -1,13 +1,34 @@
 //! The outbound client every service calls its backends through.
 //!
-//! The stack, in data-path order (built in [`Client::builder`]'s `build`):
-//! per-call deadline → endpoint choice ([`balance`], [`dns`]) → pooled HTTP/1.1 connection
-//! (TCP_NODELAY). Routing, retries and mTLS slot in between as tower layers later; service
-//! code only ever sees [`Client::get`].
+//! The stack, in data-path order (built in [`ClientBuilder::build`]): the caller's deadline →
+//! [`rescue`] (mesh failures become Envoy's responses) → [`route`] (VirtualService match →
+//! plan) → [`fault`] → [`timeout`] → [`retry`] (with a budget) → [`split`] (weighted subset,
+//! per request) → [`balance`] (load balancer over the subset's endpoints, outlier ejection) →
+//! [`breaker`] (connectionPool limits) → [`connect`] (TCP_NODELAY, mTLS with the expected
+//! identity) and a pooled HTTP/1.1 connection. Without a mesh only balancing and the
+//! connection remain. Service code only ever sees [`Client::get`] and [`Client::send`].
 
 pub mod balance;
+pub mod breaker;
+pub mod classify;
 pub mod connect;
 pub mod dns;
+pub mod fault;
+pub mod health;
+pub mod plan;
+pub mod rescue;
+pub mod retry;
+pub mod route;
+pub mod routing;
+pub mod split;
+pub mod timeout;
+
+/// The boxed future the mesh's layers return.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// The largest request body the client buffers (bodies are buffered so attempts can be
+/// retried); larger requests fail.
+pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +36,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -198,11 +219,43 @@ impl ClientBuilder {
         let connector = connect::MeshConnector::new(http, self.mesh.clone());
         let transport = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(DEFAULT_POOL_IDLE_TIMEOUT)
-            .build::<_, Body>(connector)
-            .map_response(|r| r.map(Body::new));
-        let balance = BalanceLayer::new(self.endpoints.unwrap_or_default()).with_mesh(self.mesh);
-        let stack = ServiceBuilder::new().layer(balance).service(transport);
-        Client::from_service(stack)
+            .build::<_, Full<Bytes>>(connector)
+            .map_request(|r: Request<Bytes>| r.map(Full::new))
+            .map_response(|r| r.map(Body::new))
+            .map_err(|e: hyper_util::client::legacy::Error| -> BoxError {
+                if e.is_connect() {
+                    Box::new(classify::ConnectError(Box::new(e)))
+                } else {
+                    Box::new(e)
+                }
+            });
+        let health = Arc::new(health::Health::default());
+        let balance = BalanceLayer::new(self.endpoints.unwrap_or_default())
+            .with_mesh(self.mesh.clone())
+            .with_health(health.clone());
+        let stack = ServiceBuilder::new()
+            .option_layer(self.mesh.as_ref().map(|_| rescue::RescueLayer))
+            .option_layer(self.mesh.clone().map(route::RouteLayer::new))
+            .layer(fault::FaultLayer::new(fault::random_roll()))
+            .layer(timeout::RouteTimeoutLayer)
+            .layer(retry::RetryLayer::new(Arc::default()))
+            .layer(split::SplitLayer)
+            .layer(balance)
+            .layer(breaker::BreakerLayer::new(health))
+            .service(transport);
+        let stack = BoxCloneSyncService::new(stack);
+        // Bodies are buffered once at the top so any attempt below can resend them.
+        Client::from_service(tower::service_fn(move |req: Request<Body>| {
+            let stack = stack.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = http_body_util::Limited::new(body, MAX_REQUEST_BODY)
+                    .collect()
+                    .await?
+                    .to_bytes();
+                stack.oneshot(Request::from_parts(parts, body)).await
+            }
+        }))
     }
 }
 
