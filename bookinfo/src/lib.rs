@@ -33,6 +33,8 @@ pub const DEFAULT_RATINGS_PORT: u16 = 9085;
 
 /// The Kubernetes namespace the workloads' identities name.
 pub const NAMESPACE: &str = "default";
+const GATEWAY_ACCOUNT: &str = mesh::gateway::GATEWAY_SERVICE_ACCOUNT;
+
 /// How long start waits for every workload's certificate and first snapshot.
 pub const MESH_READY_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -49,7 +51,20 @@ pub struct Config {
     pub mesh: Option<MeshOptions>,
 }
 
-/// The in-process control plane.
+/// The resources the tutorial applies before anything else, always in force under the config
+/// directory: the ingress Gateway + VirtualService and the subsets of every service.
+pub const BASE_CONFIG: [(&str, &str); 2] = [
+    (
+        "bookinfo-gateway.yaml",
+        include_str!("../../mesh-config/base/bookinfo-gateway.yaml"),
+    ),
+    (
+        "destination-rule-all.yaml",
+        include_str!("../../mesh-config/base/destination-rule-all.yaml"),
+    ),
+];
+
+/// The in-process control plane and the ingress gateway.
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
     /// Istio-style YAML, watched live.
@@ -58,11 +73,14 @@ pub struct MeshOptions {
     pub meshd_port: u16,
     /// Lifetime of workload certificates.
     pub cert_ttl: Duration,
+    /// The ingress gateway's port.
+    pub gateway_port: u16,
 }
 
 impl Default for MeshOptions {
     fn default() -> Self {
         Self {
+            gateway_port: mesh::gateway::DEFAULT_GATEWAY_PORT,
             config_dir: None,
             ca: CaSource::Ephemeral,
             meshd_port: mesh::control::DEFAULT_CONTROL_PORT,
@@ -110,6 +128,7 @@ impl Config {
             ratings_port: 0,
             mesh: Some(MeshOptions {
                 meshd_port: 0,
+                gateway_port: 0,
                 ..MeshOptions::default()
             }),
             ..Self::default()
@@ -120,6 +139,8 @@ impl Config {
 /// The addresses the running workloads listen on.
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
+    /// The ingress gateway, when the mesh is on.
+    pub gateway: Option<SocketAddr>,
     pub productpage: SocketAddr,
     pub details: SocketAddr,
     pub reviews: [SocketAddr; 3],
@@ -127,9 +148,12 @@ pub struct Addrs {
 }
 
 impl Addrs {
-    /// The page users open.
+    /// The page users open: through the ingress gateway when there is one.
     pub fn page_url(&self) -> String {
-        format!("http://{}/productpage", self.productpage)
+        format!(
+            "http://{}/productpage",
+            self.gateway.unwrap_or(self.productpage)
+        )
     }
 }
 
@@ -139,6 +163,8 @@ pub struct Running {
     pub addrs: Addrs,
     stop: watch::Sender<bool>,
     servers: JoinSet<()>,
+    /// Per workload: stops its listener at once, without leaving the registry.
+    crash: HashMap<String, watch::Sender<bool>>,
     meshd: Option<RunningMeshd>,
     meshes: Vec<Mesh>,
 }
@@ -164,6 +190,15 @@ impl Running {
         &self.meshes
     }
 
+    /// Stops one workload's server at once (`reviews-v1`, `details`, …) while its registration
+    /// stays, as when a process dies before the control plane notices: for outlier-detection
+    /// demos and tests.
+    pub fn crash(&self, workload: &str) -> bool {
+        self.crash
+            .get(workload)
+            .is_some_and(|c| c.send(true).is_ok())
+    }
+
     /// Takes meshd out of the app, e.g. to stop it while the workloads go on.
     pub fn take_meshd(&mut self) -> Option<RunningMeshd> {
         self.meshd.take()
@@ -186,8 +221,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         reviews.push(Server::bind(format!("reviews-v{}", i + 1), at(port)).await?);
     }
     let productpage = Server::bind("productpage", at(config.productpage_port)).await?;
+    let gateway = match &config.mesh {
+        Some(options) => {
+            Some(Server::bind("istio-ingressgateway", at(options.gateway_port)).await?)
+        }
+        None => None,
+    };
 
     let addrs = Addrs {
+        gateway: gateway.as_ref().map(Server::local_addr),
         productpage: productpage.local_addr(),
         details: details.local_addr(),
         reviews: [
@@ -252,6 +294,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (server, client) = join(productpage, "productpage", "v1")?;
     let state = productpage::State::new(productpage::Config::default(), client);
     apps.push((server, productpage::app(state)));
+    if let (Some(server), Some(meshd)) = (gateway, &meshd) {
+        let spec = WorkloadSpec {
+            control_plane: meshd.url(),
+            token: tokens.get(GATEWAY_ACCOUNT).cloned().unwrap_or_default(),
+            service: mesh::gateway::GATEWAY_SERVICE.to_owned(),
+            labels: mesh::gateway::labels(),
+            namespace: mesh::gateway::GATEWAY_NAMESPACE.to_owned(),
+            service_account: mesh::gateway::GATEWAY_SERVICE_ACCOUNT.to_owned(),
+        };
+        let gateway_mesh = Mesh::start(spec, DEFAULT_TRUST_DOMAIN, server.local_addr())
+            .map_err(|e| StartError::Mesh(e.to_string()))?;
+        meshes.push(gateway_mesh.clone());
+        // The Gateway resource names port 8080; whichever port this listener got (tests use
+        // free ports), it serves the 8080 server, as a Kubernetes Service maps 80 → 8080.
+        apps.push((
+            server,
+            mesh::gateway::router(gateway_mesh, mesh::gateway::DEFAULT_GATEWAY_PORT),
+        ));
+    }
 
     for mesh in &meshes {
         if !mesh.ready(MESH_READY_TIMEOUT).await {
@@ -264,15 +325,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (stop, stopped) = watch::channel(false);
     let mut servers = JoinSet::new();
+    let mut crash = HashMap::new();
     for (server, app) in apps {
         let mut stopped = stopped.clone();
+        let (crash_tx, mut crashed) = watch::channel(false);
+        let name = server.name().to_owned();
+        crash.insert(name.clone(), crash_tx);
         servers.spawn(async move {
-            let name = server.name().to_owned();
-            server
-                .serve(app, async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .await;
+            let stopping = async move {
+                tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => mesh::server::DEFAULT_SHUTDOWN_GRACE,
+                    _ = crashed.wait_for(|c| *c) => Duration::ZERO,
+                }
+            };
+            server.serve_with_grace(app, stopping).await;
             tracing::debug!("{name} stopped");
         });
     }
@@ -280,6 +346,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addrs,
         stop,
         servers,
+        crash,
         meshd,
         meshes,
     })
@@ -298,11 +365,21 @@ async fn start_meshd(
         tokens.insert(NAMESPACE, &account, &token);
         by_account.insert(account, token);
     }
+    let token = format!("{:032x}", fastrand::u128(..));
+    tokens.insert(mesh::gateway::GATEWAY_NAMESPACE, GATEWAY_ACCOUNT, &token);
+    by_account.insert(GATEWAY_ACCOUNT.to_owned(), token);
+    let mut base = mesh::config::MeshConfig::default();
+    for (file, text) in BASE_CONFIG {
+        let loaded =
+            mesh::config::parse_file(file, text).map_err(|e| StartError::Mesh(e.to_string()))?;
+        base.merge(loaded.config);
+    }
     let meshd = daemon::start(MeshdConfig {
         listen: SocketAddr::new(bind, options.meshd_port),
         ca: options.ca.clone(),
         tokens,
-        config_dir: options.config_dir.clone(),
+        base,
+        config_dirs: options.config_dir.iter().cloned().collect(),
         trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
         cert_ttl: options.cert_ttl,
     })

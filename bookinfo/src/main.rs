@@ -49,6 +49,9 @@ struct Cli {
     /// meshd's gRPC port.
     #[arg(long, default_value_t = mesh::control::DEFAULT_CONTROL_PORT)]
     meshd_port: u16,
+    /// The ingress gateway's port (the page URL's).
+    #[arg(long, env = "BOOKINFO_GATEWAY_PORT", default_value_t = mesh::gateway::DEFAULT_GATEWAY_PORT)]
+    gateway_port: u16,
     /// Lifetime of workload certificates (renewed at half-life), e.g. 24h, 10m, 30s.
     #[arg(long, default_value = "24h", value_parser = mesh::cli::parse_duration)]
     cert_ttl: Duration,
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
             ca: cli.ca_dir.map_or(CaSource::Ephemeral, CaSource::Dir),
             meshd_port: cli.meshd_port,
             cert_ttl: cli.cert_ttl,
+            gateway_port: cli.gateway_port,
         }),
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -98,6 +102,9 @@ fn main() -> ExitCode {
         };
         let a = running.addrs;
         println!("Bookinfo is running:");
+        if let Some(gateway) = a.gateway {
+            println!("  gateway      http://{gateway}  (Istio ingress gateway: /productpage, /static, /login, /logout, /api/v1/products)");
+        }
         println!("  productpage  http://{}", a.productpage);
         println!("  details      http://{}", a.details);
         println!("  reviews v1   http://{}", a.reviews[0]);

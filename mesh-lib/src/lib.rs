@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod env;
+pub mod gateway;
 pub mod identity;
 pub mod io;
 pub mod logging;

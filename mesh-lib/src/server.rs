@@ -111,16 +111,28 @@ impl Server {
     /// Serves `app` until `shutdown` resolves, then stops accepting and waits up to the grace
     /// period for in-flight requests.
     pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) {
+        let grace = self.grace;
+        self.serve_with_grace(app, async move {
+            shutdown.await;
+            grace
+        })
+        .await;
+    }
+
+    /// [`serve`](Self::serve), where `shutdown` also says how long to wait for in-flight
+    /// requests (zero: drop them at once, as a crash would).
+    pub async fn serve_with_grace(self, app: Router, shutdown: impl Future<Output = Duration>) {
         let Self {
             name,
             listener,
-            grace,
+            grace: _,
             mesh,
         } = self;
         let app = inbound_stack(app, mesh.clone());
         let builder = auto::Builder::new(TokioExecutor::new());
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        let grace;
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -132,7 +144,10 @@ impl Server {
                         continue;
                     }
                 },
-                () = &mut shutdown => break,
+                g = &mut shutdown => {
+                    grace = g;
+                    break;
+                }
             };
             // Small request/response exchanges are latency-bound; Nagle only adds delay.
             if let Err(e) = stream.set_nodelay(true) {
@@ -161,7 +176,9 @@ impl Server {
         }
         drop(listener);
         tracing::debug!(workload = %name, "draining connections");
+        // Biased: the shutdown signal reaches every connection even with zero grace.
         tokio::select! {
+            biased;
             () = graceful.shutdown() => {}
             () = tokio::time::sleep(grace) => {
                 tracing::warn!(workload = %name, "shutdown grace of {grace:?} elapsed; closing open connections");

@@ -48,7 +48,8 @@ fn meshd_config(config_dir: &Path, ca: CaSource, listen: SocketAddr, ttl: Durati
         listen,
         ca,
         tokens: tokens(),
-        config_dir: Some(config_dir.to_owned()),
+        base: Default::default(),
+        config_dirs: vec![config_dir.to_owned()],
         trust_domain: TD.to_owned(),
         cert_ttl: ttl,
     }

@@ -72,7 +72,8 @@ async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port
         listen: "127.0.0.1:0".parse().unwrap(),
         ca: CaSource::Ephemeral,
         tokens,
-        config_dir: None,
+        base: Default::default(),
+        config_dirs: Vec::new(),
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
     })

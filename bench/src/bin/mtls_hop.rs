@@ -71,7 +71,8 @@ async fn main() {
         listen: "127.0.0.1:0".parse().unwrap(),
         ca: CaSource::Ephemeral,
         tokens,
-        config_dir: None,
+        base: Default::default(),
+        config_dirs: Vec::new(),
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
     })

@@ -36,9 +36,10 @@ struct Cli {
         required_unless_present = "health_check"
     )]
     token_dir: Option<PathBuf>,
-    /// Directory of Istio-style YAML (PeerAuthentication, AuthorizationPolicy), watched.
-    #[arg(long, env = "MESHD_CONFIG_DIR")]
-    config_dir: Option<PathBuf>,
+    /// Directory of Istio-style YAML (VirtualService, DestinationRule, Gateway,
+    /// PeerAuthentication, AuthorizationPolicy), watched; repeat to merge several in order.
+    #[arg(long = "config-dir", env = "MESHD_CONFIG_DIR", value_delimiter = ',')]
+    config_dirs: Vec<PathBuf>,
     /// SPIFFE trust domain.
     #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
@@ -89,7 +90,8 @@ fn main() -> ExitCode {
         listen: cli.listen,
         ca,
         tokens,
-        config_dir: cli.config_dir,
+        base: Default::default(),
+        config_dirs: cli.config_dirs,
         trust_domain: cli.trust_domain,
         cert_ttl: cli.cert_ttl,
     };

@@ -135,11 +135,14 @@ impl MeshConfig {
     }
 }
 
-fn order(a: &Metadata, b: &Metadata) -> std::cmp::Ordering {
+pub(super) fn order(a: &Metadata, b: &Metadata) -> std::cmp::Ordering {
     (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(super) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -238,7 +241,7 @@ fn hosts_match(op: &Operation, request: &RequestAttrs<'_>) -> bool {
     (op.hosts.is_empty() || hit(&op.hosts)) && !hit(&op.not_hosts)
 }
 
-fn strip_port(host: &str) -> &str {
+pub(super) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return match host.find(']') {

@@ -1,22 +1,32 @@
-//! Istio security configuration: parses `PeerAuthentication` and `AuthorizationPolicy`
-//! resources from YAML and evaluates them with Istio's semantics.
+//! Istio configuration: parses security (`PeerAuthentication`, `AuthorizationPolicy`) and
+//! traffic-management (`VirtualService`, `DestinationRule`, `Gateway`) resources from YAML
+//! and evaluates them with Istio's semantics.
 //!
 //! The mesh reads the same YAML an Istio user would `kubectl apply`, so the Bookinfo
 //! security tutorials work unchanged. Loading is strict on purpose: an unknown field, or an
 //! Istio field this module does not implement (for example `ipBlocks`), is an error with its
 //! file, line and column, because silently ignoring part of a security policy would change
 //! what it allows. A failed load returns an error and nothing else, so a caller can keep its
-//! last good [`MeshConfig`]. Networking kinds (`VirtualService`, ...) are accepted with a
-//! warning until routing is implemented.
+//! last good [`MeshConfig`]. Other networking kinds (`ServiceEntry`, `Sidecar`,
+//! `EnvoyFilter`, ...) are accepted with a warning and ignored.
 //!
 //! - [`load_dir`] / [`parse_file`]: YAML (multi-document) to a [`MeshConfig`] plus warnings.
 //! - [`MeshConfig::mtls_mode`]: which mTLS mode a workload accepts.
 //! - [`MeshConfig::authorize`]: whether a workload accepts a request.
+//! - [`MeshConfig::route`]: which virtual service rule a request follows;
+//!   [`choose_destination`] picks one of its weighted destinations.
+//! - [`MeshConfig::destination_rule`] / [`MeshConfig::subset_labels`]: a host's policy and
+//!   subsets; [`MeshConfig::gateway_for`]: the gateways a gateway workload serves.
 //!
 //! A [`MeshConfig`] round-trips through JSON (serde) so it can be shipped to proxies.
 
 mod eval;
 mod model;
+mod net_eval;
+mod net_model;
+#[cfg(test)]
+mod net_tests;
+mod net_yaml;
 #[cfg(test)]
 mod tests;
 mod yaml;
@@ -28,6 +38,14 @@ pub use eval::{Decision, RequestAttrs, Workload};
 pub use model::{
     Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
     Operation, PeerAuthentication, ROOT_NAMESPACE, Rule, Source, UnsupportedKey,
+};
+pub use net_eval::{RouteMatch, RouteRequest, choose_destination, resolve_host, total_weight};
+pub use net_model::{
+    ClientTls, ConnectionPool, Destination, DestinationRule, Fault, FaultAbort, FaultDelay,
+    Gateway, HeaderOperations, Headers, HttpMatch, HttpPool, HttpRoute, LoadBalancer,
+    OutlierDetection, Percent, RegexPattern, Retries, Rewrite, RouteDestination, Server,
+    ServerPort, StringMatch, Subset, TcpPool, TlsMode, TrafficPolicy, VirtualService,
+    format_duration, parse_duration,
 };
 
 /// A configuration that loaded, with what was accepted but ignored.
@@ -108,7 +126,15 @@ impl ConfigError {
 /// `file` is only used to name the file in errors and warnings.
 pub fn parse_file(file: &str, text: &str) -> Result<Loaded, ConfigError> {
     let mut loaded = Loaded::default();
-    yaml::parse_into(file, text, &mut loaded.config, &mut loaded.warnings)?;
+    let mut origins = net_yaml::Origins::new();
+    yaml::parse_into(
+        file,
+        text,
+        &mut loaded.config,
+        &mut loaded.warnings,
+        &mut origins,
+    )?;
+    net_yaml::check_subsets(&loaded.config, &origins, &mut loaded.warnings);
     Ok(loaded)
 }
 
@@ -116,7 +142,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Loaded, ConfigError> {
 /// skipped), in name order. Any bad file fails the whole load.
 ///
 /// A resource defined twice (same kind, namespace and name) keeps the later definition and
-/// adds a warning.
+/// adds a warning. A route to a subset that no `DestinationRule` defines adds a warning.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
     let dir_name = dir.display().to_string();
     let entries = std::fs::read_dir(dir)
@@ -141,6 +167,7 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
     files.sort();
 
     let mut loaded = Loaded::default();
+    let mut origins = net_yaml::Origins::new();
     for (_, path) in files {
         let file = path.display().to_string();
         let bytes = std::fs::read(&path)
@@ -148,7 +175,15 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
         let text = String::from_utf8(bytes)
             .map_err(|_| ConfigError::new(&file, "file is not valid utf-8"))?;
         tracing::debug!(file = %file, "loading mesh config");
-        yaml::parse_into(&file, &text, &mut loaded.config, &mut loaded.warnings)?;
+        yaml::parse_into(
+            &file,
+            &text,
+            &mut loaded.config,
+            &mut loaded.warnings,
+            &mut origins,
+        )?;
     }
+    // Subsets may be defined in any file, so references are checked once all are read.
+    net_yaml::check_subsets(&loaded.config, &origins, &mut loaded.warnings);
     Ok(loaded)
 }

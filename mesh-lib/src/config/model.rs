@@ -10,10 +10,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::net_model::{DestinationRule, Gateway, VirtualService};
+
 /// The namespace whose policies apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
-/// Every security resource the mesh enforces.
+/// Every resource the mesh enforces: security policies and traffic routing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
@@ -23,6 +25,15 @@ pub struct MeshConfig {
     /// `AuthorizationPolicy` resources: which requests a workload accepts.
     #[serde(default)]
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// `VirtualService` resources: how requests are routed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_services: Vec<VirtualService>,
+    /// `DestinationRule` resources: subsets and traffic policies of hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_rules: Vec<DestinationRule>,
+    /// `Gateway` resources: what ingress gateways serve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Gateway>,
 }
 
 impl MeshConfig {
@@ -34,6 +45,15 @@ impl MeshConfig {
         for policy in other.authorization_policies {
             self.insert_authorization_policy(policy);
         }
+        for vs in other.virtual_services {
+            self.insert_virtual_service(vs);
+        }
+        for rule in other.destination_rules {
+            self.insert_destination_rule(rule);
+        }
+        for gateway in other.gateways {
+            self.insert_gateway(gateway);
+        }
     }
 
     /// Adds or replaces (same namespace and name) a peer authentication; true if it replaced.
@@ -44,6 +64,21 @@ impl MeshConfig {
     /// Adds or replaces (same namespace and name) an authorization policy; true if it replaced.
     pub fn insert_authorization_policy(&mut self, policy: AuthorizationPolicy) -> bool {
         upsert(&mut self.authorization_policies, policy, |p| &p.metadata)
+    }
+
+    /// Adds or replaces (same namespace and name) a virtual service; true if it replaced.
+    pub fn insert_virtual_service(&mut self, vs: VirtualService) -> bool {
+        upsert(&mut self.virtual_services, vs, |v| &v.metadata)
+    }
+
+    /// Adds or replaces (same namespace and name) a destination rule; true if it replaced.
+    pub fn insert_destination_rule(&mut self, rule: DestinationRule) -> bool {
+        upsert(&mut self.destination_rules, rule, |r| &r.metadata)
+    }
+
+    /// Adds or replaces (same namespace and name) a gateway; true if it replaced.
+    pub fn insert_gateway(&mut self, gateway: Gateway) -> bool {
+        upsert(&mut self.gateways, gateway, |g| &g.metadata)
     }
 }
 

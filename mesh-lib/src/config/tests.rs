@@ -344,19 +344,17 @@ fn networking_kinds_warn_and_port_level_mtls_warns() {
     let loaded = match parse_file(
         "routes.yaml",
         r#"apiVersion: networking.istio.io/v1
-kind: VirtualService
+kind: ServiceEntry
 metadata:
-  name: reviews
+  name: external
 spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews, subset: v1}
+  hosts: [example.com]
+  resolution: DNS
 ---
 apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: reviews}
-spec: {host: reviews}
+kind: Sidecar
+metadata: {name: default}
+spec: {egress: [{hosts: ["./*"]}]}
 ---
 apiVersion: security.istio.io/v1beta1
 kind: PeerAuthentication
@@ -374,11 +372,11 @@ spec:
     assert_eq!(loaded.warnings.len(), 3, "{:?}", loaded.warnings);
     assert_eq!(
         loaded.warnings[0],
-        "routes.yaml: kind VirtualService/reviews is not supported yet; ignored"
+        "routes.yaml: kind ServiceEntry/external is not supported; ignored"
     );
     assert_eq!(
         loaded.warnings[1],
-        "routes.yaml: kind DestinationRule/reviews is not supported yet; ignored"
+        "routes.yaml: kind Sidecar/default is not supported; ignored"
     );
     assert!(loaded.warnings[2].starts_with("routes.yaml:"));
     assert!(loaded.warnings[2].contains("portLevelMtls is not supported; ignored"));

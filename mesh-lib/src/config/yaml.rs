@@ -17,15 +17,26 @@ use super::model::{
     Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
     Operation, PeerAuthentication, Rule, Source,
 };
+use super::net_yaml::{Origins, RawDrSpec, RawGatewaySpec, RawVsSpec};
 
 const SECURITY_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
 const NETWORKING_GROUP: &str = "networking.istio.io/";
-const NETWORKING_KINDS: [&str; 5] = [
-    "VirtualService",
-    "DestinationRule",
-    "Gateway",
+const NETWORKING_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+const VIRTUAL_SERVICE: &str = "VirtualService";
+const DESTINATION_RULE: &str = "DestinationRule";
+const GATEWAY: &str = "Gateway";
+/// Networking kinds the mesh does not implement: accepted with a warning.
+const IGNORED_NETWORKING_KINDS: [&str; 6] = [
     "ServiceEntry",
     "Sidecar",
+    "EnvoyFilter",
+    "WorkloadEntry",
+    "WorkloadGroup",
+    "ProxyConfig",
 ];
 const PEER_AUTHENTICATION: &str = "PeerAuthentication";
 const AUTHORIZATION_POLICY: &str = "AuthorizationPolicy";
@@ -50,6 +61,9 @@ enum RawSpec {
     Absent,
     Peer(Box<Spanned<RawPeerSpec>>),
     Authz(Box<Spanned<RawAuthzSpec>>),
+    VirtualService(Box<Spanned<RawVsSpec>>),
+    DestinationRule(Box<Spanned<RawDrSpec>>),
+    Gateway(Box<Spanned<RawGatewaySpec>>),
     Ignored,
     BeforeKind(Location),
 }
@@ -114,6 +128,9 @@ impl<'de> Visitor<'de> for DocVisitor {
                     doc.spec = match kind.value.as_str() {
                         PEER_AUTHENTICATION => RawSpec::Peer(Box::new(map.next_value()?)),
                         AUTHORIZATION_POLICY => RawSpec::Authz(Box::new(map.next_value()?)),
+                        VIRTUAL_SERVICE => RawSpec::VirtualService(Box::new(map.next_value()?)),
+                        DESTINATION_RULE => RawSpec::DestinationRule(Box::new(map.next_value()?)),
+                        GATEWAY => RawSpec::Gateway(Box::new(map.next_value()?)),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             RawSpec::Ignored
@@ -244,32 +261,40 @@ struct RawCondition {
 }
 
 /// Parses every document of one file into `config`, adding warnings to `warnings`.
+///
+/// `origins` records where each virtual service was defined, for later warnings.
 pub(super) fn parse_into(
     file: &str,
     text: &str,
     config: &mut MeshConfig,
     warnings: &mut Vec<String>,
+    origins: &mut Origins,
 ) -> Result<(), ConfigError> {
     let docs: Vec<Spanned<RawDoc>> =
         serde_saphyr::from_multiple(text).map_err(|e| ConfigError::from_yaml(file, &e))?;
-    let mut cx = Cx { file, warnings };
+    let mut cx = Cx {
+        file,
+        warnings,
+        origins,
+    };
     for doc in docs {
         cx.document(doc, config)?;
     }
     Ok(())
 }
 
-struct Cx<'a> {
-    file: &'a str,
+pub(super) struct Cx<'a> {
+    pub(super) file: &'a str,
     warnings: &'a mut Vec<String>,
+    origins: &'a mut Origins,
 }
 
 impl Cx<'_> {
-    fn err(&self, at: Location, reason: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, at: Location, reason: impl Into<String>) -> ConfigError {
         ConfigError::at(self.file, at, reason)
     }
 
-    fn warn(&mut self, message: String) {
+    pub(super) fn warn(&mut self, message: String) {
         tracing::debug!(%message, "config warning");
         self.warnings.push(message);
     }
@@ -291,8 +316,11 @@ impl Cx<'_> {
         let (kind_at, kind) = (kind.referenced, kind.value);
 
         let security = kind == PEER_AUTHENTICATION || kind == AUTHORIZATION_POLICY;
-        let networking = NETWORKING_KINDS.contains(&kind.as_str());
-        if !security && !networking {
+        let routing = [VIRTUAL_SERVICE, DESTINATION_RULE, GATEWAY].contains(&kind.as_str());
+        let networking = !routing
+            && (IGNORED_NETWORKING_KINDS.contains(&kind.as_str())
+                || api.starts_with(NETWORKING_GROUP));
+        if !security && !routing && !networking {
             return Err(self.err(kind_at, format!("unsupported kind {kind} ({api})")));
         }
         if security && !SECURITY_VERSIONS.contains(&api.as_str()) {
@@ -301,6 +329,15 @@ impl Cx<'_> {
                 format!(
                     "unsupported apiVersion {api} for kind {kind} (expected {})",
                     SECURITY_VERSIONS.join(" or ")
+                ),
+            ));
+        }
+        if routing && !NETWORKING_VERSIONS.contains(&api.as_str()) {
+            return Err(self.err(
+                api_at,
+                format!(
+                    "unsupported apiVersion {api} for kind {kind} (expected {})",
+                    NETWORKING_VERSIONS.join(", ")
                 ),
             ));
         }
@@ -320,7 +357,7 @@ impl Cx<'_> {
         let key = metadata.key();
         if networking {
             let message = format!(
-                "{}: kind {kind}/{} is not supported yet; ignored",
+                "{}: kind {kind}/{} is not supported; ignored",
                 self.file, metadata.name
             );
             self.warn(message);
@@ -335,6 +372,27 @@ impl Cx<'_> {
                 let policy = self.authz(metadata, Some(*spec))?;
                 config.insert_authorization_policy(policy)
             }
+            RawSpec::VirtualService(spec) => {
+                let vs = self.virtual_service(metadata, Some(*spec), at)?;
+                self.origins
+                    .insert(key.clone(), format!("{}:{}", self.file, kind_at.line()));
+                config.insert_virtual_service(vs)
+            }
+            RawSpec::DestinationRule(spec) => {
+                let rule = self.destination_rule(metadata, Some(*spec), at)?;
+                config.insert_destination_rule(rule)
+            }
+            RawSpec::Gateway(spec) => {
+                let gateway = self.gateway(metadata, Some(*spec), at)?;
+                config.insert_gateway(gateway)
+            }
+            _ if kind == VIRTUAL_SERVICE => {
+                config.insert_virtual_service(self.virtual_service(metadata, None, at)?)
+            }
+            _ if kind == DESTINATION_RULE => {
+                config.insert_destination_rule(self.destination_rule(metadata, None, at)?)
+            }
+            _ if kind == GATEWAY => config.insert_gateway(self.gateway(metadata, None, at)?),
             _ if kind == PEER_AUTHENTICATION => {
                 config.insert_peer_authentication(self.peer(metadata, None)?)
             }

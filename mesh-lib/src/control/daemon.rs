@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use super::server::{ControlPlane, Tokens};
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, MeshConfig};
 use crate::identity::{CaError, CertificateAuthority};
 
 /// How often the config directory is checked for changes.
@@ -34,8 +34,11 @@ pub struct MeshdConfig {
     pub listen: SocketAddr,
     pub ca: CaSource,
     pub tokens: Tokens,
-    /// A directory of Istio-style YAML, watched for changes.
-    pub config_dir: Option<PathBuf>,
+    /// Resources always in force, under those of the directories (a directory's resource of
+    /// the same kind, namespace and name replaces one here).
+    pub base: MeshConfig,
+    /// Directories of Istio-style YAML, merged in order and watched for changes.
+    pub config_dirs: Vec<PathBuf>,
     pub trust_domain: String,
     /// Lifetime of workload certificates.
     pub cert_ttl: Duration,
@@ -104,17 +107,14 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     let plane = ControlPlane::new(ca, config.tokens.clone(), &config.trust_domain);
     let mut tasks = Vec::new();
     let (stop, stopped) = watch::channel(false);
-    if let Some(dir) = &config.config_dir {
-        let loaded = config::load_dir(dir)?;
-        log_warnings(&loaded.warnings);
-        plane.set_config(loaded.config);
+    plane.set_config(load(&config.base, &config.config_dirs)?);
+    if !config.config_dirs.is_empty() {
         tasks.push(spawn_config_watch(
-            dir.clone(),
+            config.base.clone(),
+            config.config_dirs.clone(),
             plane.clone(),
             stopped.clone(),
         ));
-    } else {
-        plane.set_config(Default::default());
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -152,41 +152,52 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     })
 }
 
-fn log_warnings(warnings: &[String]) {
-    for w in warnings {
-        tracing::warn!("{w}");
+/// `base` with every directory merged over it, in order.
+fn load(base: &MeshConfig, dirs: &[PathBuf]) -> Result<MeshConfig, ConfigError> {
+    let mut merged = base.clone();
+    for dir in dirs {
+        let loaded = config::load_dir(dir)?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        merged.merge(loaded.config);
     }
+    Ok(merged)
 }
 
-/// Reloads the directory when a file in it changes; a bad change is logged with file, line
-/// and reason, and the last good config stays in force.
+/// Reloads when a file in any directory changes; a bad change is logged with file, line and
+/// reason, and the last good config stays in force.
 fn spawn_config_watch(
-    dir: PathBuf,
+    base: MeshConfig,
+    dirs: Vec<PathBuf>,
     plane: ControlPlane,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen = fingerprint(&dir);
+        let fingerprints =
+            |dirs: &[PathBuf]| dirs.iter().map(|d| fingerprint(d)).collect::<Vec<_>>();
+        let mut seen = fingerprints(&dirs);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            let now = fingerprint(&dir);
+            let now = fingerprints(&dirs);
             if now == seen {
                 continue;
             }
             seen = now;
-            match config::load_dir(&dir) {
-                Ok(loaded) => {
-                    log_warnings(&loaded.warnings);
+            match load(&base, &dirs) {
+                Ok(config) => {
                     tracing::info!(
-                        "mesh config reloaded from {}: {} PeerAuthentication, {} AuthorizationPolicy",
-                        dir.display(),
-                        loaded.config.peer_authentications.len(),
-                        loaded.config.authorization_policies.len()
+                        "mesh config reloaded: {} VirtualService, {} DestinationRule, {} Gateway, {} PeerAuthentication, {} AuthorizationPolicy",
+                        config.virtual_services.len(),
+                        config.destination_rules.len(),
+                        config.gateways.len(),
+                        config.peer_authentications.len(),
+                        config.authorization_policies.len()
                     );
-                    plane.set_config(loaded.config);
+                    plane.set_config(config);
                 }
                 Err(e) => tracing::error!(
                     "rejected mesh config change: {e}; keeping the last good config"

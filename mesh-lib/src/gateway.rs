@@ -1,0 +1,147 @@
+//! The ingress gateway (`mesh-proxy gateway`): the mesh's front door. It applies Istio
+//! `Gateway` + `VirtualService` resources bound to it: a request whose host and path a bound
+//! VirtualService routes goes through the full outbound stack (faults, timeouts, retries,
+//! subsets, mTLS) to the destination; anything else gets Envoy's empty 404. Browsers speak
+//! plain HTTP to it; it speaks mTLS to the mesh with its own identity.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use crate::dataplane::Mesh;
+use crate::outbound::routing::{self, GatewayContext};
+use crate::outbound::{Client, MAX_REQUEST_BODY, OutboundError};
+
+/// The gateway's port, as Istio's ingress gateway (its Service maps 80 → 8080).
+pub const DEFAULT_GATEWAY_PORT: u16 = 8080;
+/// The namespace, service account and labels of Istio's ingress gateway, which Gateway
+/// selectors (`istio: ingressgateway`) and policies name.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
+pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
+/// How long the gateway waits for an upstream answer (Istio sets no route timeout by default;
+/// this only bounds a request nobody answers).
+pub const UPSTREAM_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The labels Gateway resources select the ingress gateway by.
+pub fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("istio".to_owned(), "ingressgateway".to_owned()),
+        ("app".to_owned(), GATEWAY_SERVICE.to_owned()),
+    ])
+}
+
+#[derive(Clone)]
+struct Gateway {
+    mesh: Mesh,
+    client: Client,
+    port: u16,
+}
+
+/// The gateway's router for a listener on `port`.
+pub fn router(mesh: Mesh, port: u16) -> Router {
+    let client = mesh.client();
+    Router::new()
+        .fallback(handle)
+        .with_state(Gateway { mesh, client, port })
+}
+
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
+    let snapshot = gw.mesh.snapshot();
+    let gateways: Vec<String> = snapshot
+        .config
+        .gateway_for(gw.mesh.labels(), gw.port)
+        .iter()
+        .map(|g| format!("{}/{}", g.metadata.namespace, g.metadata.name))
+        .collect();
+    let (mut parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+    };
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    if !parts.headers.contains_key("x-request-id") {
+        let id = format!("{:032x}", fastrand::u128(..));
+        parts.headers.insert(
+            "x-request-id",
+            HeaderValue::from_str(&id).expect("hex is a valid header"),
+        );
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // The route layer re-aims the request at its destination; until then it names the host
+    // the client asked for.
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("gateway")
+        .to_owned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    match Uri::builder()
+        .scheme("http")
+        .authority(host.as_str())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    }
+    let probe = http::Request::from_parts(parts, body);
+    if gateways.is_empty() || !routing::gateway_routes(&gw.mesh, &gateways, &probe) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let (mut parts, body) = probe.into_parts();
+    parts.extensions.insert(GatewayContext(gateways));
+    match gw
+        .client
+        .send(
+            http::Request::from_parts(parts, Body::from(body)),
+            UPSTREAM_DEADLINE,
+        )
+        .await
+    {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            for name in HOP_BY_HOP {
+                parts.headers.remove(name);
+            }
+            Response::from_parts(parts, Body::from(body))
+        }
+        Err(OutboundError::Timeout(_)) => {
+            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout").into_response()
+        }
+        Err(e) => {
+            tracing::warn!("gateway: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers",
+            )
+                .into_response()
+        }
+    }
+}
