@@ -257,12 +257,22 @@ async fn every_workload_has_its_upstream_service_account_identity() {
             "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
             "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
             "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+            "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
         ]
     );
     // Each workload is in the registry with the identity a client must find.
     let snapshot = app.meshes()[0].snapshot();
-    assert_eq!(snapshot.endpoints.len(), 6);
-    for e in &snapshot.endpoints {
+    assert_eq!(
+        snapshot.endpoints.len(),
+        7,
+        "six workloads and the ingress gateway"
+    );
+    // The gateway faces browsers in plaintext; every other endpoint takes mTLS only from the mesh.
+    for e in snapshot
+        .endpoints
+        .iter()
+        .filter(|e| e.service != "istio-ingressgateway")
+    {
         assert_eq!(
             e.identity.service_account,
             format!("bookinfo-{}", e.service)
