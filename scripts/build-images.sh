@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the images bookinfo-rs/{details,ratings,reviews,productpage,meshd}:$BOOKINFO_TAG.
+# Builds the images bookinfo-rs/{details,ratings,reviews,productpage,meshd,mesh-proxy}:$BOOKINFO_TAG.
 #
 #   scripts/build-images.sh            from source with docker/Dockerfile (pulls rust:1-bookworm)
 #   scripts/build-images.sh --offline  static binaries built on this host, packaged by
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tag=${BOOKINFO_TAG:-latest}
-services=(details ratings reviews productpage meshd)
+services=(details ratings reviews productpage meshd mesh-proxy)
 
 case "${1:-}" in
   --offline)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Container test: builds the images offline, starts docker-compose.yml (the app in the mesh, with
 # meshd), waits until every container is healthy, checks the app through the published port,
-# turns on STRICT mTLS and checks that plaintext between containers is refused while the page
+# applies a routing sample through the ingress gateway, turns on STRICT mTLS and checks that plaintext between containers is refused while the page
 # still works, stops ratings and checks the degraded page, then removes everything it created
 # (containers, network, volume, images).
 set -euo pipefail
@@ -25,7 +25,7 @@ count() { { grep -o -- "$1" <<<"$2" || true; } | wc -l; }
 cleanup() {
   compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
   rm -rf "$MESH_CONFIG_DIR"
-  for s in details ratings reviews productpage meshd; do
+  for s in details ratings reviews productpage meshd mesh-proxy; do
     docker rmi "bookinfo-rs/$s:$BOOKINFO_TAG" >/dev/null 2>&1 || true
   done
 }
@@ -35,13 +35,13 @@ docker info >/dev/null 2>&1 || fail "no Docker engine reachable (docker info fai
 
 echo "building images (offline, tag $BOOKINFO_TAG)"
 scripts/build-images.sh --offline
-for s in details ratings reviews productpage meshd; do
+for s in details ratings reviews productpage meshd mesh-proxy; do
   size=$(docker image inspect --format '{{.Size}}' "bookinfo-rs/$s:$BOOKINFO_TAG")
   [ "$size" -le 15000000 ] || fail "bookinfo-rs/$s is $size bytes, over the 15 MB budget"
   user=$(docker image inspect --format '{{.Config.User}}' "bookinfo-rs/$s:$BOOKINFO_TAG")
   [ "$user" = "65532:65532" ] || fail "bookinfo-rs/$s runs as '$user', not the non-root 65532"
 done
-pass "five images under 15 MB, non-root"
+pass "six images under 15 MB, non-root"
 
 echo "starting docker-compose project $project on port $BOOKINFO_PORT"
 up_at=$(date +%s)
@@ -51,13 +51,13 @@ compose up -d --no-build
 deadline=$(( $(date +%s) + 120 ))
 while :; do
   ids=$(compose ps -q)
-  [ "$(echo "$ids" | wc -w)" -eq 7 ] || fail "expected 7 containers, got: $(compose ps)"
+  [ "$(echo "$ids" | wc -w)" -eq 8 ] || fail "expected 8 containers, got: $(compose ps)"
   unhealthy=$(docker inspect --format '{{.Name}} {{.State.Health.Status}}' $ids | grep -v ' healthy$' || true)
   [ -z "$unhealthy" ] && break
   [ "$(date +%s)" -lt "$deadline" ] || fail "containers not healthy after 120 s: $unhealthy"
   sleep 1
 done
-pass "all 7 containers healthy after $(( $(date +%s) - up_at )) s"
+pass "all 8 containers healthy after $(( $(date +%s) - up_at )) s"
 
 page=$(curl -fsS "$base/productpage")
 has '<title>Simple Bookstore App</title>' "$page" || fail "no title on the page"
@@ -111,6 +111,24 @@ page=$(curl -fsS "$base/productpage")
 has 'Book Details' "$page" && has 'Book Reviews' "$page" || fail "the page lost its backends under STRICT"
 pass "STRICT: plaintext between containers reset (curl exit 56), mTLS page intact"
 rm -f "$MESH_CONFIG_DIR/strict-mtls.yaml"
+
+# A routing sample applied through meshd's watched directory takes effect at the gateway.
+cp mesh-config/routing/virtual-service-all-v1.yaml "$MESH_CONFIG_DIR/"
+chmod 644 "$MESH_CONFIG_DIR/virtual-service-all-v1.yaml"
+deadline=$(( $(date +%s) + 30 ))
+while :; do
+  starred=0
+  for _ in $(seq 1 10); do
+    page=$(curl -fsS "$base/productpage")
+    [ "$(count 'glyphicon glyphicon-star' "$page")" -eq 0 ] || starred=$((starred + 1))
+  done
+  [ "$starred" -eq 0 ] && break
+  [ "$(date +%s)" -lt "$deadline" ] || fail "virtual-service-all-v1 never took effect ($starred of 10 starred)"
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' "$base/health")
+[ "$status" = 404 ] || fail "the gateway routed /health ($status)"
+pass "routing: all-v1 through the gateway gives 10 of 10 pages without stars; /health is 404"
+rm -f "$MESH_CONFIG_DIR/virtual-service-all-v1.yaml"
 
 compose stop ratings >/dev/null 2>&1
 degraded=0

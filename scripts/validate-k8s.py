@@ -11,13 +11,19 @@ Checks, one output line per group:
   kustomize   kustomization.yaml lists exactly the 14 app files, all present, no duplicates
   mesh        the k8s/mesh overlay (embedded mesh): its kustomization lists the base's files and
               its own, every base Deployment is patched once; meshd's ServiceAccount, Service and
-              Deployment (token dir = all of Secret mesh-tokens, config dir = ConfigMap
-              mesh-config, writable CA dir, tcpSocket probes); each patched workload joins meshd,
-              mounts only its own token key and is probed on the admin port 15021. With kubectl on
-              PATH, `kubectl kustomize` (offline) must render the overlay as merged here
+              Deployment (token dir = all of Secret mesh-tokens, config dirs = ConfigMap mesh-base
+              then ConfigMap mesh-config, writable CA dir, tcpSocket probes); mesh-base holds
+              exactly mesh-config/base/*, byte for byte; each patched workload joins meshd,
+              mounts only its own token key and is probed on the admin port 15021; the ingress
+              gateway (ServiceAccount, LoadBalancer Service 80/8080 -> 8080, Deployment of
+              mesh-proxy as istio-system/istio-ingressgateway-service-account with only its own
+              token, tcpSocket probes on 8080) is what mesh-base's Gateway selects. With kubectl
+              on PATH, `kubectl kustomize` (offline) must render the overlay as merged here
   compose     docker-compose.yml (which runs the app in the mesh) agrees with the base
               Deployments plus the overlay's patches (image, env, port, health checks), its meshd
-              with the overlay's meshd, and docker/mesh-tokens/* with the overlay's Secret
+              with the overlay's meshd (flags, both config dirs), its istio-ingressgateway with
+              the overlay's gateway (image, args, env, port; the only published port, productpage
+              is not), and docker/mesh-tokens/* with the overlay's Secret and compose's secrets
   contract    Services, Deployments and ServiceAccounts of the app follow the Bookinfo contract;
               every container of every Deployment has probes, requests and runAsNonRoot;
               references (selectors, service accounts, config maps, role bindings) resolve
@@ -82,6 +88,23 @@ MESHD_FLAGS = ("--token-dir", "--config-dir")
 MESHD_STATE_DIR = "/var/lib/meshd"
 MESH_TOKENS_SECRET = "mesh-tokens"
 MESH_CONFIG_CM = "mesh-config"
+# meshd's always-applied config: ConfigMap mesh-base == the files of mesh-config/base, mounted
+# as the first --config-dir (compose mounts ./mesh-config/base there), mesh-config second.
+MESH_BASE_CM = "mesh-base"
+MESH_BASE_DIR = "mesh-config/base"
+# The ingress gateway (`mesh-proxy gateway`): compose service, Deployment and Service of the same
+# name in the overlay. Its identity is istio-system's istio-ingressgateway-service-account, as
+# with Istio, whatever namespace the pod runs in.
+GATEWAY = "istio-ingressgateway"
+GATEWAY_IMAGE = "bookinfo-rs/mesh-proxy:latest"
+GATEWAY_ARGS = ["gateway", "--port", "8080"]
+GATEWAY_PORT = 8080
+GATEWAY_LABELS = {"app": GATEWAY, "istio": "ingressgateway"}
+GATEWAY_NS = "istio-system"
+GATEWAY_SA = "istio-ingressgateway-service-account"
+GATEWAY_TOKEN = "%s.%s" % (GATEWAY_NS, GATEWAY_SA)
+# Service port -> (name, targetPort), as Istio's ingress Service maps 80 to the gateway's 8080.
+GATEWAY_SERVICE_PORTS = {80: ("http2", GATEWAY_PORT), GATEWAY_PORT: ("http", GATEWAY_PORT)}
 ADMIN_PORT = 15021
 READ_VERBS = {"get", "list", "watch"}
 
@@ -543,7 +566,7 @@ def check_mesh(root, base_docs, mesh, g):
 
     # The Secret and the ConfigMap.
     sec = md("Secret", MESH_TOKENS_SECRET)
-    keys = {"default.bookinfo-%s" % app for app in APPS}
+    keys = {"default.bookinfo-%s" % app for app in APPS} | {GATEWAY_TOKEN}
     if g.check(sec is not None, "k8s/%s: no Secret %s" % (MESH_DIR, MESH_TOKENS_SECRET)):
         w = sec.where()
         g.check(sec.data.get("type") == "Opaque", "%s: type must be Opaque" % w)
@@ -566,6 +589,31 @@ def check_mesh(root, base_docs, mesh, g):
                 g.check(True, "")
             except yaml.YAMLError as e:
                 g.fail("%s: key %s does not parse: %s" % (w, k, str(e).replace("\n", " ")))
+
+    base_cm = md("ConfigMap", MESH_BASE_CM)
+    if g.check(base_cm is not None, "k8s/%s: no ConfigMap %s (the files of %s)" % (MESH_DIR, MESH_BASE_CM, MESH_BASE_DIR)):
+        w = base_cm.where()
+        data = base_cm.data.get("data")
+        g.check("binaryData" not in base_cm.data, "%s: no binaryData (meshd reads YAML)" % w)
+        if g.check(isinstance(data, dict), "%s: data must be a mapping" % w):
+            bdir = root / MESH_BASE_DIR
+            files = {p.name: p for p in sorted(bdir.glob("*")) if p.is_file() and not p.name.startswith(".")} \
+                if bdir.is_dir() else {}
+            g.check(files, "%s: no files" % MESH_BASE_DIR)
+            g.check(sorted(data) == sorted(files), "%s: data keys %s must be the files of %s, %s"
+                    % (w, sorted(data), MESH_BASE_DIR, sorted(files)))
+            for k, f in sorted(files.items()):
+                if k not in data:
+                    continue
+                try:
+                    want = f.read_bytes()
+                except OSError as e:
+                    g.fail("%s/%s: cannot read: %s" % (MESH_BASE_DIR, k, e))
+                    continue
+                got = data[k]
+                g.check(isinstance(got, str) and got.encode() == want,
+                        "%s: key %s differs from %s/%s (must be equal byte for byte%s)"
+                        % (w, k, MESH_BASE_DIR, k, first_difference(got, want)))
 
     # meshd: ServiceAccount, Service, Deployment.
     sa = md("ServiceAccount", MESHD)
@@ -594,6 +642,7 @@ def check_mesh(root, base_docs, mesh, g):
             g.check(c.get("imagePullPolicy") == "IfNotPresent", "%s: imagePullPolicy must be IfNotPresent" % cw)
             g.check("command" not in c, "%s: keep the image's entrypoint (it sets --ca-dir); use args" % cw)
             flags = flag_values([as_str(a) for a in c.get("args") or []])
+            config_dirs = flag_lists([as_str(a) for a in c.get("args") or []]).get("--config-dir", [])
             mounts = {m.get("mountPath"): m for m in c.get("volumeMounts") or []}
             vols = {v.get("name"): v for v in pod.get("volumes") or []}
 
@@ -605,10 +654,13 @@ def check_mesh(root, base_docs, mesh, g):
             g.check(v and dig(v, "secret", "secretName") == MESH_TOKENS_SECRET and "items" not in v["secret"]
                     and m.get("readOnly") is True and "subPath" not in m,
                     "%s: --token-dir %r must be a read-only mount of all of Secret %s" % (cw, flags.get("--token-dir"), MESH_TOKENS_SECRET))
-            m, v = vol_at(flags.get("--config-dir"))
-            g.check(v and dig(v, "configMap", "name") == MESH_CONFIG_CM and "subPath" not in m,
-                    "%s: --config-dir %r must be a mount of ConfigMap %s (no subPath: updates must propagate)"
-                    % (cw, flags.get("--config-dir"), MESH_CONFIG_CM))
+            if g.check(len(config_dirs) == 2, "%s: args need two --config-dir: the mount of ConfigMap %s, "
+                       "then the mount of ConfigMap %s, have %r" % (cw, MESH_BASE_CM, MESH_CONFIG_CM, config_dirs)):
+                for cdir, cmname in zip(config_dirs, (MESH_BASE_CM, MESH_CONFIG_CM)):
+                    m, v = vol_at(cdir)
+                    g.check(v and dig(v, "configMap", "name") == cmname and "subPath" not in m,
+                            "%s: --config-dir %r must be a mount of ConfigMap %s (no subPath: updates must "
+                            "propagate)" % (cw, cdir, cmname))
             m, v = vol_at(MESHD_STATE_DIR)
             g.check(v and ("emptyDir" in v or "persistentVolumeClaim" in v) and not m.get("readOnly"),
                     "%s: %s (the CA) must be a writable emptyDir or PVC (the root FS is read-only)" % (cw, MESHD_STATE_DIR))
@@ -621,6 +673,8 @@ def check_mesh(root, base_docs, mesh, g):
                         and not any(h in pr for h in PROBE_HANDLERS if h != "tcpSocket"),
                         "%s: %s must be tcpSocket on port %d" % (cw, probe, MESHD_PORT))
             check_security_context(g, cw, c)
+
+    check_gateway(mesh, g)
 
     # The six patched Deployments.
     meshd_url = "http://%s:%d" % (MESHD, MESHD_PORT)
@@ -638,31 +692,7 @@ def check_mesh(root, base_docs, mesh, g):
         # Its own token, and only that.
         own = "default.%s" % pod.get("serviceAccountName")
         g.check(own == "default.bookinfo-%s" % app, "%s: serviceAccountName must be bookinfo-%s" % (w, app))
-        tf = env.get("MESH_TOKEN_FILE")
-        if g.check(isinstance(tf, str) and tf.startswith("/"), "%s: MESH_TOKEN_FILE must be an absolute path" % cw):
-            d, _, f = tf.rpartition("/")
-            m = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == d), None)
-            v = next((v for v in pod.get("volumes") or [] if m and v.get("name") == m.get("name")), None)
-            ok = g.check(m is not None and v is not None and "subPath" not in m and m.get("readOnly") is True,
-                         "%s: MESH_TOKEN_FILE %s: its directory %s must be a read-only volume mount (no subPath)"
-                         % (cw, tf, d))
-            if ok:
-                items = dig(v, "secret", "items", default=None)
-                g.check(dig(v, "secret", "secretName") == MESH_TOKENS_SECRET and isinstance(items, list)
-                        and [(i.get("key"), i.get("path")) for i in items] == [(own, f)],
-                        "%s: volume %s must be Secret %s with items [{key: %s, path: %s}] only, is %r"
-                        % (w, v.get("name"), MESH_TOKENS_SECRET, own, f, v))
-        for v in pod.get("volumes") or []:
-            if dig(v, "secret", "secretName") == MESH_TOKENS_SECRET or \
-                    any(dig(s, "secret", "name") == MESH_TOKENS_SECRET for s in dig(v, "projected", "sources", default=[]) or []):
-                keys_in = [i.get("key") for i in dig(v, "secret", "items", default=[]) or []]
-                g.check(keys_in == [own], "%s: volume %s exposes %s of Secret %s; the pod may see only %s"
-                        % (w, v.get("name"), keys_in or "every key", MESH_TOKENS_SECRET, own))
-        for e in c.get("env") or []:
-            g.check(dig(e, "valueFrom", "secretKeyRef", "name") != MESH_TOKENS_SECRET,
-                    "%s: env %s reads Secret %s" % (cw, e.get("name"), MESH_TOKENS_SECRET))
-        g.check(not any(dig(s, "secretRef", "name") == MESH_TOKENS_SECRET for s in c.get("envFrom") or []),
-                "%s: envFrom exposes every token" % cw)
+        check_own_token(g, w, cw, pod, c, env, own)
         # Admin port and probes.
         ports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
         g.check(ports.get(ADMIN_PORT) == "admin" and APP_PORT in ports,
@@ -679,6 +709,126 @@ def check_mesh(root, base_docs, mesh, g):
         benv = container_env(container_of(base, app) or {}) if base else {}
         g.check(all(env.get(k) == v for k, v in benv.items()), "%s: the patch changes base env %r" % (cw, benv))
         check_security_context(g, cw, c)
+
+
+def check_own_token(g, w, cw, pod, c, env, own):
+    """MESH_TOKEN_FILE is key `own` of Secret mesh-tokens, mounted read-only, and no other key of
+    that Secret reaches the pod (volume, env or envFrom)."""
+    tf = env.get("MESH_TOKEN_FILE")
+    if g.check(isinstance(tf, str) and tf.startswith("/"), "%s: MESH_TOKEN_FILE must be an absolute path" % cw):
+        d, _, f = tf.rpartition("/")
+        m = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == d), None)
+        v = next((v for v in pod.get("volumes") or [] if m and v.get("name") == m.get("name")), None)
+        ok = g.check(m is not None and v is not None and "subPath" not in m and m.get("readOnly") is True,
+                     "%s: MESH_TOKEN_FILE %s: its directory %s must be a read-only volume mount (no subPath)"
+                     % (cw, tf, d))
+        if ok:
+            items = dig(v, "secret", "items", default=None)
+            g.check(dig(v, "secret", "secretName") == MESH_TOKENS_SECRET and isinstance(items, list)
+                    and [(i.get("key"), i.get("path")) for i in items] == [(own, f)],
+                    "%s: volume %s must be Secret %s with items [{key: %s, path: %s}] only, is %r"
+                    % (w, v.get("name"), MESH_TOKENS_SECRET, own, f, v))
+    for v in pod.get("volumes") or []:
+        if dig(v, "secret", "secretName") == MESH_TOKENS_SECRET or \
+                any(dig(s, "secret", "name") == MESH_TOKENS_SECRET for s in dig(v, "projected", "sources", default=[]) or []):
+            keys_in = [i.get("key") for i in dig(v, "secret", "items", default=[]) or []]
+            g.check(keys_in == [own], "%s: volume %s exposes %s of Secret %s; the pod may see only %s"
+                    % (w, v.get("name"), keys_in or "every key", MESH_TOKENS_SECRET, own))
+    for e in c.get("env") or []:
+        g.check(dig(e, "valueFrom", "secretKeyRef", "name") != MESH_TOKENS_SECRET,
+                "%s: env %s reads Secret %s" % (cw, e.get("name"), MESH_TOKENS_SECRET))
+    g.check(not any(dig(s, "secretRef", "name") == MESH_TOKENS_SECRET for s in c.get("envFrom") or []),
+            "%s: envFrom exposes every token" % cw)
+
+
+def first_difference(got, want):
+    """`, first at byte N` for two texts that differ (got: str or anything, want: bytes)."""
+    if not isinstance(got, str):
+        return ", is %s" % type(got).__name__
+    g = got.encode()
+    n = next((i for i, (a, b) in enumerate(zip(g, want)) if a != b), min(len(g), len(want)))
+    return ", first at byte %d of %d/%d" % (n, len(g), len(want))
+
+
+def check_gateway(mesh, g):
+    """The overlay's ingress gateway: ServiceAccount, LoadBalancer Service, Deployment of
+    `mesh-proxy gateway` that joins meshd as istio-system/istio-ingressgateway-service-account
+    with only that token; and the Gateways in ConfigMap mesh-base select its pods."""
+    md = lambda kind, name: mesh.find(kind, name)  # noqa: E731
+    sa = md("ServiceAccount", GATEWAY_SA)
+    g.check(sa is not None, "k8s/%s: no ServiceAccount %s (the gateway's)" % (MESH_DIR, GATEWAY_SA))
+    svc = md("Service", GATEWAY)
+    if g.check(svc is not None, "k8s/%s: no Service %s" % (MESH_DIR, GATEWAY)):
+        w, spec = svc.where(), svc.data.get("spec") or {}
+        g.check(spec.get("type") == "LoadBalancer",
+                "%s: type must be LoadBalancer (minikube tunnel; its node ports serve minikube service), is %r"
+                % (w, spec.get("type")))
+        g.check(spec.get("selector") == GATEWAY_LABELS, "%s: selector must be %r, is %r"
+                % (w, GATEWAY_LABELS, spec.get("selector")))
+        got = {p.get("port"): (p.get("name"), p.get("targetPort", p.get("port")), p.get("protocol", "TCP"))
+               for p in spec.get("ports") or []}
+        want = {port: (name, target, "TCP") for port, (name, target) in GATEWAY_SERVICE_PORTS.items()}
+        g.check(got == want and len(spec.get("ports") or []) == len(want),
+                "%s: ports must be %s, are %r" % (w, ", ".join("%d (%s) -> %d" % (p, n, t) for p, (n, t)
+                                                               in GATEWAY_SERVICE_PORTS.items()), got))
+    dep = md("Deployment", GATEWAY)
+    if not g.check(dep is not None, "k8s/%s: no Deployment %s" % (MESH_DIR, GATEWAY)):
+        return
+    w = dep.where()
+    spec = dep.data.get("spec") or {}
+    pod = dig(spec, "template", "spec", default={}) or {}
+    labels = dig(spec, "template", "metadata", "labels", default={}) or {}
+    g.check(all(labels.get(k) == v for k, v in GATEWAY_LABELS.items()),
+            "%s: pod labels must include %r (Istio's; the Gateway selects istio: ingressgateway), are %r"
+            % (w, GATEWAY_LABELS, labels))
+    g.check(dig(spec, "selector", "matchLabels") == GATEWAY_LABELS, "%s: selector must be matchLabels %r"
+            % (w, GATEWAY_LABELS))
+    g.check(pod.get("serviceAccountName") == GATEWAY_SA, "%s: serviceAccountName must be %s, is %r"
+            % (w, GATEWAY_SA, pod.get("serviceAccountName")))
+    cs = pod.get("containers") or []
+    if not g.check(len(cs) == 1 and isinstance(cs[0], dict), "%s: must have exactly one container" % w):
+        return
+    c = cs[0]
+    cw = "%s: container %s" % (w, c.get("name"))
+    g.check(c.get("image") == GATEWAY_IMAGE, "%s: image must be %s, is %r" % (cw, GATEWAY_IMAGE, c.get("image")))
+    g.check(c.get("imagePullPolicy") == "IfNotPresent", "%s: imagePullPolicy must be IfNotPresent" % cw)
+    g.check("command" not in c, "%s: keep the image's entrypoint (/mesh-proxy); use args" % cw)
+    g.check([as_str(a) for a in c.get("args") or []] == GATEWAY_ARGS,
+            "%s: args must be %r, are %r" % (cw, GATEWAY_ARGS, c.get("args")))
+    env = container_env(c)
+    meshd_url = "http://%s:%d" % (MESHD, MESHD_PORT)
+    g.check(env.get("MESH_CONTROL_PLANE") == meshd_url, "%s: MESH_CONTROL_PLANE must be %s, is %r"
+            % (cw, meshd_url, env.get("MESH_CONTROL_PLANE")))
+    g.check(env.get("MESH_NAMESPACE") == GATEWAY_NS, "%s: MESH_NAMESPACE must be set to %s, is %r"
+            % (cw, GATEWAY_NS, env.get("MESH_NAMESPACE")))
+    g.check(env.get("MESH_SERVICE_ACCOUNT") == GATEWAY_SA, "%s: MESH_SERVICE_ACCOUNT must be set to %s, is %r"
+            % (cw, GATEWAY_SA, env.get("MESH_SERVICE_ACCOUNT")))
+    check_own_token(g, w, cw, pod, c, env, GATEWAY_TOKEN)
+    ports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
+    g.check(list(ports) == [GATEWAY_PORT], "%s: must expose containerPort %d (only), has %r" % (cw, GATEWAY_PORT, ports))
+    for probe in ("readinessProbe", "livenessProbe"):
+        pr = c.get(probe) or {}
+        g.check(named_port(c, dig(pr, "tcpSocket", "port")) == GATEWAY_PORT
+                and not any(h in pr for h in PROBE_HANDLERS if h != "tcpSocket"),
+                "%s: %s must be tcpSocket on port %d (as compose's `gateway --health-check`), is %r"
+                % (cw, probe, GATEWAY_PORT, pr))
+    check_security_context(g, cw, c)
+    # mesh-base's Gateways must land on these pods, on a port they listen on.
+    base_cm = md("ConfigMap", MESH_BASE_CM)
+    for key, text in sorted((dig(base_cm.data, "data", default={}) or {}).items() if base_cm else []):
+        try:
+            gws = [d for d in yaml.safe_load_all(text or "") if isinstance(d, dict) and d.get("kind") == "Gateway"]
+        except yaml.YAMLError:
+            continue  # reported with the ConfigMap
+        for gw in gws:
+            gname = "%s key %s: Gateway %s" % (base_cm.where(), key, dig(gw, "metadata", "name"))
+            sel = dig(gw, "spec", "selector", default={}) or {}
+            g.check(sel and all(labels.get(k) == v for k, v in sel.items()),
+                    "%s: selector %r does not match the %s pods %r" % (gname, sel, GATEWAY, labels))
+            for srv in dig(gw, "spec", "servers", default=[]) or []:
+                num = dig(srv, "port", "number")
+                g.check(num in ports, "%s: server port %r is not a container port of %s %s"
+                        % (gname, num, GATEWAY, sorted(ports)))
 
 
 def check_security_context(g, cw, c):
@@ -785,6 +935,24 @@ def compose_published(service):
     return out
 
 
+def compose_mounts(service):
+    """Bind mounts of a service as {target: source} (short `src:dst[:mode]` or long syntax)."""
+    out = {}
+    for v in service.get("volumes") or []:
+        if isinstance(v, dict):
+            if v.get("source") is not None and v.get("target"):
+                out[str(v["target"])] = str(v["source"])
+        else:
+            parts = str(v).split(":")
+            if len(parts) >= 2:
+                out[parts[1]] = parts[0]
+    return out
+
+
+def compose_secret_names(service):
+    return [s.get("source") if isinstance(s, dict) else str(s) for s in service.get("secrets") or []]
+
+
 def container_of(doc, name=None):
     containers = dig(doc.data, "spec", "template", "spec", "containers", default=[]) or []
     if name is None:
@@ -818,6 +986,25 @@ def flag_values(args):
     return out
 
 
+def flag_lists(args):
+    """Like flag_values, but every value of a repeated flag, in order: {flag: [values]}."""
+    out, i = {}, 0
+    while i < len(args):
+        a = str(args[i])
+        if a.startswith("--") and "=" in a:
+            k, _, v = a.partition("=")
+            out.setdefault(k, []).append(v)
+        elif a.startswith("--"):
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is not None and not str(nxt).startswith("--"):
+                out.setdefault(a, []).append(str(nxt))
+                i += 1
+            else:
+                out.setdefault(a, []).append(None)
+        i += 1
+    return out
+
+
 def container_env(c, g=None, w=""):
     env = {}
     for e in c.get("env") or []:
@@ -842,11 +1029,11 @@ def check_compose(root, docs, mesh, g):
     services = dig(compose, "services", default={}) or {}
     deployments = {d.name: d for d in docs if d.kind == "Deployment" and d.rel.count("/") == 1}
     effective = mesh.effective if mesh else {}
-    want_services = sorted(list(COMPOSE_TO_DEPLOYMENT) + [MESHD])
+    want_services = sorted(list(COMPOSE_TO_DEPLOYMENT) + [MESHD, GATEWAY])
     g.check(sorted(services) == want_services,
             "docker-compose.yml: services %s, expected %s" % (sorted(services), want_services))
     for svc_name in sorted(services):
-        if svc_name == MESHD:
+        if svc_name in (MESHD, GATEWAY):
             continue
         svc = services[svc_name] or {}
         dep_name = COMPOSE_TO_DEPLOYMENT.get(svc_name)
@@ -893,9 +1080,10 @@ def check_compose(root, docs, mesh, g):
             hc = svc.get("healthcheck") or {}
             g.check(hc.get("test") and not hc.get("disable"),
                     "%s: has probes but compose %s has no healthcheck" % (w, svc_name))
-        if svc_name == "productpage":
-            g.check((str(APP_PORT), str(APP_PORT)) in compose_published(svc),
-                    "docker-compose.yml: productpage must publish %d:%d" % (APP_PORT, APP_PORT))
+        # The way in is the ingress gateway; no app service (productpage included) is published.
+        g.check(not svc.get("ports") and not compose_published(svc),
+                "docker-compose.yml: %s must not publish ports (the page is served through %s), has %r"
+                % (svc_name, GATEWAY, svc.get("ports")))
 
     # meshd <-> the overlay's meshd Deployment.
     svc = services.get(MESHD)
@@ -906,18 +1094,86 @@ def check_compose(root, docs, mesh, g):
         w = md.where()
         g.check(c.get("image") == svc.get("image"), "%s: image %r differs from compose %s image %r"
                 % (w, c.get("image"), MESHD, svc.get("image")))
-        kflags = flag_values([as_str(a) for a in c.get("args") or []])
-        cflags = flag_values(compose_command(svc))
+        kflags = flag_lists([as_str(a) for a in c.get("args") or []])
+        cflags = flag_lists(compose_command(svc))
         for flag in MESHD_FLAGS:
-            g.check(kflags.get(flag), "%s: args lack %s <dir>" % (w, flag))
-            g.check(cflags.get(flag), "docker-compose.yml: %s command lacks %s <dir>" % (MESHD, flag))
-        g.check(set(kflags) == set(cflags), "%s: args flags %s differ from compose %s command flags %s"
-                % (w, sorted(kflags), MESHD, sorted(cflags)))
+            g.check(kflags.get(flag) and all(kflags[flag]), "%s: args lack %s <dir>" % (w, flag))
+            g.check(cflags.get(flag) and all(cflags[flag]), "docker-compose.yml: %s command lacks %s <dir>"
+                    % (MESHD, flag))
+        kcount = {f: len(v) for f, v in kflags.items()}
+        ccount = {f: len(v) for f, v in cflags.items()}
+        g.check(kcount == ccount, "%s: args flags %s differ from compose %s command flags %s (flag: times given)"
+                % (w, kcount, MESHD, ccount))
+        # Both config dirs, in the same order and at the same paths: mesh-config/base, then the
+        # watched directory.
+        kdirs, cdirs = kflags.get("--config-dir", []), cflags.get("--config-dir", [])
+        g.check(len(cdirs) == 2, "docker-compose.yml: %s command needs two --config-dir (%s, then the "
+                "watched dir), has %r" % (MESHD, MESH_BASE_DIR, cdirs))
+        g.check(kdirs == cdirs, "%s: --config-dir %r differ from compose %s's %r" % (w, kdirs, MESHD, cdirs))
+        cmounts = compose_mounts(svc)
+        if len(cdirs) == 2:
+            src = cmounts.get(cdirs[0])
+            g.check(src is not None and (root / src).resolve() == (root / MESH_BASE_DIR).resolve(),
+                    "docker-compose.yml: %s's first --config-dir %s must be a mount of ./%s, is %r"
+                    % (MESHD, cdirs[0], MESH_BASE_DIR, src))
+            src = cmounts.get(cdirs[1])
+            g.check(src is not None and (root / src).resolve() != (root / MESH_BASE_DIR).resolve(),
+                    "docker-compose.yml: %s's second --config-dir %s must be a mount of the watched "
+                    "directory, is %r" % (MESHD, cdirs[1], src))
+        # meshd certifies every identity, so it holds every token.
+        msecrets = sorted(compose_secret_names(svc))
+        want_secrets = sorted(dig(compose, "secrets", default={}) or {})
+        g.check(msecrets == want_secrets, "docker-compose.yml: %s's secrets %s must be all secrets %s"
+                % (MESHD, msecrets, want_secrets))
         g.check(not container_env(c) and not compose_env(svc),
                 "%s: meshd takes its settings as flags; neither side should set env" % w)
         hc = svc.get("healthcheck") or {}
         g.check(hc.get("test") and not hc.get("disable") and c.get("readinessProbe"),
                 "%s: compose %s healthcheck and the readinessProbe must both exist" % (w, MESHD))
+
+    # istio-ingressgateway <-> the overlay's gateway Deployment.
+    svc = services.get(GATEWAY)
+    gd = mesh.find("Deployment", GATEWAY) if mesh else None
+    if svc is not None and g.check(gd is not None, "k8s/mesh: no Deployment %s for compose service %s"
+                                   % (GATEWAY, GATEWAY)):
+        c = container_of(gd) or {}
+        w = "%s: container %s" % (gd.where(), c.get("name"))
+        g.check(c.get("image") == svc.get("image"), "%s: image %r differs from compose %s image %r"
+                % (w, c.get("image"), GATEWAY, svc.get("image")))
+        g.check([as_str(a) for a in c.get("args") or []] == compose_command(svc),
+                "%s: args %r differ from compose %s command %r" % (w, c.get("args"), GATEWAY, compose_command(svc)))
+        got_env = container_env(c, g, w)
+        want_env = compose_env(svc)
+        for k in sorted(want_env):
+            g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (w, k, want_env[k], GATEWAY))
+        g.check(got_env.get("MESH_CONTROL_PLANE") == want_env.get("MESH_CONTROL_PLANE"),
+                "%s: MESH_CONTROL_PLANE %r, compose %s has %r" % (w, got_env.get("MESH_CONTROL_PLANE"), GATEWAY,
+                                                                  want_env.get("MESH_CONTROL_PLANE")))
+        # Different token paths by design; compose's file is the token named <ns>.<sa> of the
+        # identity the k8s side sets explicitly (the binary's defaults, which compose relies on).
+        ctf = want_env.get("MESH_TOKEN_FILE") or ""
+        g.check(got_env.get("MESH_TOKEN_FILE") and ctf, "%s: MESH_TOKEN_FILE must be set in both, k8s %r, "
+                "compose %s %r" % (w, got_env.get("MESH_TOKEN_FILE"), GATEWAY, ctf))
+        g.check(ctf.rpartition("/")[2] == GATEWAY_TOKEN and GATEWAY_TOKEN in compose_secret_names(svc),
+                "docker-compose.yml: %s's MESH_TOKEN_FILE %r must be its secret %s" % (GATEWAY, ctf, GATEWAY_TOKEN))
+        for k in ("MESH_NAMESPACE", "MESH_SERVICE_ACCOUNT"):
+            g.check(want_env.get(k, got_env.get(k)) == got_env.get(k),
+                    "%s: env %s=%r, compose %s has %r" % (w, k, got_env.get(k), GATEWAY, want_env.get(k)))
+        g.check("%s.%s" % (got_env.get("MESH_NAMESPACE"), got_env.get("MESH_SERVICE_ACCOUNT")) == GATEWAY_TOKEN,
+                "%s: MESH_NAMESPACE.MESH_SERVICE_ACCOUNT must name its token %s" % (w, GATEWAY_TOKEN))
+        extra = sorted(set(got_env) - set(want_env) - {"MESH_NAMESPACE", "MESH_SERVICE_ACCOUNT"})
+        g.check(not extra, "%s: env %s not set by compose %s" % (w, extra, GATEWAY))
+        ports = [p.get("containerPort") for p in c.get("ports") or []]
+        g.check(ports == [GATEWAY_PORT], "%s: containerPorts %s, expected [%d]" % (w, ports, GATEWAY_PORT))
+        pub = compose_published(svc)
+        g.check(len(pub) == 1 and next(iter(pub))[1] == str(GATEWAY_PORT),
+                "docker-compose.yml: %s must publish (only) its port %d, publishes %r" % (GATEWAY, GATEWAY_PORT, sorted(pub)))
+        g.check((str(GATEWAY_PORT), str(GATEWAY_PORT)) in pub,
+                "docker-compose.yml: %s must publish %d:%d by default (${BOOKINFO_PORT:-%d})"
+                % (GATEWAY, GATEWAY_PORT, GATEWAY_PORT, GATEWAY_PORT))
+        hc = svc.get("healthcheck") or {}
+        g.check(hc.get("test") and not hc.get("disable") and c.get("readinessProbe") and c.get("livenessProbe"),
+                "%s: compose %s healthcheck and the readiness/liveness probes must all exist" % (w, GATEWAY))
 
     # Token values: docker/mesh-tokens/* == the overlay's Secret == compose's secrets.
     sec = mesh.find("Secret", MESH_TOKENS_SECRET) if mesh else None

@@ -346,3 +346,22 @@ async fn a_crashed_reviews_instance_is_ejected_and_pages_keep_rendering() {
     );
     app.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_rate_limiting_answers_429_after_four_requests_a_minute() {
+    let app = App::start().await;
+    app.apply(&["local-rate-limit-productpage.yaml"]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = Client::new()
+            .get(&app.url("/productpage"), HeaderMap::new(), PATIENCE)
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(r.headers()["x-local-rate-limit"], "true");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    app.running.shutdown().await;
+}

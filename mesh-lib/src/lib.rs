@@ -25,6 +25,7 @@ pub mod io;
 pub mod logging;
 pub mod outbound;
 pub mod propagation;
+pub mod ratelimit;
 pub mod run;
 pub mod server;
 pub mod shutdown;

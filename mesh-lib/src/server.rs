@@ -249,14 +249,19 @@ fn reset(stream: TcpStream) {
 }
 
 /// The inbound stack around a service's router, outermost first: request spans and access
-/// logs at `debug`, then (in the mesh) authorization, so a denied request never reaches the
-/// service.
+/// logs at `debug`, then (in the mesh) local rate limiting and authorization, so neither a
+/// flood nor a denied request reaches the service.
 pub fn inbound_stack(app: Router, mesh: Option<Mesh>) -> Router {
     let app = match mesh {
-        Some(mesh) => app.layer(axum::middleware::from_fn_with_state(
-            mesh,
-            crate::authz::authorize,
-        )),
+        Some(mesh) => app
+            .layer(axum::middleware::from_fn_with_state(
+                mesh.clone(),
+                crate::authz::authorize,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                crate::ratelimit::Limiter::new(mesh),
+                crate::ratelimit::limit,
+            )),
         None => app,
     };
     app.layer(TraceLayer::new_for_http())

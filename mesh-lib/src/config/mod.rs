@@ -1,6 +1,7 @@
 //! Istio configuration: parses security (`PeerAuthentication`, `AuthorizationPolicy`) and
 //! traffic-management (`VirtualService`, `DestinationRule`, `Gateway`) resources from YAML
-//! and evaluates them with Istio's semantics.
+//! and evaluates them with Istio's semantics, plus the mesh's own `LocalRateLimit`
+//! (`mesh.bookinfo.io/v1alpha1`, where Istio would need an `EnvoyFilter`).
 //!
 //! The mesh reads the same YAML an Istio user would `kubectl apply`, so the Bookinfo
 //! security tutorials work unchanged. Loading is strict on purpose: an unknown field, or an
@@ -17,6 +18,7 @@
 //!   [`choose_destination`] picks one of its weighted destinations.
 //! - [`MeshConfig::destination_rule`] / [`MeshConfig::subset_labels`]: a host's policy and
 //!   subsets; [`MeshConfig::gateway_for`]: the gateways a gateway workload serves.
+//! - [`MeshConfig::local_rate_limit`]: the token bucket on a workload's inbound.
 //!
 //! A [`MeshConfig`] round-trips through JSON (serde) so it can be shipped to proxies.
 
@@ -27,6 +29,10 @@ mod net_model;
 #[cfg(test)]
 mod net_tests;
 mod net_yaml;
+mod rate_limit;
+#[cfg(test)]
+mod rate_limit_tests;
+mod rate_limit_yaml;
 #[cfg(test)]
 mod tests;
 mod yaml;
@@ -47,6 +53,7 @@ pub use net_model::{
     ServerPort, StringMatch, Subset, TcpPool, TlsMode, TrafficPolicy, VirtualService,
     format_duration, parse_duration,
 };
+pub use rate_limit::{DEFAULT_RATE_LIMIT_HEADER, DEFAULT_RATE_LIMIT_STATUS, LocalRateLimit};
 
 /// A configuration that loaded, with what was accepted but ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -11,11 +11,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::net_model::{DestinationRule, Gateway, VirtualService};
+use super::rate_limit::LocalRateLimit;
 
 /// The namespace whose policies apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
-/// Every resource the mesh enforces: security policies and traffic routing.
+/// Every resource the mesh enforces: security policies, traffic routing and rate limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
@@ -34,6 +35,9 @@ pub struct MeshConfig {
     /// `Gateway` resources: what ingress gateways serve.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<Gateway>,
+    /// `LocalRateLimit` resources (the mesh's own kind): token buckets on inbound requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_rate_limits: Vec<LocalRateLimit>,
 }
 
 impl MeshConfig {
@@ -53,6 +57,9 @@ impl MeshConfig {
         }
         for gateway in other.gateways {
             self.insert_gateway(gateway);
+        }
+        for limit in other.local_rate_limits {
+            self.insert_local_rate_limit(limit);
         }
     }
 
@@ -79,6 +86,11 @@ impl MeshConfig {
     /// Adds or replaces (same namespace and name) a gateway; true if it replaced.
     pub fn insert_gateway(&mut self, gateway: Gateway) -> bool {
         upsert(&mut self.gateways, gateway, |g| &g.metadata)
+    }
+
+    /// Adds or replaces (same namespace and name) a local rate limit; true if it replaced.
+    pub fn insert_local_rate_limit(&mut self, limit: LocalRateLimit) -> bool {
+        upsert(&mut self.local_rate_limits, limit, |l| &l.metadata)
     }
 }
 

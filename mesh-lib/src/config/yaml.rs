@@ -18,6 +18,7 @@ use super::model::{
     Operation, PeerAuthentication, Rule, Source,
 };
 use super::net_yaml::{Origins, RawDrSpec, RawGatewaySpec, RawVsSpec};
+use super::rate_limit_yaml::RawRateLimitSpec;
 
 const SECURITY_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
 const NETWORKING_GROUP: &str = "networking.istio.io/";
@@ -40,6 +41,9 @@ const IGNORED_NETWORKING_KINDS: [&str; 6] = [
 ];
 const PEER_AUTHENTICATION: &str = "PeerAuthentication";
 const AUTHORIZATION_POLICY: &str = "AuthorizationPolicy";
+/// The mesh's own kinds (what Istio would need an `EnvoyFilter` for).
+const MESH_VERSIONS: [&str; 1] = ["mesh.bookinfo.io/v1alpha1"];
+const LOCAL_RATE_LIMIT: &str = "LocalRateLimit";
 
 /// A field that the evaluator does not implement: any value type, rejected when non-empty.
 type Unsupported = Option<Spanned<Vec<IgnoredAny>>>;
@@ -64,6 +68,7 @@ enum RawSpec {
     VirtualService(Box<Spanned<RawVsSpec>>),
     DestinationRule(Box<Spanned<RawDrSpec>>),
     Gateway(Box<Spanned<RawGatewaySpec>>),
+    LocalRateLimit(Box<Spanned<RawRateLimitSpec>>),
     Ignored,
     BeforeKind(Location),
 }
@@ -131,6 +136,7 @@ impl<'de> Visitor<'de> for DocVisitor {
                         VIRTUAL_SERVICE => RawSpec::VirtualService(Box::new(map.next_value()?)),
                         DESTINATION_RULE => RawSpec::DestinationRule(Box::new(map.next_value()?)),
                         GATEWAY => RawSpec::Gateway(Box::new(map.next_value()?)),
+                        LOCAL_RATE_LIMIT => RawSpec::LocalRateLimit(Box::new(map.next_value()?)),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             RawSpec::Ignored
@@ -155,7 +161,7 @@ struct RawMeta {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSelector {
+pub(super) struct RawSelector {
     match_labels: Option<BTreeMap<String, String>>,
 }
 
@@ -317,10 +323,12 @@ impl Cx<'_> {
 
         let security = kind == PEER_AUTHENTICATION || kind == AUTHORIZATION_POLICY;
         let routing = [VIRTUAL_SERVICE, DESTINATION_RULE, GATEWAY].contains(&kind.as_str());
+        let own = kind == LOCAL_RATE_LIMIT;
         let networking = !routing
+            && !own
             && (IGNORED_NETWORKING_KINDS.contains(&kind.as_str())
                 || api.starts_with(NETWORKING_GROUP));
-        if !security && !routing && !networking {
+        if !security && !routing && !own && !networking {
             return Err(self.err(kind_at, format!("unsupported kind {kind} ({api})")));
         }
         if security && !SECURITY_VERSIONS.contains(&api.as_str()) {
@@ -338,6 +346,15 @@ impl Cx<'_> {
                 format!(
                     "unsupported apiVersion {api} for kind {kind} (expected {})",
                     NETWORKING_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        if own && !MESH_VERSIONS.contains(&api.as_str()) {
+            return Err(self.err(
+                api_at,
+                format!(
+                    "unsupported apiVersion {api} for kind {kind} (expected {})",
+                    MESH_VERSIONS.join(", ")
                 ),
             ));
         }
@@ -385,6 +402,13 @@ impl Cx<'_> {
             RawSpec::Gateway(spec) => {
                 let gateway = self.gateway(metadata, Some(*spec), at)?;
                 config.insert_gateway(gateway)
+            }
+            RawSpec::LocalRateLimit(spec) => {
+                let limit = self.local_rate_limit(metadata, Some(*spec), at)?;
+                config.insert_local_rate_limit(limit)
+            }
+            _ if kind == LOCAL_RATE_LIMIT => {
+                config.insert_local_rate_limit(self.local_rate_limit(metadata, None, at)?)
             }
             _ if kind == VIRTUAL_SERVICE => {
                 config.insert_virtual_service(self.virtual_service(metadata, None, at)?)
@@ -626,7 +650,7 @@ impl Cx<'_> {
     }
 }
 
-fn selector(raw: Option<RawSelector>) -> BTreeMap<String, String> {
+pub(super) fn selector(raw: Option<RawSelector>) -> BTreeMap<String, String> {
     raw.and_then(|s| s.match_labels).unwrap_or_default()
 }
 

@@ -100,3 +100,85 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    use crate::outbound::plan::FaultPlan;
+
+    fn request(fault: FaultPlan) -> Request<Bytes> {
+        let mut req = Request::new(Bytes::new());
+        req.extensions_mut().insert(Arc::new(RoutePlan {
+            fault: Some(fault),
+            ..RoutePlan::default()
+        }));
+        req
+    }
+
+    fn upstream()
+    -> impl Service<Request<Bytes>, Response = Response<Body>, Error = BoxError, Future = impl Send>
+    + Clone
+    + Send
+    + 'static {
+        tower::service_fn(|_req: Request<Bytes>| async {
+            Ok::<_, BoxError>(Response::new(Body::from("upstream")))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_holds_the_request_for_the_fixed_delay() {
+        let svc = FaultLayer::new(Arc::new(|_| true)).layer(upstream());
+        let start = tokio::time::Instant::now();
+        let res = svc
+            .oneshot(request(FaultPlan {
+                delay: Some((Duration::from_secs(7), 100.0)),
+                abort: None,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_answers_with_the_status_and_envoys_body() {
+        let svc = FaultLayer::new(Arc::new(|_| true)).layer(upstream());
+        let res = svc
+            .oneshot(request(FaultPlan {
+                delay: None,
+                abort: Some((555, 100.0)),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 555);
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body.as_ref(), ABORT_BODY.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn the_percentage_decides_per_request() {
+        let svc = FaultLayer::new(random_roll()).layer(upstream());
+        let mut aborted = 0;
+        for _ in 0..1000 {
+            let res = svc
+                .clone()
+                .oneshot(request(FaultPlan {
+                    delay: None,
+                    abort: Some((500, 30.0)),
+                }))
+                .await
+                .unwrap();
+            if res.status() == 500 {
+                aborted += 1;
+            }
+        }
+        // Binomial(1000, 0.3): mean 300, sd 14.5.
+        assert!((220..380).contains(&aborted), "{aborted}");
+    }
+}

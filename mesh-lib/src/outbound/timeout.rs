@@ -77,3 +77,72 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn slow(
+        delay: Duration,
+    ) -> impl Service<
+        Request<Bytes>,
+        Response = Response<Body>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |_req: Request<Bytes>| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, BoxError>(Response::new(Body::empty()))
+        })
+    }
+
+    fn request(timeout: Option<Duration>) -> Request<Bytes> {
+        let mut req = Request::new(Bytes::new());
+        req.extensions_mut().insert(Arc::new(RoutePlan {
+            timeout,
+            ..RoutePlan::default()
+        }));
+        req
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_timeout_cuts_at_its_deadline() {
+        let start = tokio::time::Instant::now();
+        let err = RouteTimeoutLayer
+            .layer(slow(Duration::from_secs(2)))
+            .oneshot(request(Some(Duration::from_millis(500))))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<LocalError>(),
+            Some(LocalError::RouteTimeout)
+        ));
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        let response = crate::outbound::rescue::respond(&err);
+        assert_eq!(response.status(), 504);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_timeout_by_default_and_the_header_overrides() {
+        let res = RouteTimeoutLayer
+            .layer(slow(Duration::from_secs(30)))
+            .oneshot(request(None))
+            .await;
+        assert!(res.is_ok(), "Istio sets no route timeout unless asked");
+        let mut req = request(Some(Duration::from_secs(10)));
+        req.headers_mut()
+            .insert(TIMEOUT_HEADER, http::HeaderValue::from_static("100"));
+        let start = tokio::time::Instant::now();
+        assert!(
+            RouteTimeoutLayer
+                .layer(slow(Duration::from_secs(1)))
+                .oneshot(req)
+                .await
+                .is_err()
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+}
