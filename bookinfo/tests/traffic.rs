@@ -317,9 +317,44 @@ async fn a_crashed_reviews_instance_is_ejected_and_pages_keep_rendering() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Without retries, only outlier detection keeps requests away from a dead instance.
+    std::fs::write(
+        app.dir.join("reviews-no-retries.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n    retries:\n      attempts: 0\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !app.running.meshes().iter().all(|m| {
+        m.snapshot()
+            .config
+            .virtual_services
+            .iter()
+            .any(|v| v.metadata.name == "reviews")
+    }) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(app.running.crash("reviews-v1"));
-    // reviews-v1 is still registered but refuses connections: the first attempt that reaches
-    // it is retried elsewhere (connect-failure) and ejects it; every page renders.
+    let productpage = app
+        .running
+        .meshes()
+        .iter()
+        .find(|m| m.service() == "productpage")
+        .unwrap();
+    let client = productpage.client();
+    let mut failures = 0;
+    for _ in 0..30 {
+        let r = client
+            .get("http://reviews:9080/reviews/0", HeaderMap::new(), PATIENCE)
+            .await
+            .unwrap();
+        if r.status() != StatusCode::OK {
+            failures += 1;
+        }
+    }
+    // Round robin would send 10 of 30 to the dead instance; one failure ejects it.
+    assert_eq!(failures, 1, "{failures} of 30 calls failed");
+    // Pages (whose calls go through other clients, with productpage's own retry) all render.
     let mut served_by_v1 = 0;
     for _ in 0..30 {
         let (status, body) = app.page(None).await;
