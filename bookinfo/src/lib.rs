@@ -324,9 +324,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     // Ready means every workload also sees every other one, so the first page has them all.
     let deadline = tokio::time::Instant::now() + MESH_READY_TIMEOUT;
-    while meshes.iter().any(|m| m.snapshot().endpoints.len() < meshes.len()) {
+    while meshes
+        .iter()
+        .any(|m| m.snapshot().endpoints.len() < meshes.len())
+    {
         if tokio::time::Instant::now() > deadline {
-            return Err(StartError::Mesh("the registry never listed every workload".into()));
+            return Err(StartError::Mesh(
+                "the registry never listed every workload".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

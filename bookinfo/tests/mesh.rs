@@ -260,8 +260,15 @@ async fn every_workload_has_its_upstream_service_account_identity() {
             "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
         ]
     );
-    // Each workload is in the registry with the identity a client must find.
-    let snapshot = app.meshes()[0].snapshot();
+    // Each workload is in the registry with the identity a client must find, and a TLS 1.3
+    // handshake with productpage's certificate finds exactly that identity at its address.
+    let productpage = app
+        .meshes()
+        .iter()
+        .find(|m| m.service() == "productpage")
+        .unwrap();
+    let certified = productpage.certified().unwrap();
+    let snapshot = productpage.snapshot();
     assert_eq!(
         snapshot.endpoints.len(),
         7,
@@ -277,6 +284,19 @@ async fn every_workload_has_its_upstream_service_account_identity() {
             e.identity.service_account,
             format!("bookinfo-{}", e.service)
         );
+        let config = mesh::tls::client_config(&certified, e.identity.clone()).unwrap();
+        let tcp = tokio::net::TcpStream::connect(e.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(rustls_pki_types::ServerName::try_from("mesh").unwrap(), tcp)
+            .await
+            .unwrap_or_else(|err| panic!("{} at {}: {err}", e.service, e.addr));
+        let (_, conn) = tls.get_ref();
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let peer = mesh::tls::spiffe_id_of(&conn.peer_certificates().unwrap()[0]).unwrap();
+        assert_eq!(peer, e.identity);
     }
     app.shutdown().await;
 }
