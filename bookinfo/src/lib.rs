@@ -75,12 +75,21 @@ pub struct MeshOptions {
     pub cert_ttl: Duration,
     /// The ingress gateway's port.
     pub gateway_port: u16,
+    /// The admin port: every workload's Istio metrics at `/stats/prometheus`.
+    pub admin_port: u16,
+    /// Access log of every workload's inbound requests (stdout).
+    pub access_log: mesh::telemetry::AccessLog,
 }
+
+/// The admin listener's port by default (Envoy's admin port).
+pub const DEFAULT_ADMIN_PORT: u16 = 15000;
 
 impl Default for MeshOptions {
     fn default() -> Self {
         Self {
             gateway_port: mesh::gateway::DEFAULT_GATEWAY_PORT,
+            admin_port: DEFAULT_ADMIN_PORT,
+            access_log: mesh::telemetry::AccessLog::OFF,
             config_dir: None,
             ca: CaSource::Ephemeral,
             meshd_port: mesh::control::DEFAULT_CONTROL_PORT,
@@ -129,6 +138,7 @@ impl Config {
             mesh: Some(MeshOptions {
                 meshd_port: 0,
                 gateway_port: 0,
+                admin_port: 0,
                 ..MeshOptions::default()
             }),
             ..Self::default()
@@ -141,6 +151,8 @@ impl Config {
 pub struct Addrs {
     /// The ingress gateway, when the mesh is on.
     pub gateway: Option<SocketAddr>,
+    /// The admin listener (metrics), when the mesh is on.
+    pub admin: Option<SocketAddr>,
     pub productpage: SocketAddr,
     pub details: SocketAddr,
     pub reviews: [SocketAddr; 3],
@@ -227,9 +239,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => None,
     };
+    let admin = match &config.mesh {
+        Some(options) => Some(Server::bind("admin", at(options.admin_port)).await?),
+        None => None,
+    };
+    let telemetry = mesh::dataplane::Telemetry {
+        metrics: Default::default(),
+        access_log: config
+            .mesh
+            .as_ref()
+            .map_or(mesh::telemetry::AccessLog::OFF, |o| o.access_log),
+    };
 
     let addrs = Addrs {
         gateway: gateway.as_ref().map(Server::local_addr),
+        admin: admin.as_ref().map(Server::local_addr),
         productpage: productpage.local_addr(),
         details: details.local_addr(),
         reviews: [
@@ -271,8 +295,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 namespace: NAMESPACE.to_owned(),
                 service_account: account,
             };
-            let mesh = Mesh::start(spec, DEFAULT_TRUST_DOMAIN, server.local_addr())
-                .map_err(|e| StartError::Mesh(e.to_string()))?;
+            let mesh = Mesh::start_with(
+                spec,
+                DEFAULT_TRUST_DOMAIN,
+                server.local_addr(),
+                telemetry.clone(),
+            )
+            .map_err(|e| StartError::Mesh(e.to_string()))?;
             let client = mesh.client();
             meshes.push(mesh.clone());
             Ok((server.with_mesh(mesh), client))
@@ -303,8 +332,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             namespace: mesh::gateway::GATEWAY_NAMESPACE.to_owned(),
             service_account: mesh::gateway::GATEWAY_SERVICE_ACCOUNT.to_owned(),
         };
-        let gateway_mesh = Mesh::start(spec, DEFAULT_TRUST_DOMAIN, server.local_addr())
-            .map_err(|e| StartError::Mesh(e.to_string()))?;
+        let gateway_mesh = Mesh::start_with(
+            spec,
+            DEFAULT_TRUST_DOMAIN,
+            server.local_addr(),
+            telemetry.clone(),
+        )
+        .map_err(|e| StartError::Mesh(e.to_string()))?;
         meshes.push(gateway_mesh.clone());
         // The Gateway resource names port 8080; whichever port this listener got (tests use
         // free ports), it serves the 8080 server, as a Kubernetes Service maps 80 → 8080.
@@ -321,6 +355,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 mesh.identity()
             )));
         }
+    }
+    if let Some(server) = admin {
+        let metrics = telemetry.metrics.clone();
+        let router = Router::new().route(
+            "/stats/prometheus",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { mesh::run::prometheus_response(&metrics) }
+            }),
+        );
+        apps.push((server, router));
     }
     // Ready means every workload also sees every other one, so the first page has them all.
     let deadline = tokio::time::Instant::now() + MESH_READY_TIMEOUT;

@@ -52,6 +52,15 @@ struct Cli {
     /// The ingress gateway's port (the page URL's).
     #[arg(long, env = "BOOKINFO_GATEWAY_PORT", default_value_t = mesh::gateway::DEFAULT_GATEWAY_PORT)]
     gateway_port: u16,
+    /// Admin port: every workload's Istio metrics at /stats/prometheus.
+    #[arg(long, default_value_t = bookinfo::DEFAULT_ADMIN_PORT)]
+    admin_port: u16,
+    /// Access log of every request the workloads serve, on stdout: on, off or a fraction.
+    #[arg(long, default_value = "off")]
+    access_log: String,
+    /// Access log format: json or text.
+    #[arg(long, default_value = "json")]
+    access_log_format: String,
     /// Lifetime of workload certificates (renewed at half-life), e.g. 24h, 10m, 30s.
     #[arg(long, default_value = "24h", value_parser = mesh::cli::parse_duration)]
     cert_ttl: Duration,
@@ -66,6 +75,14 @@ fn parse_variant(s: &str) -> Result<ratings::Variant, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mesh::logging::init();
+    let access_log =
+        match mesh::telemetry::AccessLog::parse(&cli.access_log, &cli.access_log_format) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: --access-log: {e}");
+                return ExitCode::from(mesh::run::EXIT_CONFIG);
+            }
+        };
     let config = bookinfo::Config {
         bind: cli.bind,
         productpage_port: cli.productpage_port,
@@ -83,6 +100,8 @@ fn main() -> ExitCode {
             meshd_port: cli.meshd_port,
             cert_ttl: cli.cert_ttl,
             gateway_port: cli.gateway_port,
+            admin_port: cli.admin_port,
+            access_log,
         }),
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -119,6 +138,9 @@ fn main() -> ExitCode {
                 }
             }
             None => println!("  mesh         off (plain HTTP between the services)"),
+        }
+        if let Some(admin) = a.admin {
+            println!("  metrics      http://{admin}/stats/prometheus");
         }
         println!("Open {}  (Ctrl-C to stop)", a.page_url());
         running.run_until(mesh::shutdown::signal()).await;

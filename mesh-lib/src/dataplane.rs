@@ -16,6 +16,8 @@ use crate::config::{Decision, MtlsMode, RequestAttrs, Workload};
 use crate::control::client::{self, ControlError, WorkloadSpec};
 use crate::control::{Endpoint, Snapshot};
 use crate::identity::{Certified, Credentials, SpiffeId};
+use crate::telemetry::metrics::WorkloadLabels;
+use crate::telemetry::{AccessLog, MeshMetrics, WorkloadName};
 
 /// The peer's identity on an inbound connection: `None` for plaintext. Inserted into every
 /// request's extensions.
@@ -36,7 +38,17 @@ struct Inner {
     /// Every address ever seen as a mesh endpoint, with its identity: an address is never
     /// downgraded to plaintext because one snapshot lacks it.
     known: std::sync::Mutex<std::collections::HashMap<SocketAddr, SpiffeId>>,
+    telemetry: Telemetry,
+    name: WorkloadName,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Where a workload's metrics and access logs go.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// Shared by every workload of a process (the launcher), or one per workload.
+    pub metrics: Arc<MeshMetrics>,
+    pub access_log: AccessLog,
 }
 
 impl Drop for Inner {
@@ -63,16 +75,39 @@ impl Mesh {
         trust_domain: &str,
         addr: SocketAddr,
     ) -> Result<Self, ControlError> {
+        Self::start_with(spec, trust_domain, addr, Telemetry::default())
+    }
+
+    /// [`start`](Self::start) with the given metrics registry and access log.
+    pub fn start_with(
+        spec: WorkloadSpec,
+        trust_domain: &str,
+        addr: SocketAddr,
+        telemetry: Telemetry,
+    ) -> Result<Self, ControlError> {
         let channel = client::channel(&spec.control_plane)?;
         let identity = SpiffeId::new(trust_domain, &spec.namespace, &spec.service_account);
         let credentials = Credentials::new(identity);
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
         let (tls_tx, server_tls) = watch::channel(None);
+        let name = WorkloadName::from_labels(&spec.service, &spec.labels);
         let mut certs = credentials.subscribe();
+        let expiry = telemetry
+            .metrics
+            .cert_expiry
+            .get_or_create(&WorkloadLabels {
+                workload: name.workload.clone(),
+            })
+            .clone();
         let tls_task = tokio::spawn(async move {
             loop {
                 let current = certs.borrow_and_update().clone();
                 if let Some(certified) = current {
+                    let unix = certified
+                        .not_after
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    expiry.set(i64::try_from(unix).unwrap_or(i64::MAX));
                     match crate::tls::server_config(&certified) {
                         Ok(config) => {
                             tls_tx.send_replace(Some(config));
@@ -85,10 +120,25 @@ impl Mesh {
                 }
             }
         });
+        let version = telemetry
+            .metrics
+            .config_version
+            .get_or_create(&WorkloadLabels {
+                workload: name.workload.clone(),
+            })
+            .clone();
+        let mut versions = snapshot.clone();
+        let version_task = tokio::spawn(async move {
+            while versions.changed().await.is_ok() {
+                let v = versions.borrow_and_update().version;
+                version.set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        });
         let tasks = vec![
             client::spawn_certificates(channel.clone(), spec.clone(), credentials.clone()),
             client::spawn_watch(channel, spec.clone(), addr, snapshot_tx),
             tls_task,
+            version_task,
         ];
         Ok(Self {
             inner: Arc::new(Inner {
@@ -97,6 +147,8 @@ impl Mesh {
                 snapshot,
                 server_tls,
                 known: Default::default(),
+                telemetry,
+                name,
                 tasks,
             }),
         })
@@ -112,6 +164,15 @@ impl Mesh {
 
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.inner.spec.labels
+    }
+
+    /// This workload's name in metrics (`reviews-v2`).
+    pub fn workload_name(&self) -> &WorkloadName {
+        &self.inner.name
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
     }
 
     /// The latest snapshot (empty until meshd has sent one).

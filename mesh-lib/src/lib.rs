@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod run;
 pub mod server;
 pub mod shutdown;
+pub mod telemetry;
 pub mod tls;
 
 pub use dataplane::{Mesh, PeerIdentity};

@@ -32,6 +32,9 @@ pub struct MeshEnv {
     pub spec: WorkloadSpec,
     pub trust_domain: String,
     pub admin_port: u16,
+    /// `MESH_ACCESS_LOG` (on, off or a sampled fraction; default on) and
+    /// `MESH_ACCESS_LOG_FORMAT` (json or text).
+    pub access_log: crate::telemetry::AccessLog,
 }
 
 impl MeshEnv {
@@ -87,8 +90,30 @@ impl MeshEnv {
             },
             trust_domain: vars.get_or("MESH_TRUST_DOMAIN", crate::identity::DEFAULT_TRUST_DOMAIN),
             admin_port: vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?,
+            access_log: crate::telemetry::AccessLog::parse(
+                &vars.get_or("MESH_ACCESS_LOG", "on"),
+                &vars.get_or("MESH_ACCESS_LOG_FORMAT", "json"),
+            )
+            .map_err(|reason| {
+                VarError::new(
+                    "MESH_ACCESS_LOG",
+                    &vars.get_or("MESH_ACCESS_LOG", ""),
+                    reason,
+                )
+            })?,
         }))
     }
+}
+
+/// A Prometheus scrape answer.
+pub fn prometheus_response(metrics: &crate::telemetry::MeshMetrics) -> axum::response::Response {
+    axum::response::IntoResponse::into_response((
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    ))
 }
 
 /// How long `--health-check` waits for `/health`.
@@ -210,10 +235,15 @@ impl Service {
                 return ExitCode::FAILURE;
             }
         };
-        let mesh = match Mesh::start(
+        let telemetry = crate::dataplane::Telemetry {
+            metrics: Default::default(),
+            access_log: mesh_env.access_log,
+        };
+        let mesh = match Mesh::start_with(
             mesh_env.spec.clone(),
             &mesh_env.trust_domain,
             server.local_addr(),
+            telemetry,
         ) {
             Ok(m) => m,
             Err(e) => {
@@ -252,31 +282,43 @@ impl Service {
 }
 
 /// The plaintext admin listener: `/healthz/ready` is 200 once the workload has its certificate
-/// and config and its own `/health` (asked in process, past the mesh) answers 200.
+/// and config and its own `/health` (asked in process, past the mesh) answers 200;
+/// `/stats/prometheus` is the workload's Istio metrics.
 fn admin_router(mesh: Mesh, app: Router) -> Router {
-    Router::new().route(
-        "/healthz/ready",
-        axum::routing::get(move || {
-            let mesh = mesh.clone();
-            let app = app.clone();
-            async move {
-                if !mesh.is_ready() {
-                    return (
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        "mesh not ready: no certificate or config yet",
-                    );
+    let metrics = mesh.telemetry().metrics.clone();
+    Router::new()
+        .route(
+            "/stats/prometheus",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { prometheus_response(&metrics) }
+            }),
+        )
+        .route(
+            "/healthz/ready",
+            axum::routing::get(move || {
+                let mesh = mesh.clone();
+                let app = app.clone();
+                async move {
+                    if !mesh.is_ready() {
+                        return (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "mesh not ready: no certificate or config yet",
+                        );
+                    }
+                    let health = http::Request::get("/health")
+                        .body(axum::body::Body::empty())
+                        .expect("a static request is valid");
+                    match app.oneshot(health).await {
+                        Ok(r) if r.status() == http::StatusCode::OK => {
+                            (http::StatusCode::OK, "ready")
+                        }
+                        _ => (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "the service's /health is failing",
+                        ),
+                    }
                 }
-                let health = http::Request::get("/health")
-                    .body(axum::body::Body::empty())
-                    .expect("a static request is valid");
-                match app.oneshot(health).await {
-                    Ok(r) if r.status() == http::StatusCode::OK => (http::StatusCode::OK, "ready"),
-                    _ => (
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        "the service's /health is failing",
-                    ),
-                }
-            }
-        }),
-    )
+            }),
+        )
 }

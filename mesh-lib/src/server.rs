@@ -249,8 +249,8 @@ fn reset(stream: TcpStream) {
 }
 
 /// The inbound stack around a service's router, outermost first: request spans and access
-/// logs at `debug`, then (in the mesh) local rate limiting and authorization, so neither a
-/// flood nor a denied request reaches the service.
+/// logs at `debug`, then (in the mesh) Istio metrics and the access log, local rate limiting
+/// and authorization, so neither a flood nor a denied request reaches the service.
 pub fn inbound_stack(app: Router, mesh: Option<Mesh>) -> Router {
     let app = match mesh {
         Some(mesh) => app
@@ -259,8 +259,12 @@ pub fn inbound_stack(app: Router, mesh: Option<Mesh>) -> Router {
                 crate::authz::authorize,
             ))
             .layer(axum::middleware::from_fn_with_state(
-                crate::ratelimit::Limiter::new(mesh),
+                crate::ratelimit::Limiter::new(mesh.clone()),
                 crate::ratelimit::limit,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                mesh,
+                crate::telemetry::inbound::record,
             )),
         None => app,
     };

@@ -94,10 +94,11 @@ async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port
             .unwrap()
             .success()
     };
-    let _server = Killed(
+    let mut server = Killed(
         Command::new(env!("CARGO_BIN_EXE_ratings"))
             .args([&port.to_string(), "--bind", "127.0.0.1"])
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -111,6 +112,52 @@ async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(meshd.plane.registered(), 1);
+
+    // A request in the mesh: one JSON access-log line on stdout, and Istio metrics on the
+    // admin port.
+    let url = format!("http://127.0.0.1:{port}/ratings/0");
+    let r = mesh::Client::new()
+        .get(&url, Default::default(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stdout = server.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map(Result::unwrap)
+            .find(|l| l.contains("/ratings/0"))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["response_code"], 200);
+    assert_eq!(entry["workload"], "ratings-v1");
+    assert_eq!(entry["response_flags"], "-");
+    let metrics = mesh::Client::new()
+        .get(
+            &format!("http://127.0.0.1:{admin}/stats/prometheus"),
+            Default::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    assert!(
+        text.contains("istio_requests_total{reporter=\"destination\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("destination_workload=\"ratings-v1\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("connection_security_policy=\"none\""),
+        "{text}"
+    );
     meshd.shutdown().await;
 }
 

@@ -30,6 +30,7 @@ use super::health::Health;
 use super::plan::{LbPolicy, OutlierPlan};
 use super::split::Chosen;
 use crate::dataplane::Mesh;
+use crate::telemetry::outbound::Attempt;
 
 /// The addresses behind each logical `host:port`.
 #[derive(Debug, Default)]
@@ -162,6 +163,7 @@ where
             None => Ok(None),
         };
         let health = self.health.clone();
+        let mesh = self.mesh.clone();
         Box::pin(async move {
             let picked = mesh_choice?;
             let Some(logical) = req.uri().authority().map(Authority::to_string) else {
@@ -183,9 +185,29 @@ where
                 return inner.call(req).await.map_err(Into::into);
             };
             route_to(&mut req, &logical, addr);
+            if let (Some(attempt), Some(mesh)) = (req.extensions().get::<Attempt>(), &mesh)
+                && let Some(endpoint) = mesh.snapshot().endpoint_at(addr)
+            {
+                attempt.set_endpoint(endpoint.clone());
+            }
             health.start(addr);
             let result = inner.call(req).await.map_err(Into::into);
-            health.finish(addr, classify(&result), outlier.as_ref(), &peers);
+            let service = mesh
+                .as_ref()
+                .and_then(|m| m.snapshot().endpoint_at(addr).map(|e| e.service.clone()));
+            if health.finish(addr, classify(&result), outlier.as_ref(), &peers)
+                && let (Some(mesh), Some(service)) = (&mesh, service)
+            {
+                let edge = crate::telemetry::metrics::EdgeLabels {
+                    source_workload: mesh.workload_name().workload.clone(),
+                    destination_service_name: service,
+                };
+                mesh.telemetry()
+                    .metrics
+                    .ejections
+                    .get_or_create(&edge)
+                    .inc();
+            }
             result
         })
     }

@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 use super::BoxFuture;
 use super::plan::RoutePlan;
 use crate::BoxError;
+use crate::telemetry::outbound::Attempt;
 
 /// The body of an injected abort.
 pub const ABORT_BODY: &str = "fault filter abort";
@@ -79,9 +80,13 @@ where
         let roll = self.roll.clone();
         Box::pin(async move {
             if let Some(fault) = fault {
+                let attempt = req.extensions().get::<Attempt>().cloned();
                 if let Some((delay, percent)) = fault.delay
                     && roll(percent)
                 {
+                    if let Some(a) = &attempt {
+                        a.flag("DI");
+                    }
                     tokio::time::sleep(delay).await;
                 }
                 if let Some((status, percent)) = fault.abort

@@ -59,14 +59,14 @@ impl Health {
     }
 
     /// Records how a request to `addr` (one of `peers`, its service's endpoints) ended, and
-    /// ejects the endpoint when `plan` says so.
+    /// ejects the endpoint when `plan` says so; true when it did.
     pub fn finish(
         &self,
         addr: SocketAddr,
         class: Class,
         plan: Option<&OutlierPlan>,
         peers: &[SocketAddr],
-    ) {
+    ) -> bool {
         let now = Instant::now();
         let mut endpoints = self
             .endpoints
@@ -95,7 +95,7 @@ impl Health {
             state.consecutive_gateway = 0;
         }
         let Some(plan) = plan else {
-            return;
+            return false;
         };
         let tripped = plan
             .consecutive_5xx
@@ -113,7 +113,9 @@ impl Health {
             state.consecutive_5xx = 0;
             state.consecutive_gateway = 0;
             tracing::info!(endpoint = %addr, ejections = state.ejections, "outlier detection: endpoint ejected for {:?}", plan.base_ejection * state.ejections);
+            return true;
         }
+        false
     }
 
     /// Takes a slot for `service` unless `limit` are in flight; `false` means overflow.

@@ -234,7 +234,7 @@ impl ClientBuilder {
             .with_mesh(self.mesh.clone())
             .with_health(health.clone());
         let stack = ServiceBuilder::new()
-            .option_layer(self.mesh.as_ref().map(|_| rescue::RescueLayer))
+            .option_layer(self.mesh.clone().map(rescue::RescueLayer::new))
             .option_layer(self.mesh.clone().map(route::RouteLayer::new))
             .layer(fault::FaultLayer::new(fault::random_roll()))
             .layer(timeout::RouteTimeoutLayer)

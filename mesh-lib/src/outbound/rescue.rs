@@ -13,6 +13,9 @@ use tower::{Layer, Service};
 use super::BoxFuture;
 use super::classify::{ConnectError, LocalError};
 use crate::BoxError;
+use crate::dataplane::Mesh;
+use crate::telemetry::PEER_HEADER;
+use crate::telemetry::outbound::Attempt;
 
 /// The synthetic response for a failure inside the mesh.
 pub fn respond(error: &BoxError) -> Response<Body> {
@@ -43,19 +46,44 @@ pub fn respond(error: &BoxError) -> Response<Body> {
         .expect("a valid synthetic response")
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct RescueLayer;
+/// Envoy's response flag for a failure inside the mesh.
+pub fn flag(error: &BoxError) -> &'static str {
+    match error.downcast_ref::<LocalError>() {
+        Some(LocalError::RouteTimeout) => "UT",
+        Some(LocalError::Overflow) => "UO",
+        Some(LocalError::NoHealthyUpstream) => "UH",
+        None if error.is::<ConnectError>() => "UF",
+        None => "UC",
+    }
+}
+
+/// Also where each request is recorded for Istio's source-side metrics, since this is where
+/// its final outcome (answer or synthetic response) is known.
+#[derive(Debug, Clone)]
+pub struct RescueLayer {
+    mesh: Mesh,
+}
+
+impl RescueLayer {
+    pub fn new(mesh: Mesh) -> Self {
+        Self { mesh }
+    }
+}
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner }
+        Rescue {
+            inner,
+            mesh: self.mesh.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Rescue<S> {
     inner: S,
+    mesh: Mesh,
 }
 
 impl<S> Service<Request<Bytes>> for Rescue<S>
@@ -71,8 +99,39 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
+        let attempt = Attempt::default();
+        req.extensions_mut().insert(attempt.clone());
+        let me = self.mesh.workload_name().header_value();
+        if let Ok(v) = http::HeaderValue::from_str(&me) {
+            req.headers_mut().insert(PEER_HEADER, v);
+        }
+        let host = req.uri().host().unwrap_or_default();
+        let service = host.split('.').next().unwrap_or(host).to_owned();
+        let request_bytes = Some(req.body().len() as u64);
+        let mesh = self.mesh.clone();
+        let start = tokio::time::Instant::now();
         let call = self.inner.call(req);
-        Box::pin(async move { Ok(call.await.unwrap_or_else(|e| respond(&e))) })
+        Box::pin(async move {
+            let (response, local) = match call.await {
+                Ok(r) => (r, None),
+                Err(e) => (respond(&e), Some(flag(&e))),
+            };
+            let millis = start.elapsed().as_secs_f64() * 1000.0;
+            let response_bytes = axum::body::HttpBody::size_hint(response.body()).exact();
+            crate::telemetry::outbound::record(
+                &mesh,
+                &service,
+                &attempt,
+                crate::telemetry::outbound::Outcome {
+                    status: response.status().as_u16(),
+                    local_flag: local,
+                    millis,
+                    request_bytes,
+                    response_bytes,
+                },
+            );
+            Ok(response)
+        })
     }
 }

@@ -22,6 +22,7 @@ use super::BoxFuture;
 use super::classify::{Class, classify};
 use super::plan::{RetryPlan, RoutePlan};
 use crate::BoxError;
+use crate::telemetry::outbound::Attempt;
 
 /// First backoff between attempts (Envoy's default base interval).
 pub const BASE_BACKOFF: Duration = Duration::from_millis(25);
@@ -179,8 +180,17 @@ where
                 let per_try_timed_out = plan.per_try_timeout.is_some() && class == Class::Local;
                 let retryable = should_retry(&plan, class)
                     || (per_try_timed_out && (plan.on.gateway_error || plan.on.server_error));
-                if attempt >= plan.attempts || !retryable || !budget.withdraw() {
+                if attempt >= plan.attempts || !retryable {
                     return result;
+                }
+                if !budget.withdraw() {
+                    if let Some(a) = req.extensions().get::<Attempt>() {
+                        a.budget_exhausted();
+                    }
+                    return result;
+                }
+                if let Some(a) = req.extensions().get::<Attempt>() {
+                    a.retried();
                 }
                 attempt += 1;
                 tracing::debug!(attempt, ?class, "retrying");
@@ -200,6 +210,9 @@ fn clone_request(req: &Request<Bytes>) -> Request<Bytes> {
     *out.headers_mut() = req.headers().clone();
     if let Some(plan) = req.extensions().get::<Arc<RoutePlan>>() {
         out.extensions_mut().insert(plan.clone());
+    }
+    if let Some(attempt) = req.extensions().get::<Attempt>() {
+        out.extensions_mut().insert(attempt.clone());
     }
     out
 }

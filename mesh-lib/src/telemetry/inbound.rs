@@ -1,0 +1,122 @@
+//! Inbound recording (Istio's `reporter="destination"`): every request a meshed workload
+//! serves, with the source from the mTLS peer (identity, and the workload it names in the
+//! peer header), into the Istio metrics and the access log. Outermost in the inbound mesh
+//! stack, so rate-limited and denied requests count too.
+
+use axum::body::HttpBody as _;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::header;
+use tokio::time::Instant;
+
+use super::access_log::Entry;
+use super::metrics::IstioLabels;
+use super::{PEER_HEADER, WorkloadName};
+use crate::dataplane::{Mesh, PeerIdentity};
+
+pub(crate) async fn record(State(mesh): State<Mesh>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let peer = request
+        .extensions()
+        .get::<PeerIdentity>()
+        .and_then(|p| p.0.clone());
+    let source = peer.as_ref().and_then(|_| {
+        request
+            .headers()
+            .get(PEER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(WorkloadName::parse_header)
+    });
+    let headers = request.headers();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (request_id, user_agent, authority, traceparent) = (
+        header("x-request-id"),
+        header(header::USER_AGENT.as_str()),
+        header(header::HOST.as_str()),
+        header("traceparent"),
+    );
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let protocol = format!("{:?}", request.version());
+    let request_bytes = request.body().size_hint().exact();
+    let response = next.run(request).await;
+    let millis = start.elapsed().as_secs_f64() * 1000.0;
+    let response_bytes = response.body().size_hint().exact();
+    let me = mesh.workload_name();
+    let id = mesh.identity();
+    let source = source.unwrap_or_default();
+    let labels = IstioLabels {
+        reporter: "destination".into(),
+        source_workload: if source.workload.is_empty() {
+            "unknown".into()
+        } else {
+            source.workload.clone()
+        },
+        source_workload_namespace: peer
+            .as_ref()
+            .map_or("unknown".into(), |p| p.namespace.clone()),
+        source_principal: peer.as_ref().map_or("unknown".into(), |p| p.to_string()),
+        source_app: if source.app.is_empty() {
+            "unknown".into()
+        } else {
+            source.app.clone()
+        },
+        source_version: if source.version.is_empty() {
+            "unknown".into()
+        } else {
+            source.version.clone()
+        },
+        destination_workload: me.workload.clone(),
+        destination_workload_namespace: id.namespace.clone(),
+        destination_principal: id.to_string(),
+        destination_app: me.app.clone(),
+        destination_version: me.version.clone(),
+        destination_service: format!(
+            "{}.{}.svc.{}",
+            mesh.service(),
+            id.namespace,
+            id.trust_domain
+        ),
+        destination_service_name: mesh.service().to_owned(),
+        destination_service_namespace: id.namespace.clone(),
+        request_protocol: "http".into(),
+        response_code: response.status().as_u16().to_string(),
+        response_flags: "-".into(),
+        connection_security_policy: if peer.is_some() {
+            "mutual_tls".into()
+        } else {
+            "none".into()
+        },
+    };
+    let telemetry = mesh.telemetry();
+    telemetry
+        .metrics
+        .record(&labels, millis, request_bytes, response_bytes);
+    if telemetry.access_log.enabled() {
+        telemetry.access_log.write(&Entry {
+            workload: &me.workload,
+            method: &method,
+            path: &path,
+            protocol: &protocol,
+            response_code: response.status().as_u16(),
+            response_flags: "-",
+            duration_ms: millis,
+            bytes_received: request_bytes,
+            bytes_sent: response_bytes,
+            x_request_id: &request_id,
+            user_agent: &user_agent,
+            authority: &authority,
+            peer: "-",
+            peer_principal: &peer.map(|p| p.principal()).unwrap_or_default(),
+            traceparent: &traceparent,
+        });
+    }
+    response
+}
