@@ -11,6 +11,7 @@ started=$(date +%s)
 project=bookinfo-test-$$
 export BOOKINFO_TAG=test-$$
 export BOOKINFO_PORT=${BOOKINFO_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+export MESHD_DASHBOARD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # meshd watches this directory; the containers run as uid 65532, so it must be world-readable.
 export MESH_CONFIG_DIR=$(mktemp -d)
 chmod 755 "$MESH_CONFIG_DIR"
@@ -75,6 +76,20 @@ done
 [ "$none" -gt 0 ] && [ "$black" -gt 0 ] && [ "$red" -gt 0 ] ||
   fail "30 loads gave $none pages without stars, $black black, $red red"
 pass "30 loads: $none without stars, $black black, $red red"
+
+# meshd's dashboard scrapes every workload's metrics: the edges that carried traffic show.
+deadline=$(( $(date +%s) + 30 ))
+while :; do
+  curl -fsS "$base/productpage" >/dev/null
+  graph=$(curl -fsS "http://127.0.0.1:$MESHD_DASHBOARD_PORT/api/graph" || true)
+  edges=$(python3 -c 'import json,sys; g=json.loads(sys.argv[1] or "{}"); print(" ".join(sorted(e["source"]+">"+e["destination"] for e in g.get("edges",[]) if e.get("requests",0)>0 and e.get("mtls"))))' "$graph")
+  case "$edges" in
+    *"istio-ingressgateway>productpage-v1"*"productpage-v1>reviews-v2"*"reviews-v2>ratings-v1"*) break ;;
+  esac
+  [ "$(date +%s)" -lt "$deadline" ] || fail "dashboard edges: $edges"
+  sleep 1
+done
+pass "dashboard: mTLS edges gateway → productpage → reviews → ratings"
 
 jar=$(mktemp)
 curl -fsS -o /dev/null -c "$jar" --data 'username=jason&passwd=password' "$base/login"

@@ -79,7 +79,12 @@ pub struct MeshOptions {
     pub admin_port: u16,
     /// Access log of every workload's inbound requests (stdout).
     pub access_log: mesh::telemetry::AccessLog,
+    /// meshd's dashboard port.
+    pub dashboard_port: u16,
 }
+
+/// The dashboard's port by default (Kiali's).
+pub const DEFAULT_DASHBOARD_PORT: u16 = 20001;
 
 /// The admin listener's port by default (Envoy's admin port).
 pub const DEFAULT_ADMIN_PORT: u16 = 15000;
@@ -89,6 +94,7 @@ impl Default for MeshOptions {
         Self {
             gateway_port: mesh::gateway::DEFAULT_GATEWAY_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
+            dashboard_port: DEFAULT_DASHBOARD_PORT,
             access_log: mesh::telemetry::AccessLog::OFF,
             config_dir: None,
             ca: CaSource::Ephemeral,
@@ -139,6 +145,7 @@ impl Config {
                 meshd_port: 0,
                 gateway_port: 0,
                 admin_port: 0,
+                dashboard_port: 0,
                 ..MeshOptions::default()
             }),
             ..Self::default()
@@ -192,6 +199,14 @@ impl Running {
         }
     }
 
+    /// meshd's dashboard, when the mesh is on.
+    pub fn dashboard_url(&self) -> Option<String> {
+        self.meshd
+            .as_ref()
+            .and_then(|m| m.dashboard)
+            .map(|a| format!("http://{a}/"))
+    }
+
     /// The in-process meshd's URL, when the mesh is on.
     pub fn meshd_url(&self) -> Option<String> {
         self.meshd.as_ref().map(RunningMeshd::url)
@@ -243,6 +258,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(options) => Some(Server::bind("admin", at(options.admin_port)).await?),
         None => None,
     };
+    let metrics_url = admin
+        .as_ref()
+        .map(|a| format!("http://{}/stats/prometheus", a.local_addr()));
     let telemetry = mesh::dataplane::Telemetry {
         metrics: Default::default(),
         access_log: config
@@ -294,6 +312,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 ]),
                 namespace: NAMESPACE.to_owned(),
                 service_account: account,
+                metrics_url: metrics_url.clone(),
             };
             let mesh = Mesh::start_with(
                 spec,
@@ -331,6 +350,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             labels: mesh::gateway::labels(),
             namespace: mesh::gateway::GATEWAY_NAMESPACE.to_owned(),
             service_account: mesh::gateway::GATEWAY_SERVICE_ACCOUNT.to_owned(),
+            metrics_url: metrics_url.clone(),
         };
         let gateway_mesh = Mesh::start_with(
             spec,
@@ -440,6 +460,7 @@ async fn start_meshd(
         config_dirs: options.config_dir.iter().cloned().collect(),
         trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
         cert_ttl: options.cert_ttl,
+        dashboard: Some(SocketAddr::new(bind, options.dashboard_port)),
     })
     .await?;
     Ok((meshd, by_account))

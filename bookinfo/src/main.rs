@@ -55,6 +55,9 @@ struct Cli {
     /// Admin port: every workload's Istio metrics at /stats/prometheus.
     #[arg(long, default_value_t = bookinfo::DEFAULT_ADMIN_PORT)]
     admin_port: u16,
+    /// meshd's dashboard port (live service graph).
+    #[arg(long, default_value_t = bookinfo::DEFAULT_DASHBOARD_PORT)]
+    dashboard_port: u16,
     /// Access log of every request the workloads serve, on stdout: on, off or a fraction.
     #[arg(long, default_value = "off")]
     access_log: String,
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             cert_ttl: cli.cert_ttl,
             gateway_port: cli.gateway_port,
             admin_port: cli.admin_port,
+            dashboard_port: cli.dashboard_port,
             access_log,
         }),
     };
@@ -138,6 +142,9 @@ fn main() -> ExitCode {
                 }
             }
             None => println!("  mesh         off (plain HTTP between the services)"),
+        }
+        if let Some(url) = running.dashboard_url() {
+            println!("  dashboard    {url}  (live service graph)");
         }
         if let Some(admin) = a.admin {
             println!("  metrics      http://{admin}/stats/prometheus");

@@ -122,3 +122,120 @@ async fn the_page_renders_in_chromium_with_each_reviews_version() {
     assert_eq!(seen, ["black", "none", "red"]);
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_the_edges_that_carried_traffic() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium installed"
+        );
+        eprintln!("skipping: no chromium on this machine (apt-get install chromium)");
+        return;
+    };
+    let app = bookinfo::start(bookinfo::Config::ephemeral())
+        .await
+        .unwrap();
+    let dashboard = app.dashboard_url().unwrap();
+    let client = mesh::Client::new();
+    // Traffic through the gateway, until meshd's scrapes show every edge.
+    let wanted = [
+        "istio-ingressgateway->productpage-v1",
+        "productpage-v1->details-v1",
+        "productpage-v1->reviews-v1",
+        "productpage-v1->reviews-v2",
+        "productpage-v1->reviews-v3",
+        "reviews-v2->ratings-v1",
+        "reviews-v3->ratings-v1",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        for _ in 0..6 {
+            client
+                .get(
+                    &app.addrs.page_url(),
+                    Default::default(),
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        let graph = client
+            .get(
+                &format!("{dashboard}api/graph"),
+                Default::default(),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let graph: serde_json::Value = serde_json::from_slice(graph.body()).unwrap();
+        let edges: Vec<String> = graph["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["requests"].as_u64().unwrap_or(0) > 0)
+            .map(|e| {
+                format!(
+                    "{}->{}",
+                    e["source"].as_str().unwrap(),
+                    e["destination"].as_str().unwrap()
+                )
+            })
+            .collect();
+        if wanted.iter().all(|w| edges.iter().any(|e| e == w)) {
+            assert!(
+                graph["edges"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e["mtls"] == true),
+                "{graph}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edges so far: {edges:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let dom = {
+        let browser = browser.clone();
+        let url = dashboard.clone();
+        tokio::task::spawn_blocking(move || {
+            headless(
+                &browser,
+                &["--virtual-time-budget=8000", "--dump-dom", &url],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    for edge in wanted {
+        let encoded = edge.replace('>', "&gt;");
+        assert!(
+            dom.contains(&format!("data-edge=\"{edge}\""))
+                || dom.contains(&format!("data-edge=\"{encoded}\"")),
+            "{edge} not drawn"
+        );
+    }
+    let shot = tempdir("screenshots").join("dashboard.png");
+    let args = [
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1400,1000".to_owned(),
+        "--virtual-time-budget=8000".to_owned(),
+        dashboard,
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        headless(
+            &browser,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    eprintln!("screenshot: {}", shot.display());
+    app.shutdown().await;
+}

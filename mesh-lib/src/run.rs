@@ -87,6 +87,11 @@ impl MeshEnv {
                 labels,
                 namespace: vars.get_or("MESH_NAMESPACE", "default"),
                 service_account: vars.get_or("MESH_SERVICE_ACCOUNT", &format!("bookinfo-{name}")),
+                // The admin listener's host is filled in by meshd from the caller's address.
+                metrics_url: Some(format!(
+                    "http://0.0.0.0:{}/stats/prometheus",
+                    vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?
+                )),
             },
             trust_domain: vars.get_or("MESH_TRUST_DOMAIN", crate::identity::DEFAULT_TRUST_DOMAIN),
             admin_port: vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?,

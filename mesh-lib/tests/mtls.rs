@@ -52,6 +52,7 @@ fn meshd_config(config_dir: &Path, ca: CaSource, listen: SocketAddr, ttl: Durati
         config_dirs: vec![config_dir.to_owned()],
         trust_domain: TD.to_owned(),
         cert_ttl: ttl,
+        dashboard: None,
     }
 }
 
@@ -77,6 +78,7 @@ fn spec(url: &str, service: &str, sa: &str) -> WorkloadSpec {
         ]),
         namespace: "default".to_owned(),
         service_account: sa.to_owned(),
+        metrics_url: None,
     }
 }
 

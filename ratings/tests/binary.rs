@@ -76,6 +76,7 @@ async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port
         config_dirs: Vec::new(),
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
+        dashboard: None,
     })
     .await
     .unwrap();

@@ -41,6 +41,7 @@ fn spec(url: &str, service: &str) -> WorkloadSpec {
         ]),
         namespace: "default".to_owned(),
         service_account: format!("bookinfo-{service}"),
+        metrics_url: None,
     }
 }
 
@@ -58,6 +59,7 @@ async fn mesh_pair(base: MeshConfig) -> (mesh::Client, daemon::RunningMeshd) {
         config_dirs: Vec::new(),
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
+        dashboard: None,
     })
     .await
     .unwrap();

@@ -83,20 +83,46 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut spec = mesh_env.spec;
-        spec.labels = gateway::labels();
-        let mesh = match Mesh::start(spec, &mesh_env.trust_domain, server.local_addr()) {
-            Ok(m) => m,
+        let admin = match Server::bind(
+            "istio-ingressgateway admin",
+            SocketAddr::new(bind, mesh_env.admin_port),
+        )
+        .await
+        {
+            Ok(s) => s,
             Err(e) => {
-                eprintln!("mesh-proxy: {e}");
-                return ExitCode::from(mesh::run::EXIT_CONFIG);
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
             }
         };
+        let mut spec = mesh_env.spec;
+        spec.labels = gateway::labels();
+        let telemetry = mesh::dataplane::Telemetry {
+            metrics: Default::default(),
+            access_log: mesh_env.access_log,
+        };
+        let metrics = telemetry.metrics.clone();
+        let mesh =
+            match Mesh::start_with(spec, &mesh_env.trust_domain, server.local_addr(), telemetry) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("mesh-proxy: {e}");
+                    return ExitCode::from(mesh::run::EXIT_CONFIG);
+                }
+            };
         tracing::info!(
             "ingress gateway listening on {} as {}",
             server.local_addr(),
             mesh.identity()
         );
+        let metrics_router = axum::Router::new().route(
+            "/stats/prometheus",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { mesh::run::prometheus_response(&metrics) }
+            }),
+        );
+        tokio::spawn(admin.serve(metrics_router, mesh::shutdown::signal()));
         server
             .serve(gateway::router(mesh, port), mesh::shutdown::signal())
             .await;

@@ -46,6 +46,9 @@ struct Cli {
     /// Lifetime of workload certificates (e.g. 24h, 10m, 30s).
     #[arg(long, env = "MESHD_CERT_TTL", default_value = "24h", value_parser = mesh::cli::parse_duration)]
     cert_ttl: Duration,
+    /// Where the dashboard (live service graph) listens; "off" for none.
+    #[arg(long, env = "MESHD_DASHBOARD", default_value = "0.0.0.0:20001")]
+    dashboard: String,
     /// Instead of serving, check that a meshd already listens on --listen's port (for
     /// container health checks), and exit 0 if so.
     #[arg(long)]
@@ -94,6 +97,16 @@ fn main() -> ExitCode {
         config_dirs: cli.config_dirs,
         trust_domain: cli.trust_domain,
         cert_ttl: cli.cert_ttl,
+        dashboard: match cli.dashboard.as_str() {
+            "off" => None,
+            addr => match addr.parse() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    eprintln!("meshd: --dashboard {addr:?}: {e}");
+                    return ExitCode::from(mesh::run::EXIT_CONFIG);
+                }
+            },
+        },
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

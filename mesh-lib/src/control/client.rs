@@ -30,6 +30,8 @@ pub struct WorkloadSpec {
     pub labels: BTreeMap<String, String>,
     pub namespace: String,
     pub service_account: String,
+    /// Where the workload's metrics are scraped (`http://host:port/stats/prometheus`), if any.
+    pub metrics_url: Option<String>,
 }
 
 /// A call to meshd failed.
@@ -135,6 +137,7 @@ pub fn spawn_watch(
                     namespace: spec.namespace.clone(),
                     service_account: spec.service_account.clone(),
                     address: addr.to_string(),
+                    metrics_url: spec.metrics_url.clone().unwrap_or_default(),
                 }),
             };
             let error = match client.watch(request).await {

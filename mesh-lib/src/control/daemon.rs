@@ -42,6 +42,8 @@ pub struct MeshdConfig {
     pub trust_domain: String,
     /// Lifetime of workload certificates.
     pub cert_ttl: Duration,
+    /// Where the dashboard listens (`None`: no dashboard).
+    pub dashboard: Option<SocketAddr>,
 }
 
 /// meshd cannot start.
@@ -63,6 +65,8 @@ pub enum MeshdError {
 #[derive(Debug)]
 pub struct RunningMeshd {
     pub addr: SocketAddr,
+    /// The dashboard's address, when it runs.
+    pub dashboard: Option<SocketAddr>,
     pub plane: ControlPlane,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -143,9 +147,37 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
             tracing::error!("meshd gRPC server failed: {e}");
         }
     }));
+    let dashboard = match config.dashboard {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .map_err(|source| MeshdError::Bind { addr: at, source })?;
+            let dashboard_addr = listener
+                .local_addr()
+                .map_err(|source| MeshdError::Bind { addr: at, source })?;
+            let dashboard = super::dashboard::Dashboard::new(plane.clone());
+            let scraper = tokio::spawn(dashboard.clone().scrape_forever());
+            let mut stopped_http = stop.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let result = axum::serve(listener, dashboard.router())
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped_http.wait_for(|s| *s).await;
+                    })
+                    .await;
+                scraper.abort();
+                if let Err(e) = result {
+                    tracing::error!("meshd dashboard failed: {e}");
+                }
+            }));
+            tracing::info!("meshd dashboard on http://{dashboard_addr}");
+            Some(dashboard_addr)
+        }
+        None => None,
+    };
     tracing::info!("meshd listening on {addr}");
     Ok(RunningMeshd {
         addr,
+        dashboard,
         plane,
         stop,
         tasks,

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod dashboard;
 pub mod server;
 
 use std::collections::BTreeMap;

@@ -116,6 +116,7 @@ fn read_token(path: &Path) -> Result<String, TokensError> {
 struct Registered {
     service: String,
     addr: SocketAddr,
+    metrics_url: Option<String>,
     labels: BTreeMap<String, String>,
     identity: SpiffeId,
 }
@@ -174,6 +175,35 @@ impl ControlPlane {
     /// The gRPC service to add to a tonic server.
     pub fn service(self) -> pb::mesh_control_server::MeshControlServer<Self> {
         pb::mesh_control_server::MeshControlServer::new(self)
+    }
+
+    /// The distinct metrics URLs of the registered workloads.
+    pub fn metrics_urls(&self) -> Vec<String> {
+        let registry = self
+            .registry
+            .lock()
+            .expect("registry lock is never poisoned");
+        let mut urls: Vec<String> = registry
+            .workloads
+            .values()
+            .filter_map(|w| w.metrics_url.clone())
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
+    /// The version of the latest snapshot.
+    pub fn config_version(&self) -> u64 {
+        self.snapshots.borrow().version
+    }
+
+    /// The policies and routes in force.
+    pub fn config(&self) -> Arc<MeshConfig> {
+        self.config
+            .lock()
+            .expect("config lock is never poisoned")
+            .clone()
     }
 
     /// How many workloads are registered now.
@@ -326,9 +356,18 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
             })?;
             addr.set_ip(caller.ip());
         }
+        let metrics_url = (!workload.metrics_url.is_empty()).then(|| {
+            match (caller, workload.metrics_url.contains("://0.0.0.0:")) {
+                (Some(caller), true) => workload
+                    .metrics_url
+                    .replace("0.0.0.0", &caller.ip().to_string()),
+                _ => workload.metrics_url.clone(),
+            }
+        });
         let guard = self.register(Registered {
             service: workload.service,
             addr,
+            metrics_url,
             labels: workload.labels.into_iter().collect(),
             identity,
         });
