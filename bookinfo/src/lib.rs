@@ -81,6 +81,9 @@ pub struct MeshOptions {
     pub access_log: mesh::telemetry::AccessLog,
     /// meshd's dashboard port.
     pub dashboard_port: u16,
+    /// Where every workload sends its spans (OTLP), and over which protocol (`grpc` or
+    /// `http/protobuf`).
+    pub otlp: Option<(String, String)>,
 }
 
 /// The dashboard's port by default (Kiali's).
@@ -95,6 +98,7 @@ impl Default for MeshOptions {
             gateway_port: mesh::gateway::DEFAULT_GATEWAY_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
             dashboard_port: DEFAULT_DASHBOARD_PORT,
+            otlp: None,
             access_log: mesh::telemetry::AccessLog::OFF,
             config_dir: None,
             ca: CaSource::Ephemeral,
@@ -193,6 +197,11 @@ impl Running {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.servers.join_next().await.is_some() {}
+        for mesh in &self.meshes {
+            if let Some(t) = &mesh.telemetry().tracing {
+                t.flush();
+            }
+        }
         drop(self.meshes);
         if let Some(meshd) = self.meshd {
             meshd.shutdown().await;
@@ -261,7 +270,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics_url = admin
         .as_ref()
         .map(|a| format!("http://{}/stats/prometheus", a.local_addr()));
+    let otlp = config.mesh.as_ref().and_then(|o| o.otlp.clone());
     let telemetry = mesh::dataplane::Telemetry {
+        tracing: None,
         metrics: Default::default(),
         access_log: config
             .mesh
@@ -318,7 +329,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 spec,
                 DEFAULT_TRUST_DOMAIN,
                 server.local_addr(),
-                telemetry.clone(),
+                traced(&telemetry, otlp.as_ref(), service)?,
             )
             .map_err(|e| StartError::Mesh(e.to_string()))?;
             let client = mesh.client();
@@ -356,7 +367,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             spec,
             DEFAULT_TRUST_DOMAIN,
             server.local_addr(),
-            telemetry.clone(),
+            traced(&telemetry, otlp.as_ref(), mesh::gateway::GATEWAY_SERVICE)?,
         )
         .map_err(|e| StartError::Mesh(e.to_string()))?;
         meshes.push(gateway_mesh.clone());
@@ -428,6 +439,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         meshd,
         meshes,
     })
+}
+
+/// `telemetry` with a tracer of its own for `service`, when spans go to OTLP.
+fn traced(
+    telemetry: &mesh::dataplane::Telemetry,
+    otlp: Option<&(String, String)>,
+    service: &str,
+) -> Result<mesh::dataplane::Telemetry, StartError> {
+    let mut telemetry = telemetry.clone();
+    if let Some((endpoint, protocol)) = otlp {
+        telemetry.tracing = Some(
+            mesh::telemetry::tracing::Tracing::otlp(endpoint, protocol, service)
+                .map_err(|e| StartError::Mesh(e.to_string()))?,
+        );
+    }
+    Ok(telemetry)
 }
 
 /// meshd in this process, with a fresh bootstrap token per service account.

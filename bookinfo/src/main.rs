@@ -55,6 +55,12 @@ struct Cli {
     /// Admin port: every workload's Istio metrics at /stats/prometheus.
     #[arg(long, default_value_t = bookinfo::DEFAULT_ADMIN_PORT)]
     admin_port: u16,
+    /// Send every workload's spans to this OTLP endpoint (e.g. http://127.0.0.1:4317).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    otlp_protocol: String,
     /// meshd's dashboard port (live service graph).
     #[arg(long, default_value_t = bookinfo::DEFAULT_DASHBOARD_PORT)]
     dashboard_port: u16,
@@ -105,6 +111,10 @@ fn main() -> ExitCode {
             gateway_port: cli.gateway_port,
             admin_port: cli.admin_port,
             dashboard_port: cli.dashboard_port,
+            otlp: cli
+                .otlp_endpoint
+                .clone()
+                .map(|e| (e, cli.otlp_protocol.clone())),
             access_log,
         }),
     };

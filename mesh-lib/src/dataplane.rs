@@ -49,6 +49,8 @@ pub struct Telemetry {
     /// Shared by every workload of a process (the launcher), or one per workload.
     pub metrics: Arc<MeshMetrics>,
     pub access_log: AccessLog,
+    /// Spans to OTLP, when configured.
+    pub tracing: Option<crate::telemetry::tracing::Tracing>,
 }
 
 impl Drop for Inner {

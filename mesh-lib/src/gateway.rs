@@ -117,14 +117,33 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
     }
     let (mut parts, body) = probe.into_parts();
     parts.extensions.insert(GatewayContext(gateways));
-    match gw
+    // The gateway's server span: the root of the trace when the client sent no context, and
+    // the parent of the gateway's attempts either way.
+    let span = gw.mesh.telemetry().tracing.as_ref().map(|t| {
+        let attributes = vec![
+            opentelemetry::KeyValue::new("http.request.method", parts.method.to_string()),
+            opentelemetry::KeyValue::new("url.path", parts.uri.path().to_owned()),
+            opentelemetry::KeyValue::new("mesh.workload", gw.mesh.workload_name().workload.clone()),
+        ];
+        let name = format!("{} {}", parts.method, parts.uri.path());
+        t.start(
+            opentelemetry::trace::SpanKind::Server,
+            name,
+            &mut parts.headers,
+            attributes,
+        )
+    });
+    let sent = gw
         .client
         .send(
             http::Request::from_parts(parts, Body::from(body)),
             UPSTREAM_DEADLINE,
         )
-        .await
-    {
+        .await;
+    if let Some(span) = span {
+        span.finish(sent.as_ref().map_or(0, |r| r.status().as_u16()), Vec::new());
+    }
+    match sent {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             for name in HOP_BY_HOP {

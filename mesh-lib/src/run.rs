@@ -240,9 +240,19 @@ impl Service {
                 return ExitCode::FAILURE;
             }
         };
+        let tracing =
+            match crate::telemetry::tracing::Tracing::from_env(&ProcessEnv, &mesh_env.spec.service)
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: invalid configuration: {e}", self.name);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
         let telemetry = crate::dataplane::Telemetry {
             metrics: Default::default(),
             access_log: mesh_env.access_log,
+            tracing,
         };
         let mesh = match Mesh::start_with(
             mesh_env.spec.clone(),

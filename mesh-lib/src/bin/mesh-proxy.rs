@@ -97,9 +97,20 @@ fn main() -> ExitCode {
         };
         let mut spec = mesh_env.spec;
         spec.labels = gateway::labels();
+        let tracing = match mesh::telemetry::tracing::Tracing::from_env(
+            &ProcessEnv,
+            gateway::GATEWAY_SERVICE,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("mesh-proxy: invalid configuration: {e}");
+                return ExitCode::from(mesh::run::EXIT_CONFIG);
+            }
+        };
         let telemetry = mesh::dataplane::Telemetry {
             metrics: Default::default(),
             access_log: mesh_env.access_log,
+            tracing,
         };
         let metrics = telemetry.metrics.clone();
         let mesh =

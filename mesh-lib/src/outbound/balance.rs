@@ -190,8 +190,54 @@ where
             {
                 attempt.set_endpoint(endpoint.clone());
             }
+            let span = mesh
+                .as_ref()
+                .and_then(|m| m.telemetry().tracing.clone())
+                .map(|t| {
+                    let endpoint = mesh
+                        .as_ref()
+                        .and_then(|m| m.snapshot().endpoint_at(addr).cloned());
+                    let attributes = vec![
+                        opentelemetry::KeyValue::new(
+                            "http.request.method",
+                            req.method().to_string(),
+                        ),
+                        opentelemetry::KeyValue::new("url.path", req.uri().path().to_owned()),
+                        opentelemetry::KeyValue::new("server.address", addr.ip().to_string()),
+                        opentelemetry::KeyValue::new("server.port", i64::from(addr.port())),
+                        opentelemetry::KeyValue::new(
+                            "mesh.destination.workload",
+                            endpoint.as_ref().map_or(String::new(), |e| {
+                                crate::telemetry::WorkloadName::from_labels(&e.service, &e.labels)
+                                    .workload
+                            }),
+                        ),
+                        opentelemetry::KeyValue::new(
+                            "mesh.destination.service",
+                            endpoint.map_or(String::new(), |e| e.service),
+                        ),
+                    ];
+                    let name = format!("{} {}", req.method(), logical);
+                    t.start(
+                        opentelemetry::trace::SpanKind::Client,
+                        name,
+                        req.headers_mut(),
+                        attributes,
+                    )
+                });
             health.start(addr);
             let result = inner.call(req).await.map_err(Into::into);
+            if let Some(span) = span {
+                let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+                let flags = match &result {
+                    Err(e) => vec![opentelemetry::KeyValue::new(
+                        "mesh.response_flags",
+                        crate::outbound::rescue::flag(e),
+                    )],
+                    Ok(_) => Vec::new(),
+                };
+                span.finish(status, flags);
+            }
             let service = mesh
                 .as_ref()
                 .and_then(|m| m.snapshot().endpoint_at(addr).map(|e| e.service.clone()));

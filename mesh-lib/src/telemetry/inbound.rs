@@ -15,8 +15,30 @@ use super::metrics::IstioLabels;
 use super::{PEER_HEADER, WorkloadName};
 use crate::dataplane::{Mesh, PeerIdentity};
 
-pub(crate) async fn record(State(mesh): State<Mesh>, request: Request, next: Next) -> Response {
+pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next: Next) -> Response {
     let start = Instant::now();
+    let span = mesh.telemetry().tracing.as_ref().map(|t| {
+        let attributes = vec![
+            opentelemetry::KeyValue::new("http.request.method", request.method().to_string()),
+            opentelemetry::KeyValue::new("url.path", request.uri().path().to_owned()),
+            opentelemetry::KeyValue::new("mesh.workload", mesh.workload_name().workload.clone()),
+            opentelemetry::KeyValue::new(
+                "mesh.peer.principal",
+                request
+                    .extensions()
+                    .get::<PeerIdentity>()
+                    .and_then(|p| p.0.as_ref())
+                    .map_or(String::new(), |p| p.principal()),
+            ),
+        ];
+        let name = format!("{} {}", request.method(), request.uri().path());
+        t.start(
+            opentelemetry::trace::SpanKind::Server,
+            name,
+            request.headers_mut(),
+            attributes,
+        )
+    });
     let peer = request
         .extensions()
         .get::<PeerIdentity>()
@@ -47,6 +69,9 @@ pub(crate) async fn record(State(mesh): State<Mesh>, request: Request, next: Nex
     let protocol = format!("{:?}", request.version());
     let request_bytes = request.body().size_hint().exact();
     let response = next.run(request).await;
+    if let Some(span) = span {
+        span.finish(response.status().as_u16(), Vec::new());
+    }
     let millis = start.elapsed().as_secs_f64() * 1000.0;
     let response_bytes = response.body().size_hint().exact();
     let me = mesh.workload_name();

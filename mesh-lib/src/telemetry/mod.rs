@@ -6,6 +6,7 @@ pub mod access_log;
 pub(crate) mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod tracing;
 
 pub use access_log::AccessLog;
 pub use metrics::MeshMetrics;
