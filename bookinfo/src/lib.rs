@@ -272,6 +272,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(|a| format!("http://{}/stats/prometheus", a.local_addr()));
     let otlp = config.mesh.as_ref().and_then(|o| o.otlp.clone());
     let telemetry = mesh::dataplane::Telemetry {
+        record_metrics: true,
         tracing: None,
         metrics: Default::default(),
         access_log: config

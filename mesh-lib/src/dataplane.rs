@@ -44,13 +44,36 @@ struct Inner {
 }
 
 /// Where a workload's metrics and access logs go.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Telemetry {
+    /// Whether requests are recorded into `metrics` at all (off only to measure the cost).
+    pub record_metrics: bool,
     /// Shared by every workload of a process (the launcher), or one per workload.
     pub metrics: Arc<MeshMetrics>,
     pub access_log: AccessLog,
     /// Spans to OTLP, when configured.
     pub tracing: Option<crate::telemetry::tracing::Tracing>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            record_metrics: true,
+            metrics: Arc::default(),
+            access_log: AccessLog::OFF,
+            tracing: None,
+        }
+    }
+}
+
+impl Telemetry {
+    /// No metrics, logs or spans.
+    pub fn off() -> Self {
+        Self {
+            record_metrics: false,
+            ..Self::default()
+        }
+    }
 }
 
 impl Drop for Inner {

@@ -250,6 +250,7 @@ impl Service {
                 }
             };
         let telemetry = crate::dataplane::Telemetry {
+            record_metrics: true,
             metrics: Default::default(),
             access_log: mesh_env.access_log,
             tracing,

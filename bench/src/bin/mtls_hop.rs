@@ -21,6 +21,8 @@ use mesh::config::MeshConfig;
 use mesh::control::client::WorkloadSpec;
 use mesh::control::daemon::{self, CaSource, MeshdConfig};
 use mesh::control::server::Tokens;
+use mesh::dataplane::Telemetry;
+use mesh::telemetry::tracing::Tracing;
 use mesh::{Mesh, Server};
 
 fn app() -> Router {
@@ -46,7 +48,7 @@ fn spec(url: &str, service: &str) -> WorkloadSpec {
 }
 
 /// meshd with `base` config, a server workload and a client workload; the client's stack.
-async fn mesh_pair(base: MeshConfig) -> (mesh::Client, daemon::RunningMeshd) {
+async fn mesh_pair(base: MeshConfig, telemetry: Telemetry) -> (mesh::Client, daemon::RunningMeshd) {
     let mut tokens = Tokens::default();
     for s in ["ratings", "reviews"] {
         tokens.insert("default", &format!("bookinfo-{s}"), &format!("token-{s}"));
@@ -66,10 +68,11 @@ async fn mesh_pair(base: MeshConfig) -> (mesh::Client, daemon::RunningMeshd) {
     let server = Server::bind("ratings", "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let server_mesh = Mesh::start(
+    let server_mesh = Mesh::start_with(
         spec(&meshd.url(), "ratings"),
         "cluster.local",
         server.local_addr(),
+        telemetry.clone(),
     )
     .unwrap();
     tokio::spawn(
@@ -77,10 +80,11 @@ async fn mesh_pair(base: MeshConfig) -> (mesh::Client, daemon::RunningMeshd) {
             .with_mesh(server_mesh.clone())
             .serve(app(), std::future::pending()),
     );
-    let client_mesh = Mesh::start(
+    let client_mesh = Mesh::start_with(
         spec(&meshd.url(), "reviews"),
         "cluster.local",
         "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+        telemetry,
     )
     .unwrap();
     assert!(
@@ -93,6 +97,14 @@ async fn mesh_pair(base: MeshConfig) -> (mesh::Client, daemon::RunningMeshd) {
     // The meshes live as long as the process; the client keeps its own handle.
     std::mem::forget(server_mesh);
     (client_mesh.client(), meshd)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -116,14 +128,28 @@ async fn main() {
     tokio::spawn(plain.serve(app(), std::future::pending()));
     let hyper = HyperClient::builder(TokioExecutor::new()).build_http::<Body>();
 
-    let (mesh_client, meshd) = mesh_pair(MeshConfig::default()).await;
+    // Telemetry on means metrics recorded and spans created and queued for an OTLP endpoint
+    // (nobody listens there: the batch exporter drops them in the background).
+    let traced = || Telemetry {
+        tracing: Some(
+            Tracing::otlp(
+                &format!("http://127.0.0.1:{}", free_port()),
+                "grpc",
+                "bench",
+            )
+            .unwrap(),
+        ),
+        ..Telemetry::default()
+    };
+    let (mesh_client, meshd) = mesh_pair(MeshConfig::default(), traced()).await;
+    let (quiet_client, quiet_meshd) = mesh_pair(MeshConfig::default(), Telemetry::off()).await;
     let disable = mesh::config::parse_file(
         "disable.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: istio-system\nspec:\n  mtls:\n    mode: DISABLE\n",
     )
     .unwrap()
     .config;
-    let (stack_client, stack_meshd) = mesh_pair(disable).await;
+    let (stack_client, stack_meshd) = mesh_pair(disable, Telemetry::off()).await;
     let plain_once = || async {
         let response = hyper
             .request(
@@ -151,33 +177,37 @@ async fn main() {
         }
     };
 
-    // Warm up all three (connections, TLS sessions, caches).
+    let clients = [
+        ("mesh outbound stack, no TLS", &stack_client),
+        ("mesh + mTLS, telemetry off", &quiet_client),
+        ("mesh + mTLS, metrics+tracing", &mesh_client),
+    ];
+    // Warm up everything (connections, TLS sessions, caches).
     for _ in 0..500 {
         plain_once().await;
-        mesh_once(&stack_client).await;
-        mesh_once(&mesh_client).await;
+        for (_, client) in clients {
+            mesh_once(client).await;
+        }
     }
-    let (mut plain_samples, mut stack_samples, mut mesh_samples) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let mut plain_samples = Vec::new();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); clients.len()];
     for _ in 0..rounds {
         for _ in 0..per_round {
             let t = Instant::now();
             plain_once().await;
             plain_samples.push(t.elapsed());
         }
-        for _ in 0..per_round {
-            let t = Instant::now();
-            mesh_once(&stack_client).await;
-            stack_samples.push(t.elapsed());
-        }
-        for _ in 0..per_round {
-            let t = Instant::now();
-            mesh_once(&mesh_client).await;
-            mesh_samples.push(t.elapsed());
+        for (i, (_, client)) in clients.iter().enumerate() {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                mesh_once(client).await;
+                samples[i].push(t.elapsed());
+            }
         }
     }
-    for samples in [&mut plain_samples, &mut stack_samples, &mut mesh_samples] {
-        samples.sort();
+    plain_samples.sort();
+    for s in &mut samples {
+        s.sort();
     }
     let (p50, p99) = (
         percentile(&plain_samples, 0.5),
@@ -192,11 +222,8 @@ async fn main() {
         "", "p50", "p99", "p50 ratio", "p99 ratio"
     );
     println!("{:<30} {:>10.1?} {:>10.1?}", "plain hyper", p50, p99);
-    for (name, samples) in [
-        ("mesh outbound stack, no TLS", &stack_samples),
-        ("mesh stack + mTLS + authz", &mesh_samples),
-    ] {
-        let (m50, m99) = (percentile(samples, 0.5), percentile(samples, 0.99));
+    for ((name, _), s) in clients.iter().zip(&samples) {
+        let (m50, m99) = (percentile(s, 0.5), percentile(s, 0.99));
         println!(
             "{:<30} {:>10.1?} {:>10.1?} {:>9.2}x {:>9.2}x",
             name,
@@ -206,7 +233,14 @@ async fn main() {
             m99.as_secs_f64() / p99.as_secs_f64()
         );
     }
+    let (off, on) = (&samples[1], &samples[2]);
+    println!(
+        "telemetry cost (on / off, both with mTLS): p50 {:.2}x, p99 {:.2}x   (goal <= 1.05x p50)",
+        percentile(on, 0.5).as_secs_f64() / percentile(off, 0.5).as_secs_f64(),
+        percentile(on, 0.99).as_secs_f64() / percentile(off, 0.99).as_secs_f64()
+    );
     println!("goal: ratios <= 1.30x");
     meshd.shutdown().await;
+    quiet_meshd.shutdown().await;
     stack_meshd.shutdown().await;
 }

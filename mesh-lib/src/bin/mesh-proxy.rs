@@ -108,6 +108,7 @@ fn main() -> ExitCode {
             }
         };
         let telemetry = mesh::dataplane::Telemetry {
+            record_metrics: true,
             metrics: Default::default(),
             access_log: mesh_env.access_log,
             tracing,

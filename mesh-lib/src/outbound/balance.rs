@@ -185,18 +185,17 @@ where
                 return inner.call(req).await.map_err(Into::into);
             };
             route_to(&mut req, &logical, addr);
-            if let (Some(attempt), Some(mesh)) = (req.extensions().get::<Attempt>(), &mesh)
-                && let Some(endpoint) = mesh.snapshot().endpoint_at(addr)
-            {
-                attempt.set_endpoint(endpoint.clone());
-            }
-            let span = mesh
+            // One registry lookup, and only when metrics or traces want the endpoint.
+            let observed = mesh
                 .as_ref()
+                .filter(|m| m.telemetry().record_metrics || m.telemetry().tracing.is_some());
+            let endpoint = observed.and_then(|m| m.snapshot().endpoint_at(addr).cloned());
+            if let (Some(attempt), Some(e)) = (req.extensions().get::<Attempt>(), &endpoint) {
+                attempt.set_endpoint(e.clone());
+            }
+            let span = observed
                 .and_then(|m| m.telemetry().tracing.clone())
                 .map(|t| {
-                    let endpoint = mesh
-                        .as_ref()
-                        .and_then(|m| m.snapshot().endpoint_at(addr).cloned());
                     let attributes = vec![
                         opentelemetry::KeyValue::new(
                             "http.request.method",
@@ -214,7 +213,9 @@ where
                         ),
                         opentelemetry::KeyValue::new(
                             "mesh.destination.service",
-                            endpoint.map_or(String::new(), |e| e.service),
+                            endpoint
+                                .as_ref()
+                                .map_or(String::new(), |e| e.service.clone()),
                         ),
                     ];
                     let name = format!("{} {}", req.method(), logical);

@@ -62,11 +62,13 @@ pub fn flag(error: &BoxError) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct RescueLayer {
     mesh: Mesh,
+    peer: Option<http::HeaderValue>,
 }
 
 impl RescueLayer {
     pub fn new(mesh: Mesh) -> Self {
-        Self { mesh }
+        let peer = http::HeaderValue::from_str(&mesh.workload_name().header_value()).ok();
+        Self { mesh, peer }
     }
 }
 
@@ -76,6 +78,7 @@ impl<S> Layer<S> for RescueLayer {
         Rescue {
             inner,
             mesh: self.mesh.clone(),
+            peer: self.peer.clone(),
         }
     }
 }
@@ -84,6 +87,7 @@ impl<S> Layer<S> for RescueLayer {
 pub struct Rescue<S> {
     inner: S,
     mesh: Mesh,
+    peer: Option<http::HeaderValue>,
 }
 
 impl<S> Service<Request<Bytes>> for Rescue<S>
@@ -102,9 +106,8 @@ where
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
         let attempt = Attempt::default();
         req.extensions_mut().insert(attempt.clone());
-        let me = self.mesh.workload_name().header_value();
-        if let Ok(v) = http::HeaderValue::from_str(&me) {
-            req.headers_mut().insert(PEER_HEADER, v);
+        if let Some(v) = &self.peer {
+            req.headers_mut().insert(PEER_HEADER, v.clone());
         }
         let host = req.uri().host().unwrap_or_default();
         let service = host.split('.').next().unwrap_or(host).to_owned();

@@ -77,53 +77,50 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
     let me = mesh.workload_name();
     let id = mesh.identity();
     let source = source.unwrap_or_default();
-    let labels = IstioLabels {
-        reporter: "destination".into(),
-        source_workload: if source.workload.is_empty() {
-            "unknown".into()
-        } else {
-            source.workload.clone()
-        },
-        source_workload_namespace: peer
-            .as_ref()
-            .map_or("unknown".into(), |p| p.namespace.clone()),
-        source_principal: peer.as_ref().map_or("unknown".into(), |p| p.to_string()),
-        source_app: if source.app.is_empty() {
-            "unknown".into()
-        } else {
-            source.app.clone()
-        },
-        source_version: if source.version.is_empty() {
-            "unknown".into()
-        } else {
-            source.version.clone()
-        },
-        destination_workload: me.workload.clone(),
-        destination_workload_namespace: id.namespace.clone(),
-        destination_principal: id.to_string(),
-        destination_app: me.app.clone(),
-        destination_version: me.version.clone(),
-        destination_service: format!(
-            "{}.{}.svc.{}",
-            mesh.service(),
-            id.namespace,
-            id.trust_domain
-        ),
-        destination_service_name: mesh.service().to_owned(),
-        destination_service_namespace: id.namespace.clone(),
-        request_protocol: "http".into(),
-        response_code: response.status().as_u16().to_string(),
-        response_flags: "-".into(),
-        connection_security_policy: if peer.is_some() {
-            "mutual_tls".into()
-        } else {
-            "none".into()
-        },
-    };
     let telemetry = mesh.telemetry();
-    telemetry
-        .metrics
-        .record(&labels, millis, request_bytes, response_bytes);
+    if telemetry.record_metrics {
+        let unknown = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        let labels = IstioLabels {
+            reporter: "destination".into(),
+            source_workload: unknown(&source.workload),
+            source_workload_namespace: peer
+                .as_ref()
+                .map_or("unknown".into(), |p| p.namespace.clone()),
+            source_principal: peer.as_ref().map_or("unknown".into(), |p| p.to_string()),
+            source_app: unknown(&source.app),
+            source_version: unknown(&source.version),
+            destination_workload: me.workload.clone(),
+            destination_workload_namespace: id.namespace.clone(),
+            destination_principal: id.to_string(),
+            destination_app: me.app.clone(),
+            destination_version: me.version.clone(),
+            destination_service: format!(
+                "{}.{}.svc.{}",
+                mesh.service(),
+                id.namespace,
+                id.trust_domain
+            ),
+            destination_service_name: mesh.service().to_owned(),
+            destination_service_namespace: id.namespace.clone(),
+            request_protocol: "http".into(),
+            response_code: response.status().as_u16().to_string(),
+            response_flags: "-".into(),
+            connection_security_policy: if peer.is_some() {
+                "mutual_tls".into()
+            } else {
+                "none".into()
+            },
+        };
+        telemetry
+            .metrics
+            .record(&labels, millis, request_bytes, response_bytes);
+    }
     if telemetry.access_log.enabled() {
         telemetry.access_log.write(&Entry {
             workload: &me.workload,

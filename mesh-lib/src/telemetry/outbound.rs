@@ -66,6 +66,9 @@ pub(crate) struct Outcome {
 
 /// Records one outbound request of `mesh` to the service `host_service` names.
 pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome: Outcome) {
+    if !mesh.telemetry().record_metrics {
+        return;
+    }
     let Outcome {
         status,
         local_flag,
