@@ -913,14 +913,17 @@ def interpolate(value):
 
 
 def compose_env(service):
+    """The service's environment, without OTEL_* (where traces go depends on the deployment:
+    Jaeger in compose's observability profile, k8s/monitoring's collector on a cluster)."""
     env = service.get("environment") or {}
     if isinstance(env, list):
         out = {}
         for item in env:
             key, _, value = str(item).partition("=")
             out[key] = value
-        return out
-    return {str(k): as_str(v) for k, v in env.items()}
+    else:
+        out = {str(k): as_str(v) for k, v in env.items()}
+    return {k: v for k, v in out.items() if not k.startswith("OTEL_")}
 
 
 def compose_published(service):
@@ -1027,6 +1030,9 @@ def check_compose(root, docs, mesh, g):
         g.fail("docker-compose.yml: cannot load: %s" % e)
         return
     services = dig(compose, "services", default={}) or {}
+    # Services of optional profiles (observability: Jaeger, Prometheus) have no manifests of
+    # their own here; k8s/monitoring plays their part.
+    services = {n: s for n, s in services.items() if not (s or {}).get("profiles")}
     deployments = {d.name: d for d in docs if d.kind == "Deployment" and d.rel.count("/") == 1}
     effective = mesh.effective if mesh else {}
     want_services = sorted(list(COMPOSE_TO_DEPLOYMENT) + [MESHD, GATEWAY])
