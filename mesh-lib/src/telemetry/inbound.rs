@@ -86,7 +86,17 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
                 s.to_owned()
             }
         };
-        let labels = IstioLabels {
+        // The label set is a function of these (the launcher's workloads share one registry).
+        let key = format!(
+            "d|{}|{}|{}|{}|{}|{}",
+            me.workload,
+            source.workload,
+            source.app,
+            source.version,
+            peer.as_ref().map_or(String::new(), |p| p.to_string()),
+            response.status().as_u16()
+        );
+        let labels = || IstioLabels {
             reporter: "destination".into(),
             source_workload: unknown(&source.workload),
             source_workload_namespace: peer
@@ -119,7 +129,7 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
         };
         telemetry
             .metrics
-            .record(&labels, millis, request_bytes, response_bytes);
+            .record_keyed(key, labels, millis, request_bytes, response_bytes);
     }
     if telemetry.access_log.enabled() {
         telemetry.access_log.write(&Entry {

@@ -105,70 +105,83 @@ pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome
     if let Some(f) = local_flag {
         flags.push(f);
     }
-    let (dest, dest_ns, dest_principal) = match &info.endpoint {
-        Some(e) => (
-            WorkloadName::from_labels(&e.service, &e.labels),
-            e.namespace.clone(),
-            e.identity.to_string(),
-        ),
-        None => (
-            WorkloadName::default(),
-            "unknown".to_owned(),
-            "unknown".to_owned(),
-        ),
-    };
-    let unknown = |s: &str| {
-        if s.is_empty() {
-            "unknown".to_owned()
-        } else {
-            s.to_owned()
-        }
-    };
-    let labels = IstioLabels {
-        reporter: "source".into(),
-        source_workload: me.workload.clone(),
-        source_workload_namespace: id.namespace.clone(),
-        source_principal: id.to_string(),
-        source_app: me.app.clone(),
-        source_version: me.version.clone(),
-        destination_workload: unknown(&dest.workload),
-        destination_workload_namespace: dest_ns.clone(),
-        destination_principal: dest_principal,
-        destination_app: unknown(&dest.app),
-        destination_version: unknown(&dest.version),
-        destination_service: format!(
-            "{service}.{}.svc.{}",
-            if info.endpoint.is_some() {
-                &dest_ns
+    // The label set is a function of these (the launcher's workloads share one registry).
+    let key = format!(
+        "s|{}|{}|{}|{}|{}",
+        me.workload,
+        info.endpoint
+            .as_ref()
+            .map_or(String::new(), |e| e.addr.to_string()),
+        service,
+        status,
+        flags.join(",")
+    );
+    let labels = || {
+        let (dest, dest_ns, dest_principal) = match &info.endpoint {
+            Some(e) => (
+                WorkloadName::from_labels(&e.service, &e.labels),
+                e.namespace.clone(),
+                e.identity.to_string(),
+            ),
+            None => (
+                WorkloadName::default(),
+                "unknown".to_owned(),
+                "unknown".to_owned(),
+            ),
+        };
+        let unknown = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_owned()
             } else {
-                &id.namespace
+                s.to_owned()
+            }
+        };
+        IstioLabels {
+            reporter: "source".into(),
+            source_workload: me.workload.clone(),
+            source_workload_namespace: id.namespace.clone(),
+            source_principal: id.to_string(),
+            source_app: me.app.clone(),
+            source_version: me.version.clone(),
+            destination_workload: unknown(&dest.workload),
+            destination_workload_namespace: dest_ns.clone(),
+            destination_principal: dest_principal,
+            destination_app: unknown(&dest.app),
+            destination_version: unknown(&dest.version),
+            destination_service: format!(
+                "{service}.{}.svc.{}",
+                if info.endpoint.is_some() {
+                    &dest_ns
+                } else {
+                    &id.namespace
+                },
+                id.trust_domain
+            ),
+            destination_service_name: service.to_owned(),
+            destination_service_namespace: if info.endpoint.is_some() {
+                dest_ns
+            } else {
+                id.namespace.clone()
             },
-            id.trust_domain
-        ),
-        destination_service_name: service.to_owned(),
-        destination_service_namespace: if info.endpoint.is_some() {
-            dest_ns
-        } else {
-            id.namespace.clone()
-        },
-        request_protocol: "http".into(),
-        response_code: if status == 0 {
-            "0".into()
-        } else {
-            status.to_string()
-        },
-        response_flags: if flags.is_empty() {
-            "-".into()
-        } else {
-            flags.join(",")
-        },
-        connection_security_policy: if info.endpoint.is_some() {
-            "mutual_tls".into()
-        } else {
-            "unknown".into()
-        },
+            request_protocol: "http".into(),
+            response_code: if status == 0 {
+                "0".into()
+            } else {
+                status.to_string()
+            },
+            response_flags: if flags.is_empty() {
+                "-".into()
+            } else {
+                flags.join(",")
+            },
+            connection_security_policy: if info.endpoint.is_some() {
+                "mutual_tls".into()
+            } else {
+                "unknown".into()
+            },
+        }
     };
     mesh.telemetry()
         .metrics
-        .record(&labels, millis, request_bytes, response_bytes);
+        .record_keyed(key, labels, millis, request_bytes, response_bytes);
 }
