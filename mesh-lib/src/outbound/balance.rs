@@ -153,9 +153,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // The clone is not ready; the driven (ready) service goes into the future.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let endpoints = self.endpoints.clone();
         let dns = self.dns.clone();
         let mesh_choice = match &self.mesh {

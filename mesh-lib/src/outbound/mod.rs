@@ -23,6 +23,13 @@ pub mod routing;
 pub mod split;
 pub mod timeout;
 
+/// Takes the service `poll_ready` just drove ready, leaving a clone in its place: the tower
+/// idiom for a layer whose future outlives `call`'s borrow.
+pub(crate) fn take_ready<S: Clone>(service: &mut S) -> S {
+    let clone = service.clone();
+    std::mem::replace(service, clone)
+}
+
 /// The boxed future the mesh's layers return.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 

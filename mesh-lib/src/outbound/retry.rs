@@ -146,8 +146,7 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = super::take_ready(&mut self.inner);
         let budget = self.budget.clone();
         // Outside the mesh (no plan) the application's own policy is all there is.
         let Some(plan) = req

@@ -52,8 +52,7 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let from_header = req
             .headers()
             .get(TIMEOUT_HEADER)
