@@ -406,9 +406,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .any(|m| m.snapshot().endpoints.len() < meshes.len())
     {
         if tokio::time::Instant::now() > deadline {
-            return Err(StartError::Mesh(
-                "the registry never listed every workload".into(),
-            ));
+            let seen: Vec<String> = meshes
+                .iter()
+                .map(|m| {
+                    let snapshot = m.snapshot();
+                    format!(
+                        "{} sees {} (v{})",
+                        m.workload_name().workload,
+                        snapshot.endpoints.len(),
+                        snapshot.version
+                    )
+                })
+                .collect();
+            return Err(StartError::Mesh(format!(
+                "the registry never listed every workload: {}",
+                seen.join(", ")
+            )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

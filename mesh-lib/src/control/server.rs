@@ -235,31 +235,34 @@ impl ControlPlane {
         }
     }
 
+    /// Pushes a snapshot of the registry and config as they are now. The snapshot is built
+    /// inside the watch's update, so concurrent publishes cannot overtake each other with a
+    /// stale registry (the last one always reflects every registration before it).
     fn publish(&self) {
-        let endpoints = {
-            let registry = self
-                .registry
-                .lock()
-                .expect("registry lock is never poisoned");
-            registry
-                .workloads
-                .values()
-                .map(|w| pb::Endpoint {
-                    service: w.service.clone(),
-                    address: w.addr.to_string(),
-                    labels: w.labels.clone().into_iter().collect(),
-                    namespace: w.identity.namespace.clone(),
-                    identity: w.identity.to_string(),
-                })
-                .collect()
-        };
-        let config = self
-            .config
-            .lock()
-            .expect("config lock is never poisoned")
-            .clone();
-        let config_json = serde_json::to_string(&*config).expect("mesh config serialises");
         self.snapshots.send_modify(|current| {
+            let endpoints = {
+                let registry = self
+                    .registry
+                    .lock()
+                    .expect("registry lock is never poisoned");
+                registry
+                    .workloads
+                    .values()
+                    .map(|w| pb::Endpoint {
+                        service: w.service.clone(),
+                        address: w.addr.to_string(),
+                        labels: w.labels.clone().into_iter().collect(),
+                        namespace: w.identity.namespace.clone(),
+                        identity: w.identity.to_string(),
+                    })
+                    .collect()
+            };
+            let config = self
+                .config
+                .lock()
+                .expect("config lock is never poisoned")
+                .clone();
+            let config_json = serde_json::to_string(&*config).expect("mesh config serialises");
             *current = Arc::new(pb::Snapshot {
                 version: current.version + 1,
                 endpoints,
@@ -398,6 +401,34 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_snapshot_lists_every_concurrent_registration() {
+        let ca =
+            CertificateAuthority::generate("cluster.local", std::time::Duration::from_secs(60))
+                .unwrap();
+        let plane = ControlPlane::new(ca, Tokens::default(), "cluster.local");
+        let guards: Vec<Deregister> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..64u16)
+                .map(|i| {
+                    let plane = plane.clone();
+                    scope.spawn(move || {
+                        plane.register(Registered {
+                            service: "reviews".into(),
+                            addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i)),
+                            metrics_url: None,
+                            labels: BTreeMap::new(),
+                            identity: SpiffeId::new("cluster.local", "default", "bookinfo-reviews"),
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(plane.snapshots.borrow().endpoints.len(), 64);
+        drop(guards);
+        assert!(plane.snapshots.borrow().endpoints.is_empty());
+    }
 
     #[test]
     fn tokens_load_from_flat_and_nested_files() {
