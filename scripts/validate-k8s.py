@@ -10,24 +10,40 @@ Checks, one output line per group:
   istio       Gateway/VirtualService in gateway.yaml (no bundled schema: explicit checks)
   kustomize   kustomization.yaml lists exactly the 14 app files, all present, no duplicates
   mesh        the k8s/mesh overlay (embedded mesh): its kustomization lists the base's files and
-              its own, every base Deployment is patched once; meshd's ServiceAccount, Service and
-              Deployment (token dir = all of Secret mesh-tokens, config dirs = ConfigMap mesh-base
-              then ConfigMap mesh-config, writable CA dir, tcpSocket probes); mesh-base holds
-              exactly mesh-config/base/*, byte for byte; each patched workload joins meshd,
-              mounts only its own token key and is probed on the admin port 15021; the ingress
-              gateway (ServiceAccount, LoadBalancer Service 80/8080 -> 8080, Deployment of
-              mesh-proxy as istio-system/istio-ingressgateway-service-account with only its own
-              token, tcpSocket probes on 8080) is what mesh-base's Gateway selects. With kubectl
-              on PATH, `kubectl kustomize` (offline) must render the overlay as merged here
+              its own, every base Deployment is patched once; meshd's ServiceAccount, Service
+              (grpc 15012, http-dashboard 20001) and Deployment (token dir = all of Secret
+              mesh-tokens, config dirs = ConfigMap mesh-base then ConfigMap mesh-config, writable
+              CA dir, tcpSocket probes); mesh-base holds exactly mesh-config/base/*, byte for
+              byte; each patched workload joins meshd, mounts only its own token key and is probed
+              on the admin port 15021; the ingress gateway (ServiceAccount, LoadBalancer Service
+              80/8080 -> 8080, Deployment of mesh-proxy as
+              istio-system/istio-ingressgateway-service-account with only its own token, ports
+              8080 and admin 15021, tcpSocket probes on 8080) is what mesh-base's Gateway selects.
+              With kubectl on PATH, `kubectl kustomize` (offline) must render the overlay as
+              merged here
   compose     docker-compose.yml (which runs the app in the mesh) agrees with the base
               Deployments plus the overlay's patches (image, env, port, health checks), its meshd
               with the overlay's meshd (flags, both config dirs), its istio-ingressgateway with
-              the overlay's gateway (image, args, env, port; the only published port, productpage
-              is not), and docker/mesh-tokens/* with the overlay's Secret and compose's secrets
+              the overlay's gateway (image, args, env, ports; the only published app port,
+              productpage is not), and docker/mesh-tokens/* with the overlay's Secret and
+              compose's secrets; OTEL_* by name only (compose's point at its own Jaeger)
   contract    Services, Deployments and ServiceAccounts of the app follow the Bookinfo contract;
               every container of every Deployment has probes, requests and runAsNonRoot;
               references (selectors, service accounts, config maps, role bindings) resolve
   monitoring  Prometheus, Jaeger and Kiali in istio-system are wired together
+  telemetry   k8s/monitoring serves the mesh overlay as compose's observability profile serves
+              compose, on the overlay as `kubectl kustomize` renders it (as merged here without
+              kubectl): every meshed pod (the six workloads and the gateway) is annotated
+              prometheus.io/scrape "true", port "15021", path "/stats/prometheus" and declares
+              containerPort 15021 `admin`; following k8s/monitoring's Prometheus config (its
+              role-pod relabelling, simulated) a pod is scraped at <pod>:15021/stats/prometheus
+              and nowhere else, the same port and path for the same workloads as
+              docker/prometheus.yml; OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT resolves, from the app's
+              namespace, to a k8s/monitoring Service port that reaches Jaeger's OTLP receiver for
+              OTEL_EXPORTER_OTLP_PROTOCOL (grpc 4317 by default, http/protobuf 4318); meshd's
+              dashboard is on and Service meshd publishes it on the port compose publishes. In the
+              base k8s/, productpage alone is scraped, at <pod>:9080/metrics, and no container
+              sets OTEL_*
 
 Ends with `k8s: <n> passed, <m> failed` and exits 1 when anything failed.
 Needs PyYAML and kubernetes-validate (`pip install kubernetes-validate`); no cluster; kubectl
@@ -107,6 +123,20 @@ GATEWAY_TOKEN = "%s.%s" % (GATEWAY_NS, GATEWAY_SA)
 GATEWAY_SERVICE_PORTS = {80: ("http2", GATEWAY_PORT), GATEWAY_PORT: ("http", GATEWAY_PORT)}
 ADMIN_PORT = 15021
 READ_VERBS = {"get", "list", "watch"}
+# Metrics: plain (k8s/), productpage serves its own on the app port; in the mesh (k8s/mesh, as in
+# docker/prometheus.yml) every workload and the gateway serve Istio's on the admin port.
+APP_METRICS_PATH = "/metrics"
+MESH_METRICS_PATH = "/stats/prometheus"
+COMPOSE_PROMETHEUS = "docker/prometheus.yml"
+# meshd's dashboard: its default --dashboard 0.0.0.0:20001, published by compose.
+MESHD_DASHBOARD_PORT = 20001
+# Traces: mesh-lib/src/telemetry/tracing.rs reads these; the protocol defaults to grpc.
+OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+OTLP_PROTOCOL_VAR = "OTEL_EXPORTER_OTLP_PROTOCOL"
+OTLP_DEFAULT_PROTOCOL = "grpc"
+# Jaeger all-in-one's OTLP receivers per protocol: (default port, env that moves it).
+JAEGER_OTLP = {"grpc": (4317, "COLLECTOR_OTLP_GRPC_HOST_PORT"),
+               "http/protobuf": (4318, "COLLECTOR_OTLP_HTTP_HOST_PORT")}
 
 
 class Group:
@@ -417,6 +447,8 @@ class Mesh:
         self.docs = []
         self.patches = []
         self.effective = {}
+        # What `kubectl kustomize` rendered (Docs), when kubectl is on PATH and it succeeded.
+        self.rendered = None
 
     def find(self, kind, name):
         return next((d for d in self.docs if d.kind == kind and d.name == name), None)
@@ -624,9 +656,15 @@ def check_mesh(root, base_docs, mesh, g):
         spec = svc.data.get("spec") or {}
         ports = spec.get("ports") or []
         g.check(spec.get("selector") == {"app": MESHD}, "%s: selector must be {app: %s}" % (svc.where(), MESHD))
-        g.check(len(ports) == 1 and ports[0].get("port") == MESHD_PORT and ports[0].get("name") == "grpc"
-                and ports[0].get("targetPort", MESHD_PORT) in (MESHD_PORT, "grpc"),
-                "%s: must have one port %d named grpc, has %r" % (svc.where(), MESHD_PORT, ports))
+        # The control plane, and the dashboard (published, as compose publishes it).
+        want = {MESHD_PORT: ("grpc", (MESHD_PORT, "grpc")),
+                MESHD_DASHBOARD_PORT: ("http-dashboard", (MESHD_DASHBOARD_PORT, "http-dashboard"))}
+        got = {p.get("port"): p for p in ports}
+        g.check(len(ports) == len(want) and set(got) == set(want)
+                and all(got[n].get("name") == name and got[n].get("targetPort", n) in targets
+                        and got[n].get("protocol", "TCP") == "TCP" for n, (name, targets) in want.items()),
+                "%s: ports must be %d named grpc and %d named http-dashboard (meshd's dashboard), has %r"
+                % (svc.where(), MESHD_PORT, MESHD_DASHBOARD_PORT, ports))
     dep = md("Deployment", MESHD)
     if g.check(dep is not None, "k8s/%s: no Deployment %s" % (MESH_DIR, MESHD)):
         w = dep.where()
@@ -667,6 +705,9 @@ def check_mesh(root, base_docs, mesh, g):
             cports = c.get("ports") or []
             g.check(any(p.get("containerPort") == MESHD_PORT and p.get("name") == "grpc" for p in cports),
                     "%s: must expose containerPort %d named grpc" % (cw, MESHD_PORT))
+            g.check(any(p.get("containerPort") == MESHD_DASHBOARD_PORT and p.get("name") == "http-dashboard"
+                        for p in cports),
+                    "%s: must expose containerPort %d named http-dashboard (the dashboard)" % (cw, MESHD_DASHBOARD_PORT))
             for probe in ("readinessProbe", "livenessProbe"):
                 pr = c.get(probe) or {}
                 g.check(named_port(c, dig(pr, "tcpSocket", "port")) == MESHD_PORT
@@ -805,7 +846,10 @@ def check_gateway(mesh, g):
             % (cw, GATEWAY_SA, env.get("MESH_SERVICE_ACCOUNT")))
     check_own_token(g, w, cw, pod, c, env, GATEWAY_TOKEN)
     ports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
-    g.check(list(ports) == [GATEWAY_PORT], "%s: must expose containerPort %d (only), has %r" % (cw, GATEWAY_PORT, ports))
+    want_ports = {GATEWAY_PORT: "http", ADMIN_PORT: "admin"}
+    g.check(ports == want_ports and len(c.get("ports") or []) == len(want_ports),
+            "%s: containerPorts must be %r (the listener, and the admin port serving its metrics), has %r"
+            % (cw, want_ports, ports))
     for probe in ("readinessProbe", "livenessProbe"):
         pr = c.get(probe) or {}
         g.check(named_port(c, dig(pr, "tcpSocket", "port")) == GATEWAY_PORT
@@ -827,8 +871,8 @@ def check_gateway(mesh, g):
                     "%s: selector %r does not match the %s pods %r" % (gname, sel, GATEWAY, labels))
             for srv in dig(gw, "spec", "servers", default=[]) or []:
                 num = dig(srv, "port", "number")
-                g.check(num in ports, "%s: server port %r is not a container port of %s %s"
-                        % (gname, num, GATEWAY, sorted(ports)))
+                g.check(num in ports and num != ADMIN_PORT, "%s: server port %r is not a listener port of %s %s"
+                        % (gname, num, GATEWAY, sorted(p for p in ports if p != ADMIN_PORT)))
 
 
 def check_security_context(g, cw, c):
@@ -872,6 +916,8 @@ def check_mesh_render(root, base_docs, mesh, g):
     except yaml.YAMLError as e:
         g.fail("kubectl kustomize k8s/%s: output does not parse: %s" % (MESH_DIR, e))
         return True
+    mesh.rendered = [Doc(None, "kubectl kustomize k8s/%s" % MESH_DIR, i, d) for i, d in enumerate(rendered)
+                     if isinstance(d.get("kind"), str) and isinstance(dig(d, "metadata", "name"), str)]
     got = {(d.get("kind"), dig(d, "metadata", "name")): d for d in rendered}
     want = {(d.kind, d.name) for d in base_docs if d.rel.count("/") == 1 and not is_istio(d)} | \
         {(d.kind, d.name) for d in mesh.docs}
@@ -912,9 +958,10 @@ def interpolate(value):
     return COMPOSE_VAR.sub(sub, value)
 
 
-def compose_env(service):
+def compose_env(service, otel=False):
     """The service's environment, without OTEL_* (where traces go depends on the deployment:
-    Jaeger in compose's observability profile, k8s/monitoring's collector on a cluster)."""
+    Jaeger in compose's observability profile, k8s/monitoring's collector on a cluster); with
+    otel=True, only the OTEL_* variables."""
     env = service.get("environment") or {}
     if isinstance(env, list):
         out = {}
@@ -923,7 +970,20 @@ def compose_env(service):
             out[key] = value
     else:
         out = {str(k): as_str(v) for k, v in env.items()}
-    return {k: v for k, v in out.items() if not k.startswith("OTEL_")}
+    return {k: v for k, v in out.items() if k.startswith("OTEL_") == otel}
+
+
+def without_otel(env):
+    return {k: v for k, v in env.items() if not str(k).startswith("OTEL_")}
+
+
+def check_otel_names(g, w, got_env, svc, svc_name):
+    """Compose and the overlay wire tracing alike: every OTEL_* variable compose sets (to its
+    own Jaeger, or empty by default) is set on the k8s side too (to k8s/monitoring's collector;
+    the values are checked by the telemetry group)."""
+    want = sorted(compose_env(svc, otel=True))
+    missing = [k for k in want if k not in got_env]
+    g.check(not missing, "%s: env %s missing (compose %s sets them: tracing)" % (w, missing, svc_name))
 
 
 def compose_published(service):
@@ -1065,6 +1125,8 @@ def check_compose(root, docs, mesh, g):
             continue
         ew = eff.where()
         got_env = container_env(container_of(eff, app) or {}, g, ew)
+        check_otel_names(g, ew, got_env, svc, svc_name)
+        got_env = without_otel(got_env)
         want_env = compose_env(svc)
         for k in sorted(set(want_env) | set(got_env)):
             g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (ew, k, want_env.get(k), svc_name))
@@ -1149,6 +1211,8 @@ def check_compose(root, docs, mesh, g):
         g.check([as_str(a) for a in c.get("args") or []] == compose_command(svc),
                 "%s: args %r differ from compose %s command %r" % (w, c.get("args"), GATEWAY, compose_command(svc)))
         got_env = container_env(c, g, w)
+        check_otel_names(g, w, got_env, svc, GATEWAY)
+        got_env = without_otel(got_env)
         want_env = compose_env(svc)
         for k in sorted(want_env):
             g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (w, k, want_env[k], GATEWAY))
@@ -1170,7 +1234,8 @@ def check_compose(root, docs, mesh, g):
         extra = sorted(set(got_env) - set(want_env) - {"MESH_NAMESPACE", "MESH_SERVICE_ACCOUNT"})
         g.check(not extra, "%s: env %s not set by compose %s" % (w, extra, GATEWAY))
         ports = [p.get("containerPort") for p in c.get("ports") or []]
-        g.check(ports == [GATEWAY_PORT], "%s: containerPorts %s, expected [%d]" % (w, ports, GATEWAY_PORT))
+        g.check(sorted(ports) == [GATEWAY_PORT, ADMIN_PORT], "%s: containerPorts %s, expected [%d, %d] (listener, "
+                "admin)" % (w, ports, GATEWAY_PORT, ADMIN_PORT))
         pub = compose_published(svc)
         g.check(len(pub) == 1 and next(iter(pub))[1] == str(GATEWAY_PORT),
                 "docker-compose.yml: %s must publish (only) its port %d, publishes %r" % (GATEWAY, GATEWAY_PORT, sorted(pub)))
@@ -1461,6 +1526,332 @@ def check_monitoring(docs, g):
 
 
 # ---------------------------------------------------------------------------------------------
+# telemetry: the mesh overlay and k8s/monitoring, wired as compose's observability profile
+
+
+# Any pod address: Prometheus's discovery is simulated on the rendered pod templates.
+POD_IP = "10.244.0.7"
+POD_NS = "default"
+SD_LABEL = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def prom_expand(m, template):
+    """Go's Regexp.Expand, as Prometheus uses it: $1, ${1}, $name, ${name}; $$ is a `$`."""
+    def sub(x):
+        if x.group(1) == "$":
+            return "$"
+        name = x.group(2) or x.group(3)
+        try:
+            return (m.group(int(name)) if name.isdigit() else m.group(name)) or ""
+        except (IndexError, ValueError):
+            return ""
+    return re.sub(r"\$(\$|\{(\w+)\}|(\w+))", sub, template)
+
+
+def prom_relabel(labels, configs):
+    """Prometheus's relabelling, the actions a kubernetes_sd job uses (regexes fully anchored, as
+    in RE2): the target's labels, or None when it is dropped. ValueError for anything else."""
+    labels = dict(labels)
+    for cfg in configs or []:
+        if not isinstance(cfg, dict):
+            raise ValueError("relabel_configs entry %r is not a mapping" % (cfg,))
+        action = as_str(cfg.get("action", "replace")).lower()
+        rx = re.compile("(?:%s)" % as_str(cfg.get("regex", "(.*)")))
+        val = as_str(cfg.get("separator", ";")).join(labels.get(s, "") for s in cfg.get("source_labels") or [])
+        replacement = as_str(cfg.get("replacement", "$1"))
+        if action == "keep":
+            if not rx.fullmatch(val):
+                return None
+        elif action == "drop":
+            if rx.fullmatch(val):
+                return None
+        elif action == "replace":
+            m = rx.fullmatch(val)
+            if m:
+                target = prom_expand(m, as_str(cfg.get("target_label")))
+                res = prom_expand(m, replacement)
+                if res:
+                    labels[target] = res
+                else:
+                    labels.pop(target, None)
+        elif action == "labelmap":
+            for k, v in list(labels.items()):
+                m = rx.fullmatch(k)
+                if m:
+                    labels[prom_expand(m, replacement)] = v
+        elif action == "labeldrop":
+            labels = {k: v for k, v in labels.items() if not rx.fullmatch(k)}
+        elif action == "labelkeep":
+            labels = {k: v for k, v in labels.items() if rx.fullmatch(k)}
+        else:
+            raise ValueError("relabel action %r is not simulated here" % action)
+    return labels
+
+
+def pod_sd_targets(doc, namespace=POD_NS):
+    """What Prometheus's kubernetes_sd_configs (role pod) finds for a running pod of the
+    Deployment: a target per declared container port (per container without ports), with the
+    __meta_kubernetes_pod_* labels relabelling sees."""
+    tmpl = dig(doc.data, "spec", "template", default={}) or {}
+    meta = tmpl.get("metadata") or {}
+    common = {"__meta_kubernetes_namespace": namespace, "__meta_kubernetes_pod_name": "%s-0" % doc.name,
+              "__meta_kubernetes_pod_ip": POD_IP, "__meta_kubernetes_pod_phase": "Running",
+              "__meta_kubernetes_pod_ready": "true"}
+    for kind, values in (("annotation", meta.get("annotations")), ("label", meta.get("labels"))):
+        for k, v in (values or {}).items():
+            s = SD_LABEL.sub("_", str(k))
+            common["__meta_kubernetes_pod_%s_%s" % (kind, s)] = as_str(v)
+            common["__meta_kubernetes_pod_%spresent_%s" % (kind, s)] = "true"
+    out = []
+    for c in dig(tmpl, "spec", "containers", default=[]) or []:
+        for p in c.get("ports") or [None]:
+            t = dict(common, __meta_kubernetes_pod_container_name=as_str(c.get("name")))
+            if p is None:
+                t["__address__"] = POD_IP
+            else:
+                t["__address__"] = "%s:%s" % (POD_IP, p.get("containerPort"))
+                t["__meta_kubernetes_pod_container_port_number"] = as_str(p.get("containerPort"))
+                t["__meta_kubernetes_pod_container_port_name"] = as_str(p.get("name"))
+                t["__meta_kubernetes_pod_container_port_protocol"] = as_str(p.get("protocol", "TCP"))
+            out.append(t)
+    return out
+
+
+def prom_scrapes(pcfg, doc, namespace=POD_NS):
+    """The URLs, as {(scheme, address, path)}, that a Prometheus with config pcfg scrapes on a
+    pod of the Deployment (its role-pod jobs; an empty set when none keeps the pod)."""
+    out = set()
+    for job in (pcfg or {}).get("scrape_configs") or []:
+        sds = [sd for sd in job.get("kubernetes_sd_configs") or [] if sd.get("role") == "pod"]
+        if not sds or not any(dig(sd, "namespaces", "names") is None
+                              or namespace in (dig(sd, "namespaces", "names") or []) for sd in sds):
+            continue
+        for t in pod_sd_targets(doc, namespace):
+            t = dict(t, job=as_str(job.get("job_name")), __scheme__=as_str(job.get("scheme", "http")),
+                     __metrics_path__=as_str(job.get("metrics_path", APP_METRICS_PATH)))
+            res = prom_relabel(t, job.get("relabel_configs"))
+            if res is not None and res.get("__address__"):
+                out.add((res.get("__scheme__"), res["__address__"], res.get("__metrics_path__")))
+    return out
+
+
+def resolve_service_host(host, namespace=POD_NS):
+    """(name, namespace) of the Service a pod in `namespace` reaches at `host`, or None when the
+    name is not a cluster Service name (`svc`, `svc.ns`, `svc.ns.svc[.cluster.local]`)."""
+    parts = (host or "").split(".")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], namespace
+    if len(parts) >= 2 and parts[2:] in ([], ["svc"], ["svc", "cluster", "local"]):
+        return parts[0], parts[1]
+    return None
+
+
+def service_targets(svc, deps, port):
+    """The container ports (numbers) Service `svc`'s port `port` reaches on the Deployments it
+    selects, as [(Deployment, container, number)]."""
+    sp = next((p for p in dig(svc.data, "spec", "ports", default=[]) or [] if p.get("port") == port), None)
+    if sp is None:
+        return None, []
+    sel = dig(svc.data, "spec", "selector", default={}) or {}
+    tp = sp.get("targetPort", port)
+    out = []
+    for d in deps:
+        if (d.namespace or POD_NS) != (svc.namespace or POD_NS) or not sel or not all(
+                dig(d.data, "spec", "template", "metadata", "labels", k) == v for k, v in sel.items()):
+            continue
+        for c in dig(d.data, "spec", "template", "spec", "containers", default=[]) or []:
+            for cp in c.get("ports") or []:
+                if tp in (cp.get("containerPort"), cp.get("name")):
+                    out.append((d, c, cp.get("containerPort")))
+    return sp, out
+
+
+def check_telemetry(root, docs, mesh, g):
+    """k8s/monitoring does for the k8s/mesh overlay what compose's observability profile does:
+    its Prometheus scrapes every meshed pod's admin port (docker/prometheus.yml's targets), the
+    workloads send spans to its Jaeger's OTLP receiver, and meshd's dashboard is published. The
+    plain base (k8s/) keeps productpage's own /metrics on 9080 and no mesh telemetry."""
+    mon = [d for d in docs if d.rel.startswith("k8s/monitoring/")]
+    mon_deps = [d for d in mon if d.kind == "Deployment"]
+    cm = next((d for d in mon if d.kind == "ConfigMap" and d.name == "prometheus"), None)
+    try:
+        pcfg = yaml.safe_load(dig(cm.data, "data", "prometheus.yml", default="")) if cm else None
+    except yaml.YAMLError:
+        pcfg = None  # reported by the monitoring group
+    if not g.check(isinstance(pcfg, dict) and pcfg.get("scrape_configs"),
+                   "k8s/monitoring: no usable prometheus.yml in ConfigMap prometheus, nothing is scraped"):
+        pcfg = {}
+
+    def scrapes(d):
+        try:
+            return prom_scrapes(pcfg, d)
+        except (ValueError, re.error, AttributeError, TypeError) as e:
+            g.fail("%s: cannot follow k8s/monitoring's Prometheus config on its pods: %s" % (d.where(), e))
+            return None
+
+    def url(s):
+        return "%s://%s%s" % s
+
+    # The plain base: Prometheus finds productpage's own metrics at :9080/metrics, and only
+    # there; no Deployment carries mesh telemetry.
+    base_deps = [d for d in docs if d.kind == "Deployment" and d.rel.count("/") == 1]
+    for d in base_deps:
+        ann = dig(d.data, "spec", "template", "metadata", "annotations", default={}) or {}
+        app = dig(d.data, "spec", "template", "metadata", "labels", "app")
+        want = {("http", "%s:%d" % (POD_IP, APP_PORT), APP_METRICS_PATH)} if app == "productpage" else set()
+        if app == "productpage" or ann.get("prometheus.io/scrape") is not None:
+            got = scrapes(d)
+            g.check(got is None or got == want or (app != "productpage" and not got),
+                    "%s: k8s/monitoring's Prometheus scrapes its pods at %s, expected %s (only productpage "
+                    "serves metrics of its own; k8s/ stays plain)" % (d.where(), sorted(map(url, got or [])) or "nothing",
+                                                    sorted(map(url, want)) or "nothing"))
+        for c in dig(d.data, "spec", "template", "spec", "containers", default=[]) or []:
+            otel = sorted(e.get("name") for e in c.get("env") or [] if str(e.get("name")).startswith("OTEL_"))
+            g.check(not otel, "%s: container %s sets %s; k8s/ stays plain (tracing is mesh mode's, in "
+                    "k8s/%s)" % (d.where(), c.get("name"), otel, MESH_DIR))
+
+    # The overlay as kubectl renders it (as merged here without kubectl).
+    if mesh.kust is None:
+        return
+    if mesh.rendered is not None:
+        odocs = mesh.rendered
+    else:
+        odocs = list(mesh.effective.values()) + [d for d in mesh.docs if d.kind != "Deployment"
+                                                 or d.name not in mesh.effective]
+    odeps = [d for d in odocs if d.kind == "Deployment"]
+    meshed = {}
+    for d in odeps:
+        for c in dig(d.data, "spec", "template", "spec", "containers", default=[]) or []:
+            if "MESH_CONTROL_PLANE" in container_env(c):
+                meshed[d.name] = (d, c)
+    want_meshed = sorted(set(COMPOSE_TO_DEPLOYMENT.values()) | {GATEWAY})
+    g.check(sorted(meshed) == want_meshed, "k8s/%s: meshed Deployments %s, expected %s"
+            % (MESH_DIR, sorted(meshed), want_meshed))
+
+    # Metrics: the prometheus.io annotations name the admin port, and k8s/monitoring's
+    # Prometheus, following them, scrapes exactly <pod>:15021/stats/prometheus.
+    want_ann = {"prometheus.io/scrape": "true", "prometheus.io/port": str(ADMIN_PORT),
+                "prometheus.io/path": MESH_METRICS_PATH}
+    k8s_scraped = {}
+    for name, (d, c) in sorted(meshed.items()):
+        w = d.where()
+        ann = dig(d.data, "spec", "template", "metadata", "annotations", default={}) or {}
+        got_ann = {k: as_str(ann.get(k)) if k in ann else None for k in want_ann}
+        g.check(got_ann == want_ann, "%s: pod template annotations must be %r (Istio metrics on the admin "
+                "port), are %r" % (w, want_ann, got_ann))
+        cports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
+        g.check(cports.get(ADMIN_PORT) == "admin", "%s: container %s must declare containerPort %d named admin "
+                "(the scraped port), has %r" % (w, c.get("name"), ADMIN_PORT, cports))
+        got = scrapes(d)
+        want = {("http", "%s:%d" % (POD_IP, ADMIN_PORT), MESH_METRICS_PATH)}
+        if got is not None:
+            g.check(got == want, "%s: k8s/monitoring's Prometheus scrapes its pods at %s, expected %s"
+                    % (w, sorted(map(url, got)) or "nothing", sorted(map(url, want))))
+            if len(got) == 1:
+                scheme, addr, path = next(iter(got))
+                k8s_scraped[name] = (addr.rpartition(":")[2] if ":" in addr else "(none)", path)
+
+    # ... as compose's Prometheus does (docker/prometheus.yml: <service>:15021/stats/prometheus).
+    try:
+        ccfg = yaml.safe_load((root / COMPOSE_PROMETHEUS).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        ccfg = {}
+        g.fail("%s: cannot load: %s" % (COMPOSE_PROMETHEUS, e))
+    compose_scraped = {}
+    to_dep = dict(COMPOSE_TO_DEPLOYMENT, **{GATEWAY: GATEWAY})
+    for job in ccfg.get("scrape_configs") or []:
+        for sc in job.get("static_configs") or []:
+            for target in sc.get("targets") or []:
+                host, _, port = str(target).rpartition(":")
+                if host in to_dep:
+                    compose_scraped[to_dep[host]] = (port, as_str(job.get("metrics_path", APP_METRICS_PATH)))
+    g.check(sorted(compose_scraped) == want_meshed, "%s: scrapes %s, expected every meshed workload %s"
+            % (COMPOSE_PROMETHEUS, sorted(compose_scraped), want_meshed))
+    for name in sorted(set(compose_scraped) & set(meshed)):
+        g.check(k8s_scraped.get(name) == compose_scraped[name],
+                "%s: scraped on port, path %r in k8s, %r in %s" % (meshed[name][0].where(), k8s_scraped.get(name),
+                                                                  compose_scraped[name], COMPOSE_PROMETHEUS))
+
+    # Traces: the endpoint tracing.rs reads resolves, from the app's namespace, to a Service of
+    # k8s/monitoring whose port reaches Jaeger's OTLP receiver for the protocol in use.
+    for name, (d, c) in sorted(meshed.items()):
+        cw = "%s: container %s" % (d.where(), c.get("name"))
+        env = container_env(c)
+        var = next((v for v in OTLP_ENDPOINT_VARS if env.get(v)), OTLP_ENDPOINT_VARS[-1])
+        endpoint = env.get(var) or ""
+        proto = env.get(OTLP_PROTOCOL_VAR) or OTLP_DEFAULT_PROTOCOL
+        if not g.check(proto in JAEGER_OTLP, "%s: %s=%r, tracing.rs supports %s" % (
+                cw, OTLP_PROTOCOL_VAR, proto, sorted(JAEGER_OTLP))):
+            continue
+        if not g.check(endpoint, "%s: %s must be set: spans go to k8s/monitoring's Jaeger, as compose's to "
+                       "its jaeger" % (cw, OTLP_ENDPOINT_VARS[-1])):
+            continue
+        u = re.fullmatch(r"(\w+)://([^/:]+)(?::(\d+))?(/.*)?", endpoint)
+        if not g.check(u and u.group(1) == "http" and u.group(3),
+                       "%s: %s=%r must be http://<service>.<namespace>:<port> (the collector has no TLS)"
+                       % (cw, var, endpoint)):
+            continue
+        host, port, path = u.group(2), int(u.group(3)), u.group(4) or ""
+        g.check(path in ("", "/") or (proto == "http/protobuf" and path == "/v1/traces"),
+                "%s: %s=%r: unexpected path %r for %s" % (cw, var, endpoint, path, proto))
+        ref = resolve_service_host(host)
+        svc = next((s for s in mon if s.kind == "Service" and ref and (s.name, s.namespace or POD_NS) == ref), None)
+        if not g.check(svc is not None, "%s: %s=%r: %s is no Service of k8s/monitoring (from the app's namespace "
+                       "%s; name it <service>.%s)" % (cw, var, endpoint, host, POD_NS, ISTIO_NS)):
+            continue
+        sp, reached = service_targets(svc, mon_deps, port)
+        if not g.check(sp is not None, "%s: %s=%r: Service %s.%s has no port %d" % (
+                cw, var, endpoint, svc.name, svc.namespace, port)):
+            continue
+        prefix = "grpc" if proto == "grpc" else "http"
+        g.check(str(sp.get("name", "")).split("-")[0] == prefix,
+                "%s: %s=%r: port %d of Service %s is named %r, expected %s-* for %s=%s"
+                % (cw, var, endpoint, port, svc.name, sp.get("name"), prefix, OTLP_PROTOCOL_VAR, proto))
+        default_port, port_env = JAEGER_OTLP[proto]
+        ok = []
+        for jd, jc, number in reached:
+            jenv = container_env(jc)
+            moved = re.search(r":(\d+)$", jenv.get(port_env) or "")
+            receiver = int(moved.group(1)) if moved else default_port
+            ok.append(str(jc.get("image", "")).startswith("jaegertracing/") and number == receiver
+                      and jenv.get("COLLECTOR_OTLP_ENABLED", "true") == "true")
+        g.check(reached and all(ok), "%s: %s=%r: Service %s port %d reaches %s, expected Jaeger's OTLP %s "
+                "receiver (container port %d)" % (cw, var, endpoint, svc.name, port,
+                                                  ["%s:%s" % (jd.name, n) for jd, _, n in reached] or "no pod",
+                                                  proto, default_port))
+        sname = env.get("OTEL_SERVICE_NAME")
+        app = GATEWAY if name == GATEWAY else dig(d.data, "spec", "template", "metadata", "labels", "app")
+        g.check(sname is None or sname == app, "%s: OTEL_SERVICE_NAME=%r; leave it unset (compose does) or %r"
+                % (cw, sname, app))
+
+    # meshd's dashboard: listening (not --dashboard off), and published by Service meshd on the
+    # port compose publishes it on (so http://localhost:20001/ after a port-forward).
+    md = next((d for d in odeps if d.name == MESHD), None)
+    svc = next((d for d in odocs if d.kind == "Service" and d.name == MESHD), None)
+    if not g.check(md is not None and svc is not None, "k8s/%s: no Deployment and Service %s" % (MESH_DIR, MESHD)):
+        return
+    mc = container_of(md, MESHD) or {}
+    listen = flag_values([as_str(a) for a in mc.get("args") or []]).get("--dashboard") \
+        or container_env(mc).get("MESHD_DASHBOARD") or "0.0.0.0:%d" % MESHD_DASHBOARD_PORT
+    dport = re.search(r":(\d+)$", listen)
+    if not g.check(dport, "%s: the dashboard is off or unparsable (--dashboard %r)" % (md.where(), listen)):
+        return
+    dport = int(dport.group(1))
+    published = [p.get("port") for p in dig(svc.data, "spec", "ports", default=[]) or []
+                 if any(n == dport for _, _, n in service_targets(svc, [md], p.get("port"))[1])]
+    g.check(published, "%s: no port reaches meshd's dashboard (container port %d)" % (svc.where(), dport))
+    try:
+        compose = interpolate(yaml.safe_load((root / "docker-compose.yml").read_text())) or {}
+    except (OSError, yaml.YAMLError):
+        return  # reported by the compose group
+    cpub = compose_published(dig(compose, "services", MESHD, default={}) or {})
+    g.check(any(int(t) == dport for _, t in cpub if t.isdigit()) and
+            any(int(h) in published for h, t in cpub if h.isdigit() and t.isdigit() and int(t) == dport),
+            "%s: publishes the dashboard on %s, compose %s publishes %s (host:container)"
+            % (svc.where(), published, MESHD, sorted(":".join(p) for p in cpub)))
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main():
@@ -1473,7 +1864,7 @@ def main():
     root = args.root.resolve()
 
     groups = {n: Group(n) for n in ("files", "parse", "schema", "istio", "kustomize", "mesh", "compose",
-                                    "contract", "monitoring")}
+                                    "contract", "monitoring", "telemetry")}
     docs, kust = load_docs(root, groups["files"], groups["parse"])
     mesh = load_mesh(root, docs, groups["files"], groups["parse"], groups["mesh"])
     if args.verbose:
@@ -1496,6 +1887,7 @@ def main():
                            for d in docs if d.rel.count("/") == 1 and not is_istio(d)]
                           + mesh.docs, groups["contract"])
     check_monitoring(docs, groups["monitoring"])
+    check_telemetry(root, docs, mesh, groups["telemetry"])
 
     passed = failed = 0
     for g in groups.values():
