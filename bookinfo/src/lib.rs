@@ -198,9 +198,7 @@ impl Running {
         let _ = self.stop.send(true);
         while self.servers.join_next().await.is_some() {}
         for mesh in &self.meshes {
-            if let Some(t) = &mesh.telemetry().tracing {
-                t.flush();
-            }
+            mesh::telemetry::tracing::flush_at_exit(mesh.telemetry().tracing.as_ref()).await;
         }
         drop(self.meshes);
         if let Some(meshd) = self.meshd {
@@ -272,13 +270,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(|a| format!("http://{}/stats/prometheus", a.local_addr()));
     let otlp = config.mesh.as_ref().and_then(|o| o.otlp.clone());
     let telemetry = mesh::dataplane::Telemetry {
-        record_metrics: true,
-        tracing: None,
-        metrics: Default::default(),
         access_log: config
             .mesh
             .as_ref()
             .map_or(mesh::telemetry::AccessLog::OFF, |o| o.access_log),
+        ..Default::default()
     };
 
     let addrs = Addrs {
@@ -389,15 +385,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
     if let Some(server) = admin {
-        let metrics = telemetry.metrics.clone();
-        let router = Router::new().route(
-            "/stats/prometheus",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { mesh::run::prometheus_response(&metrics) }
-            }),
-        );
-        apps.push((server, router));
+        apps.push((server, mesh::telemetry::admin_router(&telemetry)));
     }
     // Ready means every workload also sees every other one, so the first page has them all.
     let deadline = tokio::time::Instant::now() + MESH_READY_TIMEOUT;
@@ -455,19 +443,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// `telemetry` with a tracer of its own for `service`, when spans go to OTLP.
+/// `telemetry` with a tracer of its own for `service`: spans to OTLP when an endpoint is given,
+/// else into the process's ring of recent spans (the dashboard's traces).
 fn traced(
     telemetry: &mesh::dataplane::Telemetry,
     otlp: Option<&(String, String)>,
     service: &str,
 ) -> Result<mesh::dataplane::Telemetry, StartError> {
+    use mesh::telemetry::tracing::{Sampler, Tracing};
     let mut telemetry = telemetry.clone();
-    if let Some((endpoint, protocol)) = otlp {
-        telemetry.tracing = Some(
-            mesh::telemetry::tracing::Tracing::otlp(endpoint, protocol, service)
-                .map_err(|e| StartError::Mesh(e.to_string()))?,
-        );
-    }
+    telemetry.tracing = Some(match otlp {
+        Some((endpoint, protocol)) => Tracing::otlp(
+            endpoint,
+            protocol,
+            service,
+            Sampler::default(),
+            Default::default(),
+            &telemetry.metrics,
+        )
+        .map_err(|e| StartError::Mesh(e.to_string()))?,
+        None => Tracing::ring(telemetry.recent_spans.clone(), service, Sampler::default()),
+    });
     Ok(telemetry)
 }
 

@@ -43,7 +43,7 @@ struct Inner {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Where a workload's metrics and access logs go.
+/// Where a workload's metrics, access logs and spans go.
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     /// Whether requests are recorded into `metrics` at all (off only to measure the cost).
@@ -51,8 +51,10 @@ pub struct Telemetry {
     /// Shared by every workload of a process (the launcher), or one per workload.
     pub metrics: Arc<MeshMetrics>,
     pub access_log: AccessLog,
-    /// Spans to OTLP, when configured.
+    /// Spans to OTLP or into `recent_spans`; `None` when tracing is off.
     pub tracing: Option<crate::telemetry::tracing::Tracing>,
+    /// The recent spans of tracers without an OTLP endpoint, for the dashboard.
+    pub recent_spans: Arc<crate::telemetry::spans::SpanRing>,
 }
 
 impl Default for Telemetry {
@@ -62,6 +64,7 @@ impl Default for Telemetry {
             metrics: Arc::default(),
             access_log: AccessLog::OFF,
             tracing: None,
+            recent_spans: Arc::default(),
         }
     }
 }

@@ -120,18 +120,21 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
     // The gateway's server span: the root of the trace when the client sent no context, and
     // the parent of the gateway's attempts either way.
     let span = gw.mesh.telemetry().tracing.as_ref().map(|t| {
-        let attributes = vec![
-            opentelemetry::KeyValue::new("http.request.method", parts.method.to_string()),
-            opentelemetry::KeyValue::new("url.path", parts.uri.path().to_owned()),
-            opentelemetry::KeyValue::new("mesh.workload", gw.mesh.workload_name().workload.clone()),
-        ];
-        let name = format!("{} {}", parts.method, parts.uri.path());
-        t.start(
-            opentelemetry::trace::SpanKind::Server,
-            name,
-            &mut parts.headers,
-            attributes,
-        )
+        let (method, uri, headers) = (&parts.method, &parts.uri, &mut parts.headers);
+        t.start(opentelemetry::trace::SpanKind::Server, headers, || {
+            let attributes = vec![
+                opentelemetry::KeyValue::new(
+                    "http.request.method",
+                    crate::telemetry::tracing::method_value(method),
+                ),
+                opentelemetry::KeyValue::new("url.path", uri.path().to_owned()),
+                opentelemetry::KeyValue::new(
+                    "mesh.workload",
+                    gw.mesh.workload_name().workload.clone(),
+                ),
+            ];
+            (format!("{method} {}", uri.path()).into(), attributes)
+        })
     });
     let sent = gw
         .client

@@ -111,16 +111,6 @@ impl MeshEnv {
 }
 
 /// A Prometheus scrape answer.
-pub fn prometheus_response(metrics: &crate::telemetry::MeshMetrics) -> axum::response::Response {
-    axum::response::IntoResponse::into_response((
-        [(
-            http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.render(),
-    ))
-}
-
 /// How long `--health-check` waits for `/health`.
 pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -240,20 +230,21 @@ impl Service {
                 return ExitCode::FAILURE;
             }
         };
-        let tracing =
-            match crate::telemetry::tracing::Tracing::from_env(&ProcessEnv, &mesh_env.spec.service)
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("{}: invalid configuration: {e}", self.name);
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-        let telemetry = crate::dataplane::Telemetry {
-            record_metrics: true,
-            metrics: Default::default(),
+        let mut telemetry = crate::dataplane::Telemetry {
             access_log: mesh_env.access_log,
-            tracing,
+            ..Default::default()
+        };
+        telemetry.tracing = match crate::telemetry::tracing::Tracing::from_env(
+            &ProcessEnv,
+            &mesh_env.spec.service,
+            &telemetry.metrics,
+            &telemetry.recent_spans,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: invalid configuration: {e}", self.name);
+                return ExitCode::from(EXIT_CONFIG);
+            }
         };
         let mesh = match Mesh::start_with(
             mesh_env.spec.clone(),
@@ -285,6 +276,7 @@ impl Service {
             },
         ));
         let mut app_stopped = stopped;
+        let tracing = mesh.telemetry().tracing.clone();
         let serving = tokio::spawn(server.with_mesh(mesh).serve(app, async move {
             let _ = app_stopped.wait_for(|s| *s).await;
         }));
@@ -292,6 +284,7 @@ impl Service {
         let _ = stop.send(true);
         let _ = serving.await;
         let _ = admin_task.await;
+        crate::telemetry::tracing::flush_at_exit(tracing.as_ref()).await;
         tracing::info!("{} stopped", self.name);
         ExitCode::SUCCESS
     }
@@ -299,18 +292,9 @@ impl Service {
 
 /// The plaintext admin listener: `/healthz/ready` is 200 once the workload has its certificate
 /// and config and its own `/health` (asked in process, past the mesh) answers 200;
-/// `/stats/prometheus` is the workload's Istio metrics.
+/// `/stats/prometheus` and `/debug/spans` are its telemetry.
 fn admin_router(mesh: Mesh, app: Router) -> Router {
-    let metrics = mesh.telemetry().metrics.clone();
-    Router::new()
-        .route(
-            "/stats/prometheus",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { prometheus_response(&metrics) }
-            }),
-        )
-        .route(
+    crate::telemetry::admin_router(mesh.telemetry()).route(
             "/healthz/ready",
             axum::routing::get(move || {
                 let mesh = mesh.clone();

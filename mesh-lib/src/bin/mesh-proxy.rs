@@ -97,9 +97,15 @@ fn main() -> ExitCode {
         };
         let mut spec = mesh_env.spec;
         spec.labels = gateway::labels();
-        let tracing = match mesh::telemetry::tracing::Tracing::from_env(
+        let mut telemetry = mesh::dataplane::Telemetry {
+            access_log: mesh_env.access_log,
+            ..Default::default()
+        };
+        telemetry.tracing = match mesh::telemetry::tracing::Tracing::from_env(
             &ProcessEnv,
             gateway::GATEWAY_SERVICE,
+            &telemetry.metrics,
+            &telemetry.recent_spans,
         ) {
             Ok(t) => t,
             Err(e) => {
@@ -107,13 +113,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(mesh::run::EXIT_CONFIG);
             }
         };
-        let telemetry = mesh::dataplane::Telemetry {
-            record_metrics: true,
-            metrics: Default::default(),
-            access_log: mesh_env.access_log,
-            tracing,
-        };
-        let metrics = telemetry.metrics.clone();
+        let admin_router = mesh::telemetry::admin_router(&telemetry);
+        let tracing = telemetry.tracing.clone();
         let mesh =
             match Mesh::start_with(spec, &mesh_env.trust_domain, server.local_addr(), telemetry) {
                 Ok(m) => m,
@@ -127,17 +128,11 @@ fn main() -> ExitCode {
             server.local_addr(),
             mesh.identity()
         );
-        let metrics_router = axum::Router::new().route(
-            "/stats/prometheus",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { mesh::run::prometheus_response(&metrics) }
-            }),
-        );
-        tokio::spawn(admin.serve(metrics_router, mesh::shutdown::signal()));
+        tokio::spawn(admin.serve(admin_router, mesh::shutdown::signal()));
         server
             .serve(gateway::router(mesh, port), mesh::shutdown::signal())
             .await;
+        mesh::telemetry::tracing::flush_at_exit(tracing.as_ref()).await;
         ExitCode::SUCCESS
     })
 }

@@ -8,41 +8,52 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::header;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
 
 use super::access_log::Entry;
 use super::metrics::IstioLabels;
+use super::tracing::method_value;
 use super::{PEER_HEADER, WorkloadName};
 use crate::dataplane::{Mesh, PeerIdentity};
 
+/// The request's fields an access-log line shows.
+struct Logged {
+    request_id: String,
+    user_agent: String,
+    authority: String,
+    traceparent: String,
+    method: String,
+    path: String,
+    protocol: String,
+}
+
 pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let span = mesh.telemetry().tracing.as_ref().map(|t| {
-        let attributes = vec![
-            opentelemetry::KeyValue::new("http.request.method", request.method().to_string()),
-            opentelemetry::KeyValue::new("url.path", request.uri().path().to_owned()),
-            opentelemetry::KeyValue::new("mesh.workload", mesh.workload_name().workload.clone()),
-            opentelemetry::KeyValue::new(
-                "mesh.peer.principal",
-                request
-                    .extensions()
-                    .get::<PeerIdentity>()
-                    .and_then(|p| p.0.as_ref())
-                    .map_or(String::new(), |p| p.principal()),
-            ),
-        ];
-        let name = format!("{} {}", request.method(), request.uri().path());
-        t.start(
-            opentelemetry::trace::SpanKind::Server,
-            name,
-            request.headers_mut(),
-            attributes,
-        )
-    });
     let peer = request
         .extensions()
         .get::<PeerIdentity>()
         .and_then(|p| p.0.clone());
+    let span = mesh.telemetry().tracing.as_ref().map(|t| {
+        // The headers out of the request for a moment, so describing the span can read it.
+        let mut headers = std::mem::take(request.headers_mut());
+        let span = t.start(SpanKind::Server, &mut headers, || {
+            let (method, path) = (request.method(), request.uri().path());
+            let attributes = vec![
+                KeyValue::new("http.request.method", method_value(method)),
+                KeyValue::new("url.path", path.to_owned()),
+                KeyValue::new("mesh.workload", mesh.workload_name().workload.clone()),
+                KeyValue::new(
+                    "mesh.peer.principal",
+                    peer.as_ref().map_or(String::new(), |p| p.principal()),
+                ),
+            ];
+            (format!("{method} {path}").into(), attributes)
+        });
+        *request.headers_mut() = headers;
+        span
+    });
     let source = peer.as_ref().and_then(|_| {
         request
             .headers()
@@ -50,24 +61,27 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
             .and_then(|v| v.to_str().ok())
             .and_then(WorkloadName::parse_header)
     });
-    let headers = request.headers();
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    let (request_id, user_agent, authority, traceparent) = (
-        header("x-request-id"),
-        header(header::USER_AGENT.as_str()),
-        header(header::HOST.as_str()),
-        header("traceparent"),
-    );
-    let method = request.method().to_string();
-    let path = request.uri().path().to_owned();
-    let protocol = format!("{:?}", request.version());
     let request_bytes = request.body().size_hint().exact();
+    // What only the access log needs, taken before the request moves on.
+    let logged = mesh.telemetry().access_log.enabled().then(|| {
+        let headers = request.headers();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        Logged {
+            request_id: header("x-request-id"),
+            user_agent: header(header::USER_AGENT.as_str()),
+            authority: header(header::HOST.as_str()),
+            traceparent: header("traceparent"),
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            protocol: format!("{:?}", request.version()),
+        }
+    });
     let response = next.run(request).await;
     if let Some(span) = span {
         span.finish(response.status().as_u16(), Vec::new());
@@ -131,23 +145,23 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
             .metrics
             .record_keyed(key, labels, millis, request_bytes, response_bytes);
     }
-    if telemetry.access_log.enabled() {
+    if let Some(logged) = logged {
         telemetry.access_log.write(&Entry {
             workload: &me.workload,
-            method: &method,
-            path: &path,
-            protocol: &protocol,
+            method: &logged.method,
+            path: &logged.path,
+            protocol: &logged.protocol,
             response_code: response.status().as_u16(),
             response_flags: "-",
             duration_ms: millis,
             bytes_received: request_bytes,
             bytes_sent: response_bytes,
-            x_request_id: &request_id,
-            user_agent: &user_agent,
-            authority: &authority,
+            x_request_id: &logged.request_id,
+            user_agent: &logged.user_agent,
+            authority: &logged.authority,
             peer: "-",
             peer_principal: &peer.map(|p| p.principal()).unwrap_or_default(),
-            traceparent: &traceparent,
+            traceparent: &logged.traceparent,
         });
     }
     response

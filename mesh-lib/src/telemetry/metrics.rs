@@ -45,6 +45,13 @@ pub struct EdgeLabels {
     pub destination_service_name: String,
 }
 
+/// What became of a finished span on its way to OTLP: `exported`, `queue_full` (dropped
+/// rather than make a request wait) or `export_failed`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanOutcomeLabels {
+    pub outcome: String,
+}
+
 type HistogramFamily = Family<IstioLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -74,6 +81,7 @@ pub struct MeshMetrics {
     pub ejections: Family<EdgeLabels, Counter>,
     pub cert_expiry: Family<WorkloadLabels, Gauge>,
     pub config_version: Family<WorkloadLabels, Gauge>,
+    pub trace_spans: Family<SpanOutcomeLabels, Counter>,
     /// The four series of each label set, found once by a cheap key: building and hashing
     /// 18 label strings per request is most of what metrics would otherwise cost.
     series: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Series>>>,
@@ -106,6 +114,7 @@ impl MeshMetrics {
         let ejections = Family::<EdgeLabels, Counter>::default();
         let cert_expiry = Family::<WorkloadLabels, Gauge>::default();
         let config_version = Family::<WorkloadLabels, Gauge>::default();
+        let trace_spans = Family::<SpanOutcomeLabels, Counter>::default();
         registry.register(
             "istio_requests",
             "Requests, as Istio counts them",
@@ -147,6 +156,11 @@ impl MeshMetrics {
             "Version of the last snapshot from meshd",
             config_version.clone(),
         );
+        registry.register(
+            "mesh_trace_spans",
+            "Finished spans by what became of them on the way to OTLP",
+            trace_spans.clone(),
+        );
         Self {
             registry,
             requests,
@@ -158,6 +172,7 @@ impl MeshMetrics {
             ejections,
             cert_expiry,
             config_version,
+            trace_spans,
             series: Default::default(),
         }
     }

@@ -1,15 +1,53 @@
 //! What the mesh tells about the traffic it carries: Istio-standard metrics ([`metrics`]),
-//! one access-log line per request ([`access_log`]), recorded by the inbound and outbound
-//! stacks so services get them without a line of their own.
+//! one access-log line per request ([`access_log`]) and OpenTelemetry spans ([`tracing`],
+//! [`spans`]), recorded by the inbound and outbound stacks so services get them without a line
+//! of their own; [`admin_router`] serves them on a workload's admin port.
 
 pub mod access_log;
 pub(crate) mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod spans;
 pub mod tracing;
 
 pub use access_log::AccessLog;
 pub use metrics::MeshMetrics;
+
+/// The admin port's telemetry: `/stats/prometheus` (the Istio metrics, as Envoy serves them)
+/// and `/debug/spans` (the recent spans, JSON, when no OTLP endpoint takes them).
+pub fn admin_router(telemetry: &crate::dataplane::Telemetry) -> axum::Router {
+    let metrics = telemetry.metrics.clone();
+    let ring = telemetry.recent_spans.clone();
+    axum::Router::new()
+        .route(
+            "/stats/prometheus",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { prometheus_response(&metrics) }
+            }),
+        )
+        .route(
+            SPANS_PATH,
+            axum::routing::get(move || {
+                let ring = ring.clone();
+                async move { axum::Json(ring.recent()) }
+            }),
+        )
+}
+
+/// Where the admin port serves the recent spans.
+pub const SPANS_PATH: &str = "/debug/spans";
+
+/// The Prometheus exposition of `metrics`.
+pub fn prometheus_response(metrics: &MeshMetrics) -> axum::response::Response {
+    axum::response::IntoResponse::into_response((
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    ))
+}
 
 /// The header a meshed client adds so the server can name its source workload in metrics (as
 /// Istio's peer metadata exchange does); trusted only on mTLS connections.

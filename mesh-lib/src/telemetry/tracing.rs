@@ -1,204 +1,472 @@
 //! OpenTelemetry tracing in the mesh, so services get traces without a line of their own: a
 //! server span per inbound request and a client span per outbound attempt (retries show as
-//! separate attempts). W3C `traceparent`/`tracestate` come first; B3 multi-headers are accepted
-//! and also emitted. The inbound side rewrites the request's `traceparent` to its server span
-//! before the application sees it, so the headers the application forwards (as upstream
-//! Bookinfo does) make the outbound spans its children. Spans leave through OTLP with a
-//! bounded batch queue: exporting never blocks a request; a full queue drops spans.
+//! separate attempts). W3C `traceparent` comes first (`tracestate` passes through untouched);
+//! B3 multi-headers are accepted and also emitted. The inbound side rewrites the request's
+//! `traceparent` to its server span before the application sees it, so the headers the
+//! application forwards (as upstream Bookinfo does) make the outbound spans its children.
+//!
+//! Spans are the SDK's `SpanData`, built here rather than through the SDK's tracer: a proxy
+//! knows everything about its span when it starts and ends it, and skipping the tracer's
+//! context, locking and processor fan-out is most of what tracing would otherwise cost per hop
+//! (as linkerd2-proxy does). Unsampled spans only propagate: their names and attributes are
+//! never built. Finished spans go to OTLP through a bounded queue, or without an endpoint
+//! into the in-memory ring the dashboard reads ([`super::spans`]).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
+use super::metrics::MeshMetrics;
+use super::spans::{ExportQueue, QueueConfig, SpanRing};
 use crate::env::Vars;
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 
 /// One workload's tracer.
 #[derive(Debug, Clone)]
 pub struct Tracing {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    inner: Arc<Inner>,
 }
 
-/// The OTLP exporter cannot be built.
+#[derive(Debug)]
+struct Inner {
+    sampler: Sampler,
+    sink: Sink,
+    scope: InstrumentationScope,
+}
+
+#[derive(Debug)]
+enum Sink {
+    Otlp(ExportQueue),
+    Ring {
+        ring: Arc<SpanRing>,
+        service: Arc<str>,
+    },
+}
+
+/// Tracing cannot be set up as configured.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot export traces: {0}")]
+#[error("cannot trace: {0}")]
 pub struct TracingError(String);
 
+impl TracingError {
+    pub(crate) fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
 impl Tracing {
-    /// A tracer exporting to `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` over `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, default, or
-    /// `http/protobuf`), sampled by `OTEL_TRACES_SAMPLER`; `None` when no endpoint is set.
-    /// The service name is `OTEL_SERVICE_NAME`, else `service`. Needs a Tokio runtime.
-    pub fn from_env(vars: &impl Vars, service: &str) -> Result<Option<Self>, TracingError> {
+    /// The workload's tracer as the standard variables say: spans to
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` over
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, default, or `http/protobuf`) when one is set,
+    /// else into `ring`; sampled by `OTEL_TRACES_SAMPLER`/`_ARG`; named `OTEL_SERVICE_NAME`,
+    /// else `service`. `None` when `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+    /// Needs a Tokio runtime.
+    pub fn from_env(
+        vars: &impl Vars,
+        service: &str,
+        metrics: &MeshMetrics,
+        ring: &Arc<SpanRing>,
+    ) -> Result<Option<Self>, TracingError> {
+        if vars.get("OTEL_SDK_DISABLED").as_deref() == Some("true")
+            || vars.get("OTEL_TRACES_EXPORTER").as_deref() == Some("none")
+        {
+            return Ok(None);
+        }
+        let sampler = Sampler::from_env(vars)?;
+        let name = vars
+            .get("OTEL_SERVICE_NAME")
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| service.to_owned());
         let endpoint = vars
             .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| vars.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .filter(|e| !e.is_empty());
-        let Some(endpoint) = endpoint else {
-            return Ok(None);
-        };
-        let protocol = vars.get_or("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
-        let name = vars.get_or("OTEL_SERVICE_NAME", service);
-        Self::otlp(&endpoint, &protocol, &name).map(Some)
+        Ok(Some(match endpoint {
+            Some(endpoint) => {
+                let protocol = vars.get_or("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+                let queue = QueueConfig::from_env(vars)?;
+                Self::otlp(&endpoint, &protocol, &name, sampler, queue, metrics)?
+            }
+            None => Self::ring(ring.clone(), &name, sampler),
+        }))
     }
 
     /// A tracer exporting to `endpoint` (e.g. `http://127.0.0.1:4317`) over `protocol`.
-    pub fn otlp(endpoint: &str, protocol: &str, service: &str) -> Result<Self, TracingError> {
+    pub fn otlp(
+        endpoint: &str,
+        protocol: &str,
+        service: &str,
+        sampler: Sampler,
+        queue: QueueConfig,
+        metrics: &MeshMetrics,
+    ) -> Result<Self, TracingError> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
-        let exporter = match protocol {
-            "grpc" => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build(),
-            "http/protobuf" => {
-                let url = if endpoint.ends_with("/v1/traces") {
-                    endpoint.to_owned()
-                } else {
-                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
-                };
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(url)
-                    .with_headers(Default::default())
-                    .build()
-            }
+        use opentelemetry_sdk::trace::SpanExporter as _;
+        let url = match protocol {
+            "grpc" => endpoint.to_owned(),
+            "http/protobuf" if endpoint.ends_with("/v1/traces") => endpoint.to_owned(),
+            "http/protobuf" => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
             other => {
-                return Err(TracingError(format!(
-                    "unsupported OTEL_EXPORTER_OTLP_PROTOCOL {other:?}"
+                return Err(TracingError::new(format!(
+                    "unsupported OTEL_EXPORTER_OTLP_PROTOCOL {other:?} (grpc or http/protobuf)"
                 )));
             }
+        };
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let mut exporter = if protocol == "grpc" {
+            builder.with_tonic().with_endpoint(url.clone()).build()
+        } else {
+            builder
+                .with_http()
+                .with_endpoint(url.clone())
+                .with_headers(Default::default())
+                .build()
         }
-        .map_err(|e| TracingError(e.to_string()))?;
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(service.to_owned())
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource)
-            .build();
-        let tracer = provider.tracer("bookinfo-mesh");
-        Ok(Self { provider, tracer })
+        .map_err(|e| TracingError::new(format!("OTLP exporter for {url}: {e}")))?;
+        exporter.set_resource(
+            &opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        );
+        Ok(Self::with_sink(
+            Sink::Otlp(ExportQueue::start(exporter, queue, metrics, url)),
+            sampler,
+        ))
     }
 
-    /// Sends what is queued (at shutdown).
-    pub fn flush(&self) {
-        let _ = self.provider.force_flush();
+    /// A tracer keeping its spans in `ring`, under `service`.
+    pub fn ring(ring: Arc<SpanRing>, service: &str, sampler: Sampler) -> Self {
+        Self::with_sink(
+            Sink::Ring {
+                ring,
+                service: Arc::from(service),
+            },
+            sampler,
+        )
+    }
+
+    fn with_sink(sink: Sink, sampler: Sampler) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sampler,
+                sink,
+                scope: InstrumentationScope::builder("bookinfo-mesh")
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            }),
+        }
+    }
+
+    /// Exports what is queued (at shutdown); nothing to do for the ring.
+    pub async fn flush(&self) {
+        if let Sink::Otlp(queue) = &self.inner.sink {
+            queue.flush().await;
+        }
     }
 
     /// Starts a span of `kind` whose parent is the context in `headers`, and writes the new
-    /// span's context back into them (W3C, and B3 for client spans).
+    /// span's context back into them (W3C, and B3 for client spans). `describe` names the span
+    /// and gives its attributes; it runs only when the span is sampled.
     pub fn start(
         &self,
         kind: SpanKind,
-        name: String,
         headers: &mut HeaderMap,
-        attributes: Vec<KeyValue>,
+        describe: impl FnOnce() -> (Cow<'static, str>, Vec<KeyValue>),
     ) -> SpanGuard {
         let parent = extract(headers);
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(kind.clone())
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &parent);
-        let cx = parent.with_span(span);
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
-        if kind == SpanKind::Client {
-            let sc = cx.span().span_context().clone();
-            let set = |h: &mut HeaderMap, k: &'static str, v: String| {
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    h.insert(k, v);
-                }
-            };
-            set(headers, "x-b3-traceid", sc.trace_id().to_string());
-            set(headers, "x-b3-spanid", sc.span_id().to_string());
-            set(
-                headers,
-                "x-b3-sampled",
-                if sc.is_sampled() {
-                    "1".into()
-                } else {
-                    "0".into()
-                },
-            );
-            headers.remove("x-b3-parentspanid");
+        let trace_id = parent.map_or_else(|| TraceId::from(fastrand::u128(1..)), |p| p.trace_id);
+        let span_id = SpanId::from(fastrand::u64(1..));
+        let sampled = self.inner.sampler.sample(parent.as_ref(), trace_id);
+        inject(headers, trace_id, span_id, sampled, kind == SpanKind::Client);
+        if !sampled {
+            return SpanGuard { open: None };
         }
-        SpanGuard { cx }
+        let (name, attributes) = describe();
+        SpanGuard {
+            open: Some(Box::new(OpenSpan {
+                tracing: self.clone(),
+                trace_id,
+                span_id,
+                parent_span_id: parent.map_or(SpanId::INVALID, |p| p.span_id),
+                kind,
+                name,
+                start: SystemTime::now(),
+                attributes,
+            })),
+        }
     }
 }
 
-/// An open span; ended by [`SpanGuard::finish`] (or when dropped).
+/// `http.request.method`'s value, without an allocation for the standard methods.
+pub fn method_value(method: &http::Method) -> opentelemetry::Value {
+    let known = match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => return opentelemetry::Value::from(method.as_str().to_owned()),
+    };
+    opentelemetry::Value::from(known)
+}
+
+/// How long a process waits at exit for its last spans to be exported.
+pub const EXIT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Exports the last spans at exit, waiting at most [`EXIT_FLUSH_TIMEOUT`] for the collector.
+pub async fn flush_at_exit(tracing: Option<&Tracing>) {
+    if let Some(t) = tracing
+        && tokio::time::timeout(EXIT_FLUSH_TIMEOUT, t.flush()).await.is_err()
+    {
+        ::tracing::warn!("the last spans were not exported within {EXIT_FLUSH_TIMEOUT:?}");
+    }
+}
+
+/// A sampled span that has not ended yet.
 #[derive(Debug)]
+struct OpenSpan {
+    tracing: Tracing,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent_span_id: SpanId,
+    kind: SpanKind,
+    name: Cow<'static, str>,
+    start: SystemTime,
+    attributes: Vec<KeyValue>,
+}
+
+/// A span in progress; ended by [`SpanGuard::finish`], or when dropped (the request was
+/// abandoned: Envoy's `DC` flag).
+#[derive(Debug)]
+#[must_use = "a span ends when finished or dropped"]
 pub struct SpanGuard {
-    cx: Context,
+    open: Option<Box<OpenSpan>>,
 }
 
 impl SpanGuard {
-    pub fn finish(self, status: u16, attributes: Vec<KeyValue>) {
-        let span = self.cx.span();
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        span.set_attributes(attributes);
-        if status >= 500 || status == 0 {
-            span.set_status(Status::error(format!("status {status}")));
+    /// Ends the span with the response's `status` (0: none) and more attributes.
+    pub fn finish(mut self, status: u16, attributes: Vec<KeyValue>) {
+        self.end(status, attributes);
+    }
+
+    fn end(&mut self, status: u16, more: Vec<KeyValue>) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let OpenSpan {
+            tracing,
+            trace_id,
+            span_id,
+            parent_span_id,
+            kind,
+            name,
+            start,
+            mut attributes,
+        } = *open;
+        if status != 0 {
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
         }
-        span.end();
+        attributes.extend(more);
+        let status = if status >= 500 || status == 0 {
+            Status::error(format!("status {status}"))
+        } else {
+            Status::Unset
+        };
+        let inner = &tracing.inner;
+        let span = SpanData {
+            span_context: SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id,
+            parent_span_is_remote: parent_span_id != SpanId::INVALID,
+            span_kind: kind,
+            name,
+            start_time: start,
+            end_time: SystemTime::now(),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: inner.scope.clone(),
+        };
+        match &inner.sink {
+            Sink::Otlp(queue) => queue.push(span),
+            Sink::Ring { ring, service } => ring.push(service, span),
+        }
     }
 }
 
-/// The parent context in `headers`: W3C first, then B3 multi-headers.
-fn extract(headers: &HeaderMap) -> Context {
-    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    if cx.span().span_context().is_valid() {
-        return cx;
+impl Drop for SpanGuard {
+    fn drop(&mut self) {
+        self.end(0, vec![KeyValue::new("mesh.response_flags", "DC")]);
     }
-    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-    if let (Some(t), Some(s)) = (get("x-b3-traceid"), get("x-b3-spanid")) {
-        let trace = format!("{t:0>32}");
-        if let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&trace), SpanId::from_hex(s)) {
-            let sampled =
-                matches!(get("x-b3-sampled"), Some("1" | "true")) || get("x-b3-flags") == Some("1");
-            let flags = if sampled {
-                TraceFlags::SAMPLED
-            } else {
-                TraceFlags::default()
-            };
-            let sc = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
-            if sc.is_valid() {
-                return Context::new().with_remote_span_context(sc);
+}
+
+/// Which new traces are recorded (`OTEL_TRACES_SAMPLER`): a share of trace ids, and whether a
+/// parent's decision wins.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampler {
+    parent_based: bool,
+    ratio: f64,
+}
+
+impl Default for Sampler {
+    /// `parentbased_always_on`, the OpenTelemetry default.
+    fn default() -> Self {
+        Self {
+            parent_based: true,
+            ratio: 1.0,
+        }
+    }
+}
+
+impl Sampler {
+    pub const ALWAYS_ON: Self = Self {
+        parent_based: false,
+        ratio: 1.0,
+    };
+
+    /// `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`, `traceidratio`,
+    /// `parentbased_always_on` (default), `parentbased_always_off`,
+    /// `parentbased_traceidratio`) with `OTEL_TRACES_SAMPLER_ARG`, the ratio (default 1.0).
+    pub fn from_env(vars: &impl Vars) -> Result<Self, TracingError> {
+        let ratio = || match vars.get("OTEL_TRACES_SAMPLER_ARG").filter(|a| !a.is_empty()) {
+            None => Ok(1.0),
+            Some(a) => a
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    TracingError::new(format!(
+                        "OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio between 0 and 1"
+                    ))
+                }),
+        };
+        let name = vars
+            .get("OTEL_TRACES_SAMPLER")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "parentbased_always_on".to_owned());
+        let (parent_based, ratio) = match name.as_str() {
+            "always_on" => (false, 1.0),
+            "always_off" => (false, 0.0),
+            "traceidratio" => (false, ratio()?),
+            "parentbased_always_on" => (true, 1.0),
+            "parentbased_always_off" => (true, 0.0),
+            "parentbased_traceidratio" => (true, ratio()?),
+            other => {
+                return Err(TracingError::new(format!(
+                    "unsupported OTEL_TRACES_SAMPLER {other:?} (always_on, always_off, \
+                     traceidratio, parentbased_always_on, parentbased_always_off, \
+                     parentbased_traceidratio)"
+                )));
             }
-        }
+        };
+        Ok(Self {
+            parent_based,
+            ratio,
+        })
     }
-    Context::new()
+
+    fn sample(&self, parent: Option<&Parent>, trace_id: TraceId) -> bool {
+        if let (true, Some(p)) = (self.parent_based, parent) {
+            return p.sampled;
+        }
+        // As the OpenTelemetry SDKs: the trace id's low 63 bits against the ratio, so every
+        // hop decides the same for one trace.
+        let low = (u128::from_be_bytes(trace_id.to_bytes()) as u64) >> 1;
+        (low as f64) < self.ratio * (1u64 << 63) as f64
+    }
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
+/// The caller's span, from the request's headers.
+#[derive(Debug, Clone, Copy)]
+struct Parent {
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
 }
 
-struct HeaderInjector<'a>(&'a mut HeaderMap);
+/// The parent context in `headers`: W3C `traceparent` first, then B3 multi-headers.
+fn extract(headers: &HeaderMap) -> Option<Parent> {
+    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(parent) = get(&TRACEPARENT).and_then(parse_traceparent) {
+        return Some(parent);
+    }
+    let (trace, span) = (get(&B3_TRACE_ID)?, get(&B3_SPAN_ID)?);
+    // 64-bit B3 trace ids are the low half of a 128-bit one.
+    if !(trace.len() == 16 || trace.len() == 32) || span.len() != 16 {
+        return None;
+    }
+    let trace_id = TraceId::from(u128::from_str_radix(trace, 16).ok()?);
+    let span_id = SpanId::from(u64::from_str_radix(span, 16).ok()?);
+    let sampled = matches!(get(&B3_SAMPLED), Some("1" | "true"))
+        || headers.get("x-b3-flags").is_some_and(|f| f == "1");
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+    })
+}
 
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(key), HeaderValue::from_str(&value)) {
-            self.0.insert(k, v);
-        }
+/// `version-traceid-spanid-flags` (W3C Trace Context); later versions may append fields.
+fn parse_traceparent(value: &str) -> Option<Parent> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    if !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+        return None;
+    }
+    let trace_id = TraceId::from(u128::from_str_radix(trace, 16).ok()?);
+    let span_id = SpanId::from(u64::from_str_radix(span, 16).ok()?);
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(Parent {
+        trace_id,
+        span_id,
+        sampled: flags & 1 == 1,
+    })
+}
+
+/// Writes the span's context: `traceparent` always, B3 too when `b3` (client spans, for
+/// upstreams that only speak Zipkin's headers).
+fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, sampled: bool, b3: bool) {
+    let value = |s: String| HeaderValue::try_from(s).expect("hex digits are a valid header");
+    let flag = if sampled { "01" } else { "00" };
+    headers.insert(
+        TRACEPARENT,
+        value(format!("00-{trace_id}-{span_id}-{flag}")),
+    );
+    if b3 {
+        headers.insert(B3_TRACE_ID, value(trace_id.to_string()));
+        headers.insert(B3_SPAN_ID, value(span_id.to_string()));
+        headers.insert(
+            B3_SAMPLED,
+            HeaderValue::from_static(if sampled { "1" } else { "0" }),
+        );
+        headers.remove(B3_PARENT_SPAN_ID);
     }
 }
 
@@ -206,31 +474,148 @@ impl Injector for HeaderInjector<'_> {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
     #[test]
     fn w3c_first_then_b3() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "traceparent",
-            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        );
-        h.insert(
-            "x-b3-traceid",
-            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7"),
-        );
-        h.insert("x-b3-spanid", HeaderValue::from_static("e457b5a2e4d86bd1"));
-        let cx = extract(&h);
-        assert_eq!(
-            cx.span().span_context().trace_id().to_string(),
-            "0af7651916cd43dd8448eb211c80319c"
-        );
+        let mut h = headers(&[
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ]);
+        let p = extract(&h).unwrap();
+        assert_eq!(p.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(p.span_id.to_string(), "b7ad6b7169203331");
+        assert!(p.sampled);
         h.remove("traceparent");
         h.insert("x-b3-sampled", HeaderValue::from_static("1"));
-        let cx = extract(&h);
-        assert_eq!(
-            cx.span().span_context().trace_id().to_string(),
-            "80f198ee56343ba864fe8b2a57d3eff7"
+        let p = extract(&h).unwrap();
+        assert_eq!(p.trace_id.to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert!(p.sampled);
+        // A 64-bit B3 trace id.
+        let p = extract(&headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+        ]))
+        .unwrap();
+        assert_eq!(p.trace_id.to_string(), "0000000000000000a3ce929d0e0e4736");
+        assert!(!p.sampled);
+        assert!(extract(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01",
+            "garbage",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-x")
+                .is_some()
         );
-        assert!(cx.span().span_context().is_sampled());
-        assert!(!extract(&HeaderMap::new()).span().span_context().is_valid());
+    }
+
+    #[tokio::test]
+    async fn a_span_continues_the_trace_and_rewrites_the_headers() {
+        let ring = Arc::new(SpanRing::default());
+        let tracing = Tracing::ring(ring.clone(), "reviews", Sampler::default());
+        let mut h = headers(&[
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "vendor=opaque"),
+            ("x-b3-parentspanid", "1111111111111111"),
+        ]);
+        let span = tracing.start(SpanKind::Client, &mut h, || {
+            ("GET ratings:9080".into(), vec![KeyValue::new("url.path", "/ratings/0")])
+        });
+        let tp = h["traceparent"].to_str().unwrap().to_owned();
+        assert!(tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{tp}");
+        assert!(tp.ends_with("-01"), "{tp}");
+        let span_id = &tp[36..52];
+        assert_ne!(span_id, "b7ad6b7169203331");
+        assert_eq!(h["x-b3-spanid"], span_id);
+        assert_eq!(h["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(h["x-b3-sampled"], "1");
+        assert!(h.get("x-b3-parentspanid").is_none());
+        assert_eq!(h["tracestate"], "vendor=opaque", "tracestate passes through");
+        span.finish(503, Vec::new());
+        let recent = ring.recent();
+        assert_eq!(recent.len(), 1);
+        let s = &recent[0];
+        assert_eq!(s.span_id, span_id);
+        assert_eq!(s.parent_span_id, "b7ad6b7169203331");
+        assert_eq!((s.service.as_str(), s.kind.as_str()), ("reviews", "client"));
+        assert_eq!(s.name, "GET ratings:9080");
+        assert!(s.error);
+        assert_eq!(s.attributes["http.response.status_code"], "503");
+        assert_eq!(s.attributes["url.path"], "/ratings/0");
+    }
+
+    #[tokio::test]
+    async fn unsampled_spans_propagate_without_being_built_and_drops_are_flagged() {
+        let ring = Arc::new(SpanRing::default());
+        let tracing = Tracing::ring(ring.clone(), "productpage", Sampler::default());
+        let mut h = headers(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        )]);
+        let span = tracing.start(SpanKind::Server, &mut h, || {
+            unreachable!("an unsampled span is never described")
+        });
+        span.finish(200, Vec::new());
+        assert!(h["traceparent"].to_str().unwrap().ends_with("-00"));
+        assert!(ring.recent().is_empty());
+        // A root span, abandoned before the response.
+        let mut h = HeaderMap::new();
+        drop(tracing.start(SpanKind::Server, &mut h, || ("GET".into(), Vec::new())));
+        let recent = ring.recent();
+        assert_eq!(recent[0].parent_span_id, "");
+        assert_eq!(recent[0].attributes["mesh.response_flags"], "DC");
+        assert!(recent[0].error);
+    }
+
+    #[test]
+    fn samplers_follow_the_standard_variables() {
+        let parse = |s: &str, arg: &str| {
+            Sampler::from_env(&[("OTEL_TRACES_SAMPLER", s), ("OTEL_TRACES_SAMPLER_ARG", arg)])
+        };
+        assert_eq!(Sampler::from_env(&[("X", "")]).unwrap(), Sampler::default());
+        let parent = Parent {
+            trace_id: TraceId::from(1u128),
+            span_id: SpanId::from(1u64),
+            sampled: true,
+        };
+        let off = parse("parentbased_always_off", "").unwrap();
+        assert!(off.sample(Some(&parent), parent.trace_id), "the parent decides");
+        assert!(!off.sample(None, parent.trace_id));
+        assert!(!parse("always_off", "").unwrap().sample(Some(&parent), parent.trace_id));
+        // A quarter of random trace ids, give or take.
+        let quarter = parse("traceidratio", "0.25").unwrap();
+        let kept = (0..4000)
+            .filter(|_| quarter.sample(None, TraceId::from(fastrand::u128(1..))))
+            .count();
+        assert!((800..1200).contains(&kept), "{kept}");
+        let e = parse("traceidratio", "2").unwrap_err().to_string();
+        assert!(e.contains("OTEL_TRACES_SAMPLER_ARG=\"2\""), "{e}");
+        let e = parse("jaeger_remote", "").unwrap_err().to_string();
+        assert!(e.contains("unsupported OTEL_TRACES_SAMPLER \"jaeger_remote\""), "{e}");
     }
 }
