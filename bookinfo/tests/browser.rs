@@ -202,6 +202,70 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+    // The recent traces (no OTLP endpoint here): one page's spans joined across workloads,
+    // from the gateway's server span down to ratings'.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let traces = client
+            .get(
+                &format!("{dashboard}api/traces"),
+                Default::default(),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let traces: serde_json::Value = serde_json::from_slice(traces.body()).unwrap();
+        let chains: Vec<Vec<String>> = traces["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t["spans"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}:{}:{}",
+                            s["depth"],
+                            s["service"].as_str().unwrap(),
+                            s["kind"].as_str().unwrap()
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let full = chains.iter().any(|spans| {
+            [
+                "0:istio-ingressgateway:server",
+                "1:istio-ingressgateway:client",
+                "2:productpage:server",
+                "3:productpage:client",
+                "4:details:server",
+                "4:reviews:server",
+                "5:reviews:client",
+                "6:ratings:server",
+            ]
+            .iter()
+            .all(|want| spans.iter().any(|s| s == want))
+        });
+        if full {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trace from the gateway to ratings: {chains:?}"
+        );
+        client
+            .get(
+                &app.addrs.page_url(),
+                Default::default(),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     // The page fetches the graph after loading; on a busy machine the first dump can come
     // before the answer, so load it again until every edge is drawn (bounded).
     let drawn = |dom: &str, edge: &str| {
@@ -224,7 +288,20 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
             .unwrap()
         };
         let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
-        missing = wanted.iter().filter(|e| !drawn(&dom, e)).collect();
+        missing = wanted
+            .iter()
+            .filter(|e| !drawn(&dom, e))
+            .map(|e| e.to_string())
+            .collect();
+        // The newest trace's waterfall: at least the gateway's and productpage's spans.
+        for service in ["istio-ingressgateway", "productpage"] {
+            if !dom.contains(&format!("data-service=\"{service}\"")) {
+                missing.push(format!("waterfall row for {service}"));
+            }
+        }
+        if !dom.contains("data-trace=") {
+            missing.push("the trace list".to_owned());
+        }
         if missing.is_empty() {
             break;
         }
@@ -233,7 +310,7 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
     let shot = tempdir("screenshots").join("dashboard.png");
     let args = [
         format!("--screenshot={}", shot.display()),
-        "--window-size=1400,1000".to_owned(),
+        "--window-size=1400,1500".to_owned(),
         "--virtual-time-budget=8000".to_owned(),
         dashboard,
     ];

@@ -22,7 +22,7 @@ use crate::telemetry::{AccessLog, MeshMetrics, WorkloadName};
 /// The peer's identity on an inbound connection: `None` for plaintext. Inserted into every
 /// request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerIdentity(pub Option<SpiffeId>);
+pub struct PeerIdentity(pub Option<Arc<SpiffeId>>);
 
 /// A cheap-to-clone handle to this workload's data plane.
 #[derive(Clone)]

@@ -295,30 +295,28 @@ impl Service {
 /// `/stats/prometheus` and `/debug/spans` are its telemetry.
 fn admin_router(mesh: Mesh, app: Router) -> Router {
     crate::telemetry::admin_router(mesh.telemetry()).route(
-            "/healthz/ready",
-            axum::routing::get(move || {
-                let mesh = mesh.clone();
-                let app = app.clone();
-                async move {
-                    if !mesh.is_ready() {
-                        return (
-                            http::StatusCode::SERVICE_UNAVAILABLE,
-                            "mesh not ready: no certificate or config yet",
-                        );
-                    }
-                    let health = http::Request::get("/health")
-                        .body(axum::body::Body::empty())
-                        .expect("a static request is valid");
-                    match app.oneshot(health).await {
-                        Ok(r) if r.status() == http::StatusCode::OK => {
-                            (http::StatusCode::OK, "ready")
-                        }
-                        _ => (
-                            http::StatusCode::SERVICE_UNAVAILABLE,
-                            "the service's /health is failing",
-                        ),
-                    }
+        "/healthz/ready",
+        axum::routing::get(move || {
+            let mesh = mesh.clone();
+            let app = app.clone();
+            async move {
+                if !mesh.is_ready() {
+                    return (
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "mesh not ready: no certificate or config yet",
+                    );
                 }
-            }),
-        )
+                let health = http::Request::get("/health")
+                    .body(axum::body::Body::empty())
+                    .expect("a static request is valid");
+                match app.oneshot(health).await {
+                    Ok(r) if r.status() == http::StatusCode::OK => (http::StatusCode::OK, "ready"),
+                    _ => (
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "the service's /health is failing",
+                    ),
+                }
+            }
+        }),
+    )
 }

@@ -161,7 +161,7 @@ impl Server {
                 let Some((io, peer_identity)) = secure(stream, peer, mesh.as_ref()).await else {
                     return;
                 };
-                let peer_identity = PeerIdentity(peer_identity);
+                let peer_identity = PeerIdentity(peer_identity.map(std::sync::Arc::new));
                 let service = hyper::service::service_fn(
                     move |mut req: http::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(peer_identity.clone());

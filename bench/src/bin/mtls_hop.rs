@@ -4,7 +4,7 @@
 //! stack's cost; and through the mesh with mTLS and the inbound stack (authorization). Rounds
 //! alternate so machine noise hits all alike.
 //!
-//! `cargo run --release -p bench --bin mtls-hop [-- ROUNDS REQUESTS_PER_ROUND]`
+//! `cargo run --release -p bench --bin mtls-hop [-- ROUNDS REQUESTS_PER_ROUND [ONLY]]`
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -107,18 +107,37 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Requests in a row to one configuration before the next one's turn.
+const BLOCK: usize = 100;
+
+/// Linux's `USER_HZ`, the unit of `/proc/self/stat`'s CPU times.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU time of every thread of this process so far, in ticks.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux's /proc/self/stat");
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
-    let rounds = args.first().copied().unwrap_or(10);
-    let per_round = args.get(1).copied().unwrap_or(2000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| {
+        args.get(i).map_or(default, |a| {
+            a.parse()
+                .expect("ROUNDS and REQUESTS_PER_ROUND are numbers")
+        })
+    };
+    let (rounds, per_round) = (number(0, 10), number(1, 2000));
+    // Only the configurations whose name holds this (e.g. "metrics only", to profile one).
+    let only = args.get(2).cloned();
 
     // Plain: an axum server and a pooled hyper client.
     let plain = Server::bind("plain", "127.0.0.1:0".parse().unwrap())
@@ -163,6 +182,8 @@ async fn main() {
     let (mesh_client, meshd) = mesh_pair(MeshConfig::default(), exported()).await;
     let (ring_client, ring_meshd) = mesh_pair(MeshConfig::default(), ringed()).await;
     let (quiet_client, quiet_meshd) = mesh_pair(MeshConfig::default(), Telemetry::off()).await;
+    let (metrics_client, metrics_meshd) =
+        mesh_pair(MeshConfig::default(), Telemetry::default()).await;
     let disable = mesh::config::parse_file(
         "disable.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: istio-system\nspec:\n  mtls:\n    mode: DISABLE\n",
@@ -200,6 +221,7 @@ async fn main() {
     let clients = [
         ("mesh outbound stack, no TLS", &stack_client),
         ("mesh + mTLS, telemetry off", &quiet_client),
+        ("mesh + mTLS, metrics only", &metrics_client),
         ("mesh + mTLS, metrics+OTLP", &mesh_client),
         ("mesh + mTLS, metrics+ring", &ring_client),
     ];
@@ -212,18 +234,30 @@ async fn main() {
     }
     let mut plain_samples = Vec::new();
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); clients.len()];
-    for _ in 0..rounds {
-        for _ in 0..per_round {
+    // The process's CPU time (every thread: client, server, meshd) while each ran.
+    let mut plain_cpu = 0;
+    let mut cpu = vec![0; clients.len()];
+    // Small blocks, alternating, so the shifts of a shared machine's speed (they come and go
+    // within seconds) fall on every configuration alike.
+    for _ in 0..rounds * per_round / BLOCK {
+        let before = cpu_ticks();
+        for _ in 0..BLOCK {
             let t = Instant::now();
             plain_once().await;
             plain_samples.push(t.elapsed());
         }
-        for (i, (_, client)) in clients.iter().enumerate() {
-            for _ in 0..per_round {
+        plain_cpu += cpu_ticks() - before;
+        for (i, (name, client)) in clients.iter().enumerate() {
+            if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+                continue;
+            }
+            let before = cpu_ticks();
+            for _ in 0..BLOCK {
                 let t = Instant::now();
                 mesh_once(client).await;
                 samples[i].push(t.elapsed());
             }
+            cpu[i] += cpu_ticks() - before;
         }
     }
     plain_samples.sort();
@@ -235,36 +269,60 @@ async fn main() {
         percentile(&plain_samples, 0.99),
     );
     println!(
-        "one hop, {} requests each, {rounds} alternating rounds, kept-alive connections",
+        "one hop, {} requests each, alternating in blocks of {BLOCK}, kept-alive connections",
         plain_samples.len()
     );
+    let cpu_per_request = |ticks: u64| {
+        Duration::from_secs_f64(ticks as f64 / TICKS_PER_SECOND / plain_samples.len() as f64)
+    };
     println!(
-        "{:<30} {:>10} {:>10} {:>10} {:>10}",
-        "", "p50", "p99", "p50 ratio", "p99 ratio"
+        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "", "p50", "p99", "p50 ratio", "p99 ratio", "CPU/req"
     );
-    println!("{:<30} {:>10.1?} {:>10.1?}", "plain hyper", p50, p99);
-    for ((name, _), s) in clients.iter().zip(&samples) {
+    println!(
+        "{:<30} {:>10.1?} {:>10.1?} {:>10} {:>10} {:>10.1?}",
+        "plain hyper",
+        p50,
+        p99,
+        "",
+        "",
+        cpu_per_request(plain_cpu)
+    );
+    for (((name, _), s), ticks) in clients.iter().zip(&samples).zip(&cpu) {
+        if s.is_empty() {
+            continue;
+        }
         let (m50, m99) = (percentile(s, 0.5), percentile(s, 0.99));
         println!(
-            "{:<30} {:>10.1?} {:>10.1?} {:>9.2}x {:>9.2}x",
+            "{:<30} {:>10.1?} {:>10.1?} {:>9.2}x {:>9.2}x {:>10.1?}",
             name,
             m50,
             m99,
             m50.as_secs_f64() / p50.as_secs_f64(),
-            m99.as_secs_f64() / p99.as_secs_f64()
+            m99.as_secs_f64() / p99.as_secs_f64(),
+            cpu_per_request(*ticks)
         );
     }
     let off = &samples[1];
-    for (name, on) in [("spans to OTLP", &samples[2]), ("spans to the ring", &samples[3])] {
+    for (name, on, on_cpu) in [
+        ("metrics only", &samples[2], cpu[2]),
+        ("metrics + spans to OTLP", &samples[3], cpu[3]),
+        ("metrics + spans to the ring", &samples[4], cpu[4]),
+    ] {
+        if on.is_empty() || off.is_empty() {
+            continue;
+        }
         println!(
-            "telemetry cost, {name} (on / off, both with mTLS): p50 {:.2}x, p99 {:.2}x   (goal <= 1.05x p50)",
+            "telemetry cost, {name} (on / off, both with mTLS): p50 {:.2}x, p99 {:.2}x, CPU {:.2}x   (goal <= 1.05x p50)",
             percentile(on, 0.5).as_secs_f64() / percentile(off, 0.5).as_secs_f64(),
-            percentile(on, 0.99).as_secs_f64() / percentile(off, 0.99).as_secs_f64()
+            percentile(on, 0.99).as_secs_f64() / percentile(off, 0.99).as_secs_f64(),
+            on_cpu as f64 / cpu[1] as f64
         );
     }
     println!("goal: ratios <= 1.30x");
     meshd.shutdown().await;
     quiet_meshd.shutdown().await;
     ring_meshd.shutdown().await;
+    metrics_meshd.shutdown().await;
     stack_meshd.shutdown().await;
 }

@@ -1,7 +1,10 @@
 //! meshd's dashboard: a live service graph (who calls whom, how often, how fast, with what
-//! errors, over mTLS or not) and the routing rules in force, with nothing else to install.
-//! meshd scrapes the Istio metrics every registered workload exposes (the URL it registered)
-//! and keeps a short window of samples; the page (`dashboard.html`) polls `/api/graph`.
+//! errors, over mTLS or not), the routing rules in force and the recent traces, with nothing
+//! else to install. meshd scrapes the Istio metrics every registered workload exposes (the URL
+//! it registered) and keeps a short window of samples; beside the metrics it reads the
+//! workload's recent spans (`/debug/spans`, kept when no OTLP endpoint takes them) and joins
+//! them into traces across workloads. The page (`dashboard.html`) polls `/api/graph` and
+//! `/api/traces`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,11 +20,16 @@ use tokio::time::Instant;
 
 use super::server::ControlPlane;
 use crate::Client;
+use crate::telemetry::spans::RecentSpan;
 
 /// How often workloads are scraped.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
 /// The window rates and latencies are computed over.
 pub const WINDOW: Duration = Duration::from_secs(30);
+/// Spans the dashboard keeps, newest first, across all workloads.
+pub const KEPT_SPANS: usize = 4096;
+/// Traces `/api/traces` shows.
+pub const SHOWN_TRACES: usize = 20;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -47,6 +55,8 @@ struct Samples {
 pub struct Dashboard {
     plane: ControlPlane,
     samples: Arc<Mutex<Samples>>,
+    /// The spans read from the workloads, by span id.
+    spans: Arc<Mutex<HashMap<String, RecentSpan>>>,
 }
 
 impl Dashboard {
@@ -54,6 +64,7 @@ impl Dashboard {
         Self {
             plane,
             samples: Arc::default(),
+            spans: Arc::default(),
         }
     }
 
@@ -62,6 +73,7 @@ impl Dashboard {
         Router::new()
             .route("/", get(|| async { Html(PAGE) }))
             .route("/api/graph", get(graph))
+            .route("/api/traces", get(traces))
             .with_state(self)
     }
 
@@ -82,6 +94,27 @@ impl Dashboard {
                     Err(e) => tracing::debug!("scraping {url}: {e}"),
                 }
             }
+            let mut spans = Vec::new();
+            for url in self.plane.metrics_urls() {
+                let Some(admin) = url.strip_suffix("/stats/prometheus") else {
+                    continue;
+                };
+                let url = format!("{admin}{}", crate::telemetry::SPANS_PATH);
+                match client
+                    .get(&url, HeaderMap::new(), Duration::from_secs(2))
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        match serde_json::from_slice::<Vec<RecentSpan>>(r.body()) {
+                            Ok(s) => spans.extend(s),
+                            Err(e) => tracing::debug!("reading {url}: {e}"),
+                        }
+                    }
+                    Ok(r) => tracing::debug!("reading {url}: {}", r.status()),
+                    Err(e) => tracing::debug!("reading {url}: {e}"),
+                }
+            }
+            self.keep_spans(spans);
             {
                 let mut samples = self.samples.lock().expect("samples lock is never poisoned");
                 let now = Instant::now();
@@ -94,6 +127,25 @@ impl Dashboard {
             }
             tokio::time::sleep(SCRAPE_INTERVAL).await;
         }
+    }
+
+    fn keep_spans(&self, new: Vec<RecentSpan>) {
+        let mut spans = self.spans.lock().expect("spans lock is never poisoned");
+        for span in new {
+            spans.insert(span.span_id.clone(), span);
+        }
+        if spans.len() > KEPT_SPANS {
+            let mut ends: Vec<u64> = spans.values().map(|s| s.start_us + s.duration_us).collect();
+            ends.sort_unstable_by(|a, b| b.cmp(a));
+            let oldest_kept = ends[KEPT_SPANS - 1];
+            spans.retain(|_, s| s.start_us + s.duration_us >= oldest_kept);
+        }
+    }
+
+    /// The newest [`SHOWN_TRACES`] traces, each a tree of spans in start order.
+    fn traces(&self) -> Value {
+        let spans = self.spans.lock().expect("spans lock is never poisoned");
+        json!({ "traces": assemble(spans.values(), SHOWN_TRACES) })
     }
 
     fn graph(&self) -> Value {
@@ -193,6 +245,75 @@ impl Dashboard {
 
 async fn graph(State(dashboard): State<Dashboard>) -> Response {
     axum::Json(dashboard.graph()).into_response()
+}
+
+async fn traces(State(dashboard): State<Dashboard>) -> Response {
+    axum::Json(dashboard.traces()).into_response()
+}
+
+/// Groups `spans` into traces, newest first, at most `limit`: each with its root (the span
+/// whose parent is not among them), its services and its spans depth-first in start order,
+/// times relative to the trace's start.
+fn assemble<'a>(spans: impl Iterator<Item = &'a RecentSpan>, limit: usize) -> Vec<Value> {
+    let mut by_trace: HashMap<&str, Vec<&RecentSpan>> = HashMap::new();
+    for span in spans {
+        by_trace.entry(&span.trace_id).or_default().push(span);
+    }
+    let end = |s: &RecentSpan| s.start_us + s.duration_us;
+    let mut traces: Vec<(u64, Vec<&RecentSpan>)> = by_trace
+        .into_values()
+        .map(|spans| (spans.iter().map(|s| end(s)).max().unwrap_or(0), spans))
+        .collect();
+    traces.sort_by_key(|t| std::cmp::Reverse(t.0));
+    traces
+        .into_iter()
+        .take(limit)
+        .map(|(last_end, mut spans)| {
+            spans.sort_by_key(|s| s.start_us);
+            let start = spans.first().map_or(0, |s| s.start_us);
+            let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+            let is_root = |s: &RecentSpan| !ids.contains(s.parent_span_id.as_str());
+            let mut ordered = Vec::with_capacity(spans.len());
+            let mut stack: Vec<(&RecentSpan, usize)> = spans
+                .iter()
+                .filter(|s| is_root(s))
+                .rev()
+                .map(|s| (*s, 0))
+                .collect();
+            while let Some((span, depth)) = stack.pop() {
+                ordered.push((span, depth));
+                stack.extend(
+                    spans
+                        .iter()
+                        .filter(|c| c.parent_span_id == span.span_id)
+                        .rev()
+                        .map(|c| (*c, depth + 1)),
+                );
+            }
+            let root = spans.iter().find(|s| is_root(s)).copied();
+            let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+            json!({
+                "trace_id": spans[0].trace_id,
+                "root": root.map(|r| format!("{}: {}", r.service, r.name)),
+                "start_us": start,
+                "duration_us": last_end - start,
+                "services": services,
+                "error": spans.iter().any(|s| s.error),
+                "spans": ordered.iter().map(|(s, depth)| json!({
+                    "span_id": s.span_id,
+                    "service": s.service,
+                    "name": s.name,
+                    "kind": s.kind,
+                    "depth": depth,
+                    "offset_us": s.start_us - start,
+                    "duration_us": s.duration_us,
+                    "error": s.error,
+                    "status": s.attributes.get("http.response.status_code"),
+                    "flags": s.attributes.get("mesh.response_flags"),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
 }
 
 /// A line per VirtualService rule: its match and where it sends traffic.
@@ -378,6 +499,72 @@ istio_request_duration_milliseconds_bucket{reporter="source",source_workload="pr
             totals.len(),
             1,
             "destination-reported series are not edges twice"
+        );
+    }
+
+    fn span(
+        trace: &str,
+        id: &str,
+        parent: &str,
+        service: &str,
+        start: u64,
+        dur: u64,
+    ) -> RecentSpan {
+        RecentSpan {
+            trace_id: trace.into(),
+            span_id: id.into(),
+            parent_span_id: parent.into(),
+            service: service.into(),
+            name: format!("GET {service}"),
+            kind: "server".into(),
+            start_us: start,
+            duration_us: dur,
+            error: service == "ratings",
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn spans_from_several_workloads_join_into_trees_newest_trace_first() {
+        let spans = [
+            span("t1", "c", "b", "reviews", 1_030, 40),
+            span("t1", "a", "client", "istio-ingressgateway", 1_000, 100),
+            span("t1", "d", "c", "ratings", 1_040, 10),
+            span("t1", "b", "a", "productpage", 1_010, 80),
+            span("t1", "e", "b", "details", 1_015, 5),
+            span("t2", "x", "", "productpage", 5_000, 10),
+            span("t0", "y", "", "productpage", 10, 10),
+        ];
+        let traces = assemble(spans.iter(), 2);
+        assert_eq!(traces.len(), 2, "the limit");
+        assert_eq!(traces[0]["trace_id"], "t2");
+        let t1 = &traces[1];
+        assert_eq!(t1["root"], "istio-ingressgateway: GET istio-ingressgateway");
+        assert_eq!(t1["duration_us"], 100);
+        assert_eq!(t1["error"], true);
+        let order: Vec<(String, u64, u64)> = t1["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["service"].as_str().unwrap().to_owned(),
+                    s["depth"].as_u64().unwrap(),
+                    s["offset_us"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("istio-ingressgateway", 0, 0),
+            ("productpage", 1, 10),
+            ("details", 2, 15),
+            ("reviews", 2, 30),
+            ("ratings", 3, 40),
+        ];
+        assert_eq!(
+            order,
+            expected.map(|(s, d, o)| (s.to_owned(), d, o)).to_vec(),
+            "depth-first, children in start order"
         );
     }
 }

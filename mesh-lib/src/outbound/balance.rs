@@ -191,14 +191,17 @@ where
             if let (Some(attempt), Some(e)) = (req.extensions().get::<Attempt>(), &endpoint) {
                 attempt.set_endpoint(e.clone());
             }
-            let span = observed.and_then(|m| m.telemetry().tracing.as_ref()).map(|t| {
-                let mut headers = std::mem::take(req.headers_mut());
-                let span = t.start(opentelemetry::trace::SpanKind::Client, &mut headers, || {
-                    client_span(&req, &logical, addr, endpoint.as_ref())
+            let span = observed
+                .and_then(|m| m.telemetry().tracing.as_ref())
+                .map(|t| {
+                    let mut headers = std::mem::take(req.headers_mut());
+                    let span =
+                        t.start(opentelemetry::trace::SpanKind::Client, &mut headers, || {
+                            client_span(&req, &logical, addr, endpoint.as_ref())
+                        });
+                    *req.headers_mut() = headers;
+                    span
                 });
-                *req.headers_mut() = headers;
-                span
-            });
             health.start(addr);
             let result = inner.call(req).await.map_err(Into::into);
             if let Some(span) = span {
@@ -328,6 +331,37 @@ fn route_to<B>(req: &mut Request<B>, logical: &str, addr: SocketAddr) {
     *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
 }
 
+/// A client span's name and attributes (OpenTelemetry's HTTP conventions, plus the mesh's
+/// destination).
+fn client_span<B>(
+    req: &Request<B>,
+    logical: &str,
+    addr: SocketAddr,
+    endpoint: Option<&crate::control::Endpoint>,
+) -> (std::borrow::Cow<'static, str>, Vec<opentelemetry::KeyValue>) {
+    use opentelemetry::KeyValue;
+    let attributes = vec![
+        KeyValue::new(
+            "http.request.method",
+            crate::telemetry::tracing::method_value(req.method()),
+        ),
+        KeyValue::new("url.path", req.uri().path().to_owned()),
+        KeyValue::new("server.address", addr.ip().to_string()),
+        KeyValue::new("server.port", i64::from(addr.port())),
+        KeyValue::new(
+            "mesh.destination.workload",
+            endpoint.map_or(String::new(), |e| {
+                crate::telemetry::WorkloadName::from_labels(&e.service, &e.labels).workload
+            }),
+        ),
+        KeyValue::new(
+            "mesh.destination.service",
+            endpoint.map_or(String::new(), |e| e.service.clone()),
+        ),
+    ];
+    (format!("{} {logical}", req.method()).into(), attributes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,35 +441,4 @@ mod tests {
         assert_eq!(uri, "http://details:9080/details/0");
         assert_eq!(host, "");
     }
-}
-
-/// A client span's name and attributes (OpenTelemetry's HTTP conventions, plus the mesh's
-/// destination).
-fn client_span<B>(
-    req: &Request<B>,
-    logical: &str,
-    addr: SocketAddr,
-    endpoint: Option<&crate::control::Endpoint>,
-) -> (std::borrow::Cow<'static, str>, Vec<opentelemetry::KeyValue>) {
-    use opentelemetry::KeyValue;
-    let attributes = vec![
-        KeyValue::new(
-            "http.request.method",
-            crate::telemetry::tracing::method_value(req.method()),
-        ),
-        KeyValue::new("url.path", req.uri().path().to_owned()),
-        KeyValue::new("server.address", addr.ip().to_string()),
-        KeyValue::new("server.port", i64::from(addr.port())),
-        KeyValue::new(
-            "mesh.destination.workload",
-            endpoint.map_or(String::new(), |e| {
-                crate::telemetry::WorkloadName::from_labels(&e.service, &e.labels).workload
-            }),
-        ),
-        KeyValue::new(
-            "mesh.destination.service",
-            endpoint.map_or(String::new(), |e| e.service.clone()),
-        ),
-    ];
-    (format!("{} {logical}", req.method()).into(), attributes)
 }

@@ -54,13 +54,10 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
         *request.headers_mut() = headers;
         span
     });
-    let source = peer.as_ref().and_then(|_| {
-        request
-            .headers()
-            .get(PEER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(WorkloadName::parse_header)
-    });
+    // Who the peer says it is, trusted only over mTLS; parsed when its series is first made.
+    let peer_header = peer
+        .as_ref()
+        .and_then(|_| request.headers().get(PEER_HEADER).cloned());
     let request_bytes = request.body().size_hint().exact();
     // What only the access log needs, taken before the request moves on.
     let logged = mesh.telemetry().access_log.enabled().then(|| {
@@ -90,7 +87,6 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
     let response_bytes = response.body().size_hint().exact();
     let me = mesh.workload_name();
     let id = mesh.identity();
-    let source = source.unwrap_or_default();
     let telemetry = mesh.telemetry();
     if telemetry.record_metrics {
         let unknown = |s: &str| {
@@ -101,45 +97,59 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
             }
         };
         // The label set is a function of these (the launcher's workloads share one registry).
-        let key = format!(
-            "d|{}|{}|{}|{}|{}|{}",
-            me.workload,
-            source.workload,
-            source.app,
-            source.version,
-            peer.as_ref().map_or(String::new(), |p| p.to_string()),
-            response.status().as_u16()
-        );
-        let labels = || IstioLabels {
-            reporter: "destination".into(),
-            source_workload: unknown(&source.workload),
-            source_workload_namespace: peer
+        let none = String::new();
+        let (trust_domain, namespace, account) = peer.as_ref().map_or((&none, &none, &none), |p| {
+            (&p.trust_domain, &p.namespace, &p.service_account)
+        });
+        let key = super::metrics::series_key(&[
+            "d",
+            &me.workload,
+            peer_header
                 .as_ref()
-                .map_or("unknown".into(), |p| p.namespace.clone()),
-            source_principal: peer.as_ref().map_or("unknown".into(), |p| p.to_string()),
-            source_app: unknown(&source.app),
-            source_version: unknown(&source.version),
-            destination_workload: me.workload.clone(),
-            destination_workload_namespace: id.namespace.clone(),
-            destination_principal: id.to_string(),
-            destination_app: me.app.clone(),
-            destination_version: me.version.clone(),
-            destination_service: format!(
-                "{}.{}.svc.{}",
-                mesh.service(),
-                id.namespace,
-                id.trust_domain
-            ),
-            destination_service_name: mesh.service().to_owned(),
-            destination_service_namespace: id.namespace.clone(),
-            request_protocol: "http".into(),
-            response_code: response.status().as_u16().to_string(),
-            response_flags: "-".into(),
-            connection_security_policy: if peer.is_some() {
-                "mutual_tls".into()
-            } else {
-                "none".into()
-            },
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            trust_domain,
+            namespace,
+            account,
+            response.status().as_str(),
+        ]);
+        let labels = || {
+            let source = peer_header
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(WorkloadName::parse_header)
+                .unwrap_or_default();
+            IstioLabels {
+                reporter: "destination".into(),
+                source_workload: unknown(&source.workload),
+                source_workload_namespace: peer
+                    .as_ref()
+                    .map_or("unknown".into(), |p| p.namespace.clone()),
+                source_principal: peer.as_ref().map_or("unknown".into(), |p| p.to_string()),
+                source_app: unknown(&source.app),
+                source_version: unknown(&source.version),
+                destination_workload: me.workload.clone(),
+                destination_workload_namespace: id.namespace.clone(),
+                destination_principal: id.to_string(),
+                destination_app: me.app.clone(),
+                destination_version: me.version.clone(),
+                destination_service: format!(
+                    "{}.{}.svc.{}",
+                    mesh.service(),
+                    id.namespace,
+                    id.trust_domain
+                ),
+                destination_service_name: mesh.service().to_owned(),
+                destination_service_namespace: id.namespace.clone(),
+                request_protocol: "http".into(),
+                response_code: response.status().as_u16().to_string(),
+                response_flags: "-".into(),
+                connection_security_policy: if peer.is_some() {
+                    "mutual_tls".into()
+                } else {
+                    "none".into()
+                },
+            }
         };
         telemetry
             .metrics

@@ -105,17 +105,27 @@ pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome
     if let Some(f) = local_flag {
         flags.push(f);
     }
-    // The label set is a function of these (the launcher's workloads share one registry).
-    let key = format!(
-        "s|{}|{}|{}|{}|{}",
-        me.workload,
-        info.endpoint
-            .as_ref()
-            .map_or(String::new(), |e| e.addr.to_string()),
+    // The label set is a function of these (the launcher's workloads share one registry): the
+    // destination by what names it, not by its address, which a later workload may reuse.
+    let code = http::StatusCode::from_u16(status).ok();
+    let mut parts: Vec<&str> = vec![
+        "s",
+        &me.workload,
         service,
-        status,
-        flags.join(",")
-    );
+        code.as_ref().map_or("0", |c| c.as_str()),
+    ];
+    if let Some(e) = &info.endpoint {
+        parts.extend([
+            e.labels.get("app").map_or("", String::as_str),
+            e.labels.get("version").map_or("", String::as_str),
+            &e.namespace,
+            &e.identity.trust_domain,
+            &e.identity.namespace,
+            &e.identity.service_account,
+        ]);
+    }
+    parts.extend(flags.iter().copied());
+    let key = super::metrics::series_key(&parts);
     let labels = || {
         let (dest, dest_ns, dest_principal) = match &info.endpoint {
             Some(e) => (

@@ -54,9 +54,14 @@ impl QueueConfig {
         let number = |name: &str, default: usize| -> Result<usize, TracingError> {
             match vars.get(name).filter(|v| !v.is_empty()) {
                 None => Ok(default),
-                Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    TracingError::new(format!("{name}={v:?} is not a positive whole number"))
-                }),
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        TracingError::new(format!("{name}={v:?} is not a positive whole number"))
+                    }),
             }
         };
         let config = Self {
@@ -132,7 +137,11 @@ impl ExportQueue {
     }
 
     pub(crate) fn push(&self, span: SpanData) {
-        let mut spans = self.shared.spans.lock().expect("span queue is never poisoned");
+        let mut spans = self
+            .shared
+            .spans
+            .lock()
+            .expect("span queue is never poisoned");
         if spans.len() >= self.shared.config.max_queue_size {
             drop(spans);
             self.shared.queue_full.inc();
@@ -405,7 +414,11 @@ mod tests {
         assert_eq!(*recorder.batches.lock().unwrap(), vec![4, 4, 2]);
         queue.push(span(13));
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert_eq!(recorder.batches.lock().unwrap().len(), 3, "waits for the delay");
+        assert_eq!(
+            recorder.batches.lock().unwrap().len(),
+            3,
+            "waits for the delay"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(*recorder.batches.lock().unwrap(), vec![4, 4, 2, 1]);
         assert!(

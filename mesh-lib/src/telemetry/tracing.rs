@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
@@ -187,7 +189,13 @@ impl Tracing {
         let trace_id = parent.map_or_else(|| TraceId::from(fastrand::u128(1..)), |p| p.trace_id);
         let span_id = SpanId::from(fastrand::u64(1..));
         let sampled = self.inner.sampler.sample(parent.as_ref(), trace_id);
-        inject(headers, trace_id, span_id, sampled, kind == SpanKind::Client);
+        inject(
+            headers,
+            trace_id,
+            span_id,
+            sampled,
+            kind == SpanKind::Client,
+        );
         if !sampled {
             return SpanGuard { open: None };
         }
@@ -228,7 +236,9 @@ pub const EXIT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// Exports the last spans at exit, waiting at most [`EXIT_FLUSH_TIMEOUT`] for the collector.
 pub async fn flush_at_exit(tracing: Option<&Tracing>) {
     if let Some(t) = tracing
-        && tokio::time::timeout(EXIT_FLUSH_TIMEOUT, t.flush()).await.is_err()
+        && tokio::time::timeout(EXIT_FLUSH_TIMEOUT, t.flush())
+            .await
+            .is_err()
     {
         ::tracing::warn!("the last spans were not exported within {EXIT_FLUSH_TIMEOUT:?}");
     }
@@ -318,7 +328,9 @@ impl SpanGuard {
 
 impl Drop for SpanGuard {
     fn drop(&mut self) {
-        self.end(0, vec![KeyValue::new("mesh.response_flags", "DC")]);
+        if self.open.is_some() {
+            self.end(0, vec![KeyValue::new("mesh.response_flags", "DC")]);
+        }
     }
 }
 
@@ -350,7 +362,10 @@ impl Sampler {
     /// `parentbased_always_on` (default), `parentbased_always_off`,
     /// `parentbased_traceidratio`) with `OTEL_TRACES_SAMPLER_ARG`, the ratio (default 1.0).
     pub fn from_env(vars: &impl Vars) -> Result<Self, TracingError> {
-        let ratio = || match vars.get("OTEL_TRACES_SAMPLER_ARG").filter(|a| !a.is_empty()) {
+        let ratio = || match vars
+            .get("OTEL_TRACES_SAMPLER_ARG")
+            .filter(|a| !a.is_empty())
+        {
             None => Ok(1.0),
             Some(a) => a
                 .trim()
@@ -432,7 +447,8 @@ fn extract(headers: &HeaderMap) -> Option<Parent> {
 /// `version-traceid-spanid-flags` (W3C Trace Context); later versions may append fields.
 fn parse_traceparent(value: &str) -> Option<Parent> {
     let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
     if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
@@ -453,20 +469,33 @@ fn parse_traceparent(value: &str) -> Option<Parent> {
 /// Writes the span's context: `traceparent` always, B3 too when `b3` (client spans, for
 /// upstreams that only speak Zipkin's headers).
 fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, sampled: bool, b3: bool) {
-    let value = |s: String| HeaderValue::try_from(s).expect("hex digits are a valid header");
-    let flag = if sampled { "01" } else { "00" };
-    headers.insert(
-        TRACEPARENT,
-        value(format!("00-{trace_id}-{span_id}-{flag}")),
-    );
+    // Hex by hand: `format!` of a u128 is most of what propagation would otherwise cost.
+    let trace = u128::from_be_bytes(trace_id.to_bytes());
+    let span = u64::from_be_bytes(span_id.to_bytes());
+    let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(&mut traceparent[3..35], trace);
+    hex(&mut traceparent[36..52], u128::from(span));
+    traceparent[54] = if sampled { b'1' } else { b'0' };
+    let value =
+        |bytes: &[u8]| HeaderValue::from_bytes(bytes).expect("hex digits are a valid header");
+    headers.insert(TRACEPARENT, value(&traceparent));
     if b3 {
-        headers.insert(B3_TRACE_ID, value(trace_id.to_string()));
-        headers.insert(B3_SPAN_ID, value(span_id.to_string()));
+        headers.insert(B3_TRACE_ID, value(&traceparent[3..35]));
+        headers.insert(B3_SPAN_ID, value(&traceparent[36..52]));
         headers.insert(
             B3_SAMPLED,
             HeaderValue::from_static(if sampled { "1" } else { "0" }),
         );
         headers.remove(B3_PARENT_SPAN_ID);
+    }
+}
+
+/// Writes `value`'s low `out.len()` hex digits into `out`, lowercase, zero-padded.
+fn hex(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in out.iter_mut().rev() {
+        *byte = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -544,10 +573,16 @@ mod tests {
             ("x-b3-parentspanid", "1111111111111111"),
         ]);
         let span = tracing.start(SpanKind::Client, &mut h, || {
-            ("GET ratings:9080".into(), vec![KeyValue::new("url.path", "/ratings/0")])
+            (
+                "GET ratings:9080".into(),
+                vec![KeyValue::new("url.path", "/ratings/0")],
+            )
         });
         let tp = h["traceparent"].to_str().unwrap().to_owned();
-        assert!(tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{tp}");
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
         assert!(tp.ends_with("-01"), "{tp}");
         let span_id = &tp[36..52];
         assert_ne!(span_id, "b7ad6b7169203331");
@@ -555,7 +590,10 @@ mod tests {
         assert_eq!(h["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(h["x-b3-sampled"], "1");
         assert!(h.get("x-b3-parentspanid").is_none());
-        assert_eq!(h["tracestate"], "vendor=opaque", "tracestate passes through");
+        assert_eq!(
+            h["tracestate"], "vendor=opaque",
+            "tracestate passes through"
+        );
         span.finish(503, Vec::new());
         let recent = ring.recent();
         assert_eq!(recent.len(), 1);
@@ -604,9 +642,16 @@ mod tests {
             sampled: true,
         };
         let off = parse("parentbased_always_off", "").unwrap();
-        assert!(off.sample(Some(&parent), parent.trace_id), "the parent decides");
+        assert!(
+            off.sample(Some(&parent), parent.trace_id),
+            "the parent decides"
+        );
         assert!(!off.sample(None, parent.trace_id));
-        assert!(!parse("always_off", "").unwrap().sample(Some(&parent), parent.trace_id));
+        assert!(
+            !parse("always_off", "")
+                .unwrap()
+                .sample(Some(&parent), parent.trace_id)
+        );
         // A quarter of random trace ids, give or take.
         let quarter = parse("traceidratio", "0.25").unwrap();
         let kept = (0..4000)
@@ -616,6 +661,9 @@ mod tests {
         let e = parse("traceidratio", "2").unwrap_err().to_string();
         assert!(e.contains("OTEL_TRACES_SAMPLER_ARG=\"2\""), "{e}");
         let e = parse("jaeger_remote", "").unwrap_err().to_string();
-        assert!(e.contains("unsupported OTEL_TRACES_SAMPLER \"jaeger_remote\""), "{e}");
+        assert!(
+            e.contains("unsupported OTEL_TRACES_SAMPLER \"jaeger_remote\""),
+            "{e}"
+        );
     }
 }
