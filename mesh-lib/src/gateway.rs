@@ -122,18 +122,12 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
     let span = gw.mesh.telemetry().tracing.as_ref().map(|t| {
         let (method, uri, headers) = (&parts.method, &parts.uri, &mut parts.headers);
         t.start(opentelemetry::trace::SpanKind::Server, headers, || {
-            let attributes = vec![
-                opentelemetry::KeyValue::new(
-                    "http.request.method",
-                    crate::telemetry::tracing::method_value(method),
-                ),
-                opentelemetry::KeyValue::new("url.path", uri.path().to_owned()),
-                opentelemetry::KeyValue::new(
-                    "mesh.workload",
-                    gw.mesh.workload_name().workload.clone(),
-                ),
-            ];
-            (format!("{method} {}", uri.path()).into(), attributes)
+            crate::telemetry::tracing::SpanInfo::Server {
+                method: method.clone(),
+                uri: uri.clone(),
+                workload: gw.mesh.workload_name().workload.clone(),
+                peer: None,
+            }
         })
     });
     let sent = gw
@@ -144,7 +138,7 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         )
         .await;
     if let Some(span) = span {
-        span.finish(sent.as_ref().map_or(0, |r| r.status().as_u16()), Vec::new());
+        span.finish(sent.as_ref().map_or(0, |r| r.status().as_u16()), None);
     }
     match sent {
         Ok(response) => {

@@ -197,7 +197,13 @@ where
                     let mut headers = std::mem::take(req.headers_mut());
                     let span =
                         t.start(opentelemetry::trace::SpanKind::Client, &mut headers, || {
-                            client_span(&req, &logical, addr, endpoint.as_ref())
+                            crate::telemetry::tracing::SpanInfo::Client {
+                                method: req.method().clone(),
+                                uri: req.uri().clone(),
+                                authority: logical.clone(),
+                                addr,
+                                endpoint,
+                            }
                         });
                     *req.headers_mut() = headers;
                     span
@@ -206,20 +212,12 @@ where
             let result = inner.call(req).await.map_err(Into::into);
             if let Some(span) = span {
                 let status = result.as_ref().map_or(0, |r| r.status().as_u16());
-                let flags = match &result {
-                    Err(e) => vec![opentelemetry::KeyValue::new(
-                        "mesh.response_flags",
-                        crate::outbound::rescue::flag(e),
-                    )],
-                    Ok(_) => Vec::new(),
-                };
-                span.finish(status, flags);
+                let flag = result.as_ref().err().map(crate::outbound::rescue::flag);
+                span.finish(status, flag);
             }
-            let service = mesh
-                .as_ref()
-                .and_then(|m| m.snapshot().endpoint_at(addr).map(|e| e.service.clone()));
             if health.finish(addr, classify(&result), outlier.as_ref(), &peers)
-                && let (Some(mesh), Some(service)) = (&mesh, service)
+                && let Some(mesh) = &mesh
+                && let Some(service) = mesh.snapshot().endpoint_at(addr).map(|e| e.service.clone())
             {
                 let edge = crate::telemetry::metrics::EdgeLabels {
                     source_workload: mesh.workload_name().workload.clone(),
@@ -329,37 +327,6 @@ fn route_to<B>(req: &mut Request<B>, logical: &str, addr: SocketAddr) {
             .expect("a socket address is a valid authority"),
     );
     *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");
-}
-
-/// A client span's name and attributes (OpenTelemetry's HTTP conventions, plus the mesh's
-/// destination).
-fn client_span<B>(
-    req: &Request<B>,
-    logical: &str,
-    addr: SocketAddr,
-    endpoint: Option<&crate::control::Endpoint>,
-) -> (std::borrow::Cow<'static, str>, Vec<opentelemetry::KeyValue>) {
-    use opentelemetry::KeyValue;
-    let attributes = vec![
-        KeyValue::new(
-            "http.request.method",
-            crate::telemetry::tracing::method_value(req.method()),
-        ),
-        KeyValue::new("url.path", req.uri().path().to_owned()),
-        KeyValue::new("server.address", addr.ip().to_string()),
-        KeyValue::new("server.port", i64::from(addr.port())),
-        KeyValue::new(
-            "mesh.destination.workload",
-            endpoint.map_or(String::new(), |e| {
-                crate::telemetry::WorkloadName::from_labels(&e.service, &e.labels).workload
-            }),
-        ),
-        KeyValue::new(
-            "mesh.destination.service",
-            endpoint.map_or(String::new(), |e| e.service.clone()),
-        ),
-    ];
-    (format!("{} {logical}", req.method()).into(), attributes)
 }
 
 #[cfg(test)]

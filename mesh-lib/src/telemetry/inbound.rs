@@ -8,13 +8,12 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::header;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
 
 use super::access_log::Entry;
 use super::metrics::IstioLabels;
-use super::tracing::method_value;
+use super::tracing::SpanInfo;
 use super::{PEER_HEADER, WorkloadName};
 use crate::dataplane::{Mesh, PeerIdentity};
 
@@ -36,20 +35,13 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
         .get::<PeerIdentity>()
         .and_then(|p| p.0.clone());
     let span = mesh.telemetry().tracing.as_ref().map(|t| {
-        // The headers out of the request for a moment, so describing the span can read it.
+        // The headers out of the request for a moment, so what the span is about can be read.
         let mut headers = std::mem::take(request.headers_mut());
-        let span = t.start(SpanKind::Server, &mut headers, || {
-            let (method, path) = (request.method(), request.uri().path());
-            let attributes = vec![
-                KeyValue::new("http.request.method", method_value(method)),
-                KeyValue::new("url.path", path.to_owned()),
-                KeyValue::new("mesh.workload", mesh.workload_name().workload.clone()),
-                KeyValue::new(
-                    "mesh.peer.principal",
-                    peer.as_ref().map_or(String::new(), |p| p.principal()),
-                ),
-            ];
-            (format!("{method} {path}").into(), attributes)
+        let span = t.start(SpanKind::Server, &mut headers, || SpanInfo::Server {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            workload: mesh.workload_name().workload.clone(),
+            peer: peer.clone(),
         });
         *request.headers_mut() = headers;
         span
@@ -81,7 +73,7 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
     });
     let response = next.run(request).await;
     if let Some(span) = span {
-        span.finish(response.status().as_u16(), Vec::new());
+        span.finish(response.status().as_u16(), None);
     }
     let millis = start.elapsed().as_secs_f64() * 1000.0;
     let response_bytes = response.body().size_hint().exact();

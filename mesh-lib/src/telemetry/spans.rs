@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::metrics::MeshMetrics;
-use super::tracing::TracingError;
+use super::tracing::{FinishedSpan, TracingError};
 use crate::env::Vars;
 
 /// Spans waiting for export at most (`OTEL_BSP_MAX_QUEUE_SIZE`).
@@ -86,7 +86,7 @@ impl QueueConfig {
 /// The export queue's side that requests touch.
 #[derive(Debug)]
 struct Shared {
-    spans: Mutex<Vec<SpanData>>,
+    spans: Mutex<Vec<FinishedSpan>>,
     batch_ready: Notify,
     config: QueueConfig,
     exported: Counter,
@@ -136,7 +136,7 @@ impl ExportQueue {
         Self { shared, flushes }
     }
 
-    pub(crate) fn push(&self, span: SpanData) {
+    pub(crate) fn push(&self, span: FinishedSpan) {
         let mut spans = self
             .shared
             .spans
@@ -198,11 +198,16 @@ async fn export_queued<E: SpanExporter>(
     failing: &mut bool,
 ) {
     loop {
-        let batch: Vec<SpanData> = {
+        let finished: Vec<FinishedSpan> = {
             let mut spans = shared.spans.lock().expect("span queue is never poisoned");
             let n = spans.len().min(shared.config.max_export_batch_size);
             spans.drain(..n).collect()
         };
+        // Named and described here, off the requests' path.
+        let batch: Vec<SpanData> = finished
+            .into_iter()
+            .map(FinishedSpan::into_span_data)
+            .collect();
         if batch.is_empty() {
             return;
         }
@@ -231,7 +236,7 @@ async fn export_queued<E: SpanExporter>(
 /// The most recent finished spans of a process, oldest first.
 #[derive(Debug)]
 pub struct SpanRing {
-    spans: Mutex<VecDeque<(Arc<str>, SpanData)>>,
+    spans: Mutex<VecDeque<(Arc<str>, FinishedSpan)>>,
     capacity: usize,
 }
 
@@ -249,7 +254,7 @@ impl SpanRing {
         }
     }
 
-    pub(crate) fn push(&self, service: &Arc<str>, span: SpanData) {
+    pub(crate) fn push(&self, service: &Arc<str>, span: FinishedSpan) {
         let mut spans = self.spans.lock().expect("span ring is never poisoned");
         if spans.len() == self.capacity {
             spans.pop_front();
@@ -259,10 +264,16 @@ impl SpanRing {
 
     /// The spans in the ring, oldest first.
     pub fn recent(&self) -> Vec<RecentSpan> {
-        let spans = self.spans.lock().expect("span ring is never poisoned");
-        spans
+        let spans: Vec<(Arc<str>, FinishedSpan)> = self
+            .spans
+            .lock()
+            .expect("span ring is never poisoned")
             .iter()
-            .map(|(service, span)| RecentSpan::new(service, span))
+            .cloned()
+            .collect();
+        spans
+            .into_iter()
+            .map(|(service, span)| RecentSpan::new(&service, &span.into_span_data()))
             .collect()
     }
 }
@@ -326,37 +337,28 @@ impl RecentSpan {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
-    use opentelemetry::trace::{SpanContext, TraceFlags, TraceId, TraceState};
-    use opentelemetry::{InstrumentationScope, KeyValue};
+    use opentelemetry::trace::TraceId;
     use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
 
     use super::*;
+    use crate::telemetry::tracing::SpanInfo;
 
-    fn span(n: u64) -> SpanData {
+    fn span(n: u64) -> FinishedSpan {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(7u128),
-                SpanId::from(n),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
+        FinishedSpan {
+            trace_id: TraceId::from(7u128),
+            span_id: SpanId::from(n),
             parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Server,
-            name: Cow::Borrowed("GET"),
-            start_time: start,
-            end_time: start + Duration::from_micros(1500),
-            attributes: vec![KeyValue::new("http.response.status_code", 503)],
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::error("status 503"),
-            instrumentation_scope: InstrumentationScope::builder("test").build(),
+            start,
+            end: start + Duration::from_micros(1500),
+            status: 503,
+            flag: None,
+            info: SpanInfo::Server {
+                method: http::Method::GET,
+                uri: "/ratings/0".parse().unwrap(),
+                workload: "ratings-v1".into(),
+                peer: None,
+            },
         }
     }
 
@@ -473,7 +475,9 @@ mod tests {
             ("ratings", "server", 1500, true)
         );
         assert_eq!(s.parent_span_id, "");
+        assert_eq!(s.name, "GET /ratings/0");
         assert_eq!(s.attributes["http.response.status_code"], "503");
+        assert_eq!(s.attributes["mesh.workload"], "ratings-v1");
     }
 
     #[test]

@@ -43,7 +43,6 @@ pub struct Tracing {
 struct Inner {
     sampler: Sampler,
     sink: Sink,
-    scope: InstrumentationScope,
 }
 
 #[derive(Debug)]
@@ -159,13 +158,7 @@ impl Tracing {
 
     fn with_sink(sink: Sink, sampler: Sampler) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                sampler,
-                sink,
-                scope: InstrumentationScope::builder("bookinfo-mesh")
-                    .with_version(env!("CARGO_PKG_VERSION"))
-                    .build(),
-            }),
+            inner: Arc::new(Inner { sampler, sink }),
         }
     }
 
@@ -177,13 +170,13 @@ impl Tracing {
     }
 
     /// Starts a span of `kind` whose parent is the context in `headers`, and writes the new
-    /// span's context back into them (W3C, and B3 for client spans). `describe` names the span
-    /// and gives its attributes; it runs only when the span is sampled.
+    /// span's context back into them (W3C, and B3 for client spans). `info` says what the span
+    /// is about; an unsampled span only propagates, and never asks.
     pub fn start(
         &self,
         kind: SpanKind,
         headers: &mut HeaderMap,
-        describe: impl FnOnce() -> (Cow<'static, str>, Vec<KeyValue>),
+        info: impl FnOnce() -> SpanInfo,
     ) -> SpanGuard {
         let parent = extract(headers);
         let trace_id = parent.map_or_else(|| TraceId::from(fastrand::u128(1..)), |p| p.trace_id);
@@ -196,23 +189,164 @@ impl Tracing {
             sampled,
             kind == SpanKind::Client,
         );
-        if !sampled {
-            return SpanGuard { open: None };
-        }
-        let (name, attributes) = describe();
         SpanGuard {
-            open: Some(Box::new(OpenSpan {
-                tracing: self.clone(),
-                trace_id,
-                span_id,
-                parent_span_id: parent.map_or(SpanId::INVALID, |p| p.span_id),
-                kind,
-                name,
-                start: SystemTime::now(),
-                attributes,
-            })),
+            open: sampled.then(info).map(|info| {
+                Box::new(OpenSpan {
+                    tracing: self.clone(),
+                    trace_id,
+                    span_id,
+                    parent_span_id: parent.map_or(SpanId::INVALID, |p| p.span_id),
+                    start: SystemTime::now(),
+                    info,
+                })
+            }),
         }
     }
+}
+
+/// What a span is about, captured cheaply when it starts (clones of small or reference-counted
+/// values); its name and attributes are made only when it is read or exported, off the
+/// request's path.
+#[derive(Debug, Clone)]
+pub enum SpanInfo {
+    /// A request this workload serves.
+    Server {
+        method: http::Method,
+        uri: http::Uri,
+        workload: String,
+        peer: Option<Arc<crate::identity::SpiffeId>>,
+    },
+    /// One attempt of a request this workload sends to `addr` for `authority`.
+    Client {
+        method: http::Method,
+        uri: http::Uri,
+        authority: String,
+        addr: std::net::SocketAddr,
+        endpoint: Option<crate::control::Endpoint>,
+    },
+}
+
+impl SpanInfo {
+    fn kind(&self) -> SpanKind {
+        match self {
+            Self::Server { .. } => SpanKind::Server,
+            Self::Client { .. } => SpanKind::Client,
+        }
+    }
+
+    /// The span's name and attributes (OpenTelemetry's HTTP conventions, plus the mesh's).
+    fn describe(&self) -> (Cow<'static, str>, Vec<KeyValue>) {
+        match self {
+            Self::Server {
+                method,
+                uri,
+                workload,
+                peer,
+            } => (
+                format!("{method} {}", uri.path()).into(),
+                vec![
+                    KeyValue::new("http.request.method", method_value(method)),
+                    KeyValue::new("url.path", uri.path().to_owned()),
+                    KeyValue::new("mesh.workload", workload.clone()),
+                    KeyValue::new(
+                        "mesh.peer.principal",
+                        peer.as_ref().map_or(String::new(), |p| p.principal()),
+                    ),
+                ],
+            ),
+            Self::Client {
+                method,
+                uri,
+                authority,
+                addr,
+                endpoint,
+            } => (
+                format!("{method} {authority}").into(),
+                vec![
+                    KeyValue::new("http.request.method", method_value(method)),
+                    KeyValue::new("url.path", uri.path().to_owned()),
+                    KeyValue::new("server.address", addr.ip().to_string()),
+                    KeyValue::new("server.port", i64::from(addr.port())),
+                    KeyValue::new(
+                        "mesh.destination.workload",
+                        endpoint.as_ref().map_or(String::new(), |e| {
+                            super::WorkloadName::from_labels(&e.service, &e.labels).workload
+                        }),
+                    ),
+                    KeyValue::new(
+                        "mesh.destination.service",
+                        endpoint
+                            .as_ref()
+                            .map_or(String::new(), |e| e.service.clone()),
+                    ),
+                ],
+            ),
+        }
+    }
+}
+
+/// A span that has ended, as the sinks keep it until it is read or exported.
+#[derive(Debug, Clone)]
+pub(crate) struct FinishedSpan {
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) parent_span_id: SpanId,
+    pub(crate) start: SystemTime,
+    pub(crate) end: SystemTime,
+    /// The response's status; 0 when there was none.
+    pub(crate) status: u16,
+    /// What the mesh did, as Envoy's response flags (`UF`, `UT`, `DC`, ...).
+    pub(crate) flag: Option<&'static str>,
+    pub(crate) info: SpanInfo,
+}
+
+impl FinishedSpan {
+    /// The span as OpenTelemetry exports it.
+    pub(crate) fn into_span_data(self) -> SpanData {
+        let (name, mut attributes) = self.info.describe();
+        if self.status != 0 {
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(self.status),
+            ));
+        }
+        if let Some(flag) = self.flag {
+            attributes.push(KeyValue::new("mesh.response_flags", flag));
+        }
+        let status = if self.status >= 500 || self.status == 0 {
+            Status::error(format!("status {}", self.status))
+        } else {
+            Status::Unset
+        };
+        SpanData {
+            span_context: SpanContext::new(
+                self.trace_id,
+                self.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: self.parent_span_id,
+            parent_span_is_remote: self.parent_span_id != SpanId::INVALID,
+            span_kind: self.info.kind(),
+            name,
+            start_time: self.start,
+            end_time: self.end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: scope(),
+        }
+    }
+}
+
+/// The mesh's instrumentation scope.
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("bookinfo-mesh")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
 }
 
 /// `http.request.method`'s value, without an allocation for the standard methods.
@@ -251,10 +385,8 @@ struct OpenSpan {
     trace_id: TraceId,
     span_id: SpanId,
     parent_span_id: SpanId,
-    kind: SpanKind,
-    name: Cow<'static, str>,
     start: SystemTime,
-    attributes: Vec<KeyValue>,
+    info: SpanInfo,
 }
 
 /// A span in progress; ended by [`SpanGuard::finish`], or when dropped (the request was
@@ -266,12 +398,12 @@ pub struct SpanGuard {
 }
 
 impl SpanGuard {
-    /// Ends the span with the response's `status` (0: none) and more attributes.
-    pub fn finish(mut self, status: u16, attributes: Vec<KeyValue>) {
-        self.end(status, attributes);
+    /// Ends the span with the response's `status` (0: none) and the mesh's response flag.
+    pub fn finish(mut self, status: u16, flag: Option<&'static str>) {
+        self.end(status, flag);
     }
 
-    fn end(&mut self, status: u16, more: Vec<KeyValue>) {
+    fn end(&mut self, status: u16, flag: Option<&'static str>) {
         let Some(open) = self.open.take() else {
             return;
         };
@@ -280,46 +412,20 @@ impl SpanGuard {
             trace_id,
             span_id,
             parent_span_id,
-            kind,
-            name,
             start,
-            mut attributes,
+            info,
         } = *open;
-        if status != 0 {
-            attributes.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-        }
-        attributes.extend(more);
-        let status = if status >= 500 || status == 0 {
-            Status::error(format!("status {status}"))
-        } else {
-            Status::Unset
-        };
-        let inner = &tracing.inner;
-        let span = SpanData {
-            span_context: SpanContext::new(
-                trace_id,
-                span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
+        let span = FinishedSpan {
+            trace_id,
+            span_id,
             parent_span_id,
-            parent_span_is_remote: parent_span_id != SpanId::INVALID,
-            span_kind: kind,
-            name,
-            start_time: start,
-            end_time: SystemTime::now(),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
+            start,
+            end: SystemTime::now(),
             status,
-            instrumentation_scope: inner.scope.clone(),
+            flag,
+            info,
         };
-        match &inner.sink {
+        match &tracing.inner.sink {
             Sink::Otlp(queue) => queue.push(span),
             Sink::Ring { ring, service } => ring.push(service, span),
         }
@@ -329,7 +435,7 @@ impl SpanGuard {
 impl Drop for SpanGuard {
     fn drop(&mut self) {
         if self.open.is_some() {
-            self.end(0, vec![KeyValue::new("mesh.response_flags", "DC")]);
+            self.end(0, Some("DC"));
         }
     }
 }
@@ -572,11 +678,12 @@ mod tests {
             ("tracestate", "vendor=opaque"),
             ("x-b3-parentspanid", "1111111111111111"),
         ]);
-        let span = tracing.start(SpanKind::Client, &mut h, || {
-            (
-                "GET ratings:9080".into(),
-                vec![KeyValue::new("url.path", "/ratings/0")],
-            )
+        let span = tracing.start(SpanKind::Client, &mut h, || SpanInfo::Client {
+            method: http::Method::GET,
+            uri: "http://10.0.0.7:9080/ratings/0".parse().unwrap(),
+            authority: "ratings:9080".into(),
+            addr: "10.0.0.7:9080".parse().unwrap(),
+            endpoint: None,
         });
         let tp = h["traceparent"].to_str().unwrap().to_owned();
         assert!(
@@ -594,7 +701,7 @@ mod tests {
             h["tracestate"], "vendor=opaque",
             "tracestate passes through"
         );
-        span.finish(503, Vec::new());
+        span.finish(503, Some("UF"));
         let recent = ring.recent();
         assert_eq!(recent.len(), 1);
         let s = &recent[0];
@@ -605,6 +712,8 @@ mod tests {
         assert!(s.error);
         assert_eq!(s.attributes["http.response.status_code"], "503");
         assert_eq!(s.attributes["url.path"], "/ratings/0");
+        assert_eq!(s.attributes["server.address"], "10.0.0.7");
+        assert_eq!(s.attributes["mesh.response_flags"], "UF");
     }
 
     #[tokio::test]
@@ -618,12 +727,19 @@ mod tests {
         let span = tracing.start(SpanKind::Server, &mut h, || {
             unreachable!("an unsampled span is never described")
         });
-        span.finish(200, Vec::new());
+        span.finish(200, None);
         assert!(h["traceparent"].to_str().unwrap().ends_with("-00"));
         assert!(ring.recent().is_empty());
         // A root span, abandoned before the response.
         let mut h = HeaderMap::new();
-        drop(tracing.start(SpanKind::Server, &mut h, || ("GET".into(), Vec::new())));
+        drop(
+            tracing.start(SpanKind::Server, &mut h, || SpanInfo::Server {
+                method: http::Method::GET,
+                uri: "/productpage".parse().unwrap(),
+                workload: "productpage-v1".into(),
+                peer: None,
+            }),
+        );
         let recent = ring.recent();
         assert_eq!(recent[0].parent_span_id, "");
         assert_eq!(recent[0].attributes["mesh.response_flags"], "DC");
