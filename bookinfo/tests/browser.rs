@@ -39,6 +39,15 @@ fn headless(browser: &Path, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// The body of a GET through the mesh client.
+async fn get(client: &mesh::Client, url: &str) -> bytes::Bytes {
+    client
+        .get(url, Default::default(), std::time::Duration::from_secs(10))
+        .await
+        .unwrap()
+        .into_body()
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -154,24 +163,10 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         for _ in 0..6 {
-            client
-                .get(
-                    &app.addrs.page_url(),
-                    Default::default(),
-                    std::time::Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
+            get(&client, &app.addrs.page_url()).await;
         }
-        let graph = client
-            .get(
-                &format!("{dashboard}api/graph"),
-                Default::default(),
-                std::time::Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        let graph: serde_json::Value = serde_json::from_slice(graph.body()).unwrap();
+        let graph: serde_json::Value =
+            serde_json::from_slice(&get(&client, &format!("{dashboard}api/graph")).await).unwrap();
         let edges: Vec<String> = graph["edges"]
             .as_array()
             .unwrap()
@@ -206,15 +201,8 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
     // from the gateway's server span down to ratings'.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let traces = client
-            .get(
-                &format!("{dashboard}api/traces"),
-                Default::default(),
-                std::time::Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-        let traces: serde_json::Value = serde_json::from_slice(traces.body()).unwrap();
+        let traces: serde_json::Value =
+            serde_json::from_slice(&get(&client, &format!("{dashboard}api/traces")).await).unwrap();
         let chains: Vec<Vec<String>> = traces["traces"]
             .as_array()
             .unwrap()
@@ -256,14 +244,7 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
             std::time::Instant::now() < deadline,
             "no trace from the gateway to ratings: {chains:?}"
         );
-        client
-            .get(
-                &app.addrs.page_url(),
-                Default::default(),
-                std::time::Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        get(&client, &app.addrs.page_url()).await;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     // The page fetches the graph after loading; on a busy machine the first dump can come
