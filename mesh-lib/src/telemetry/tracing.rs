@@ -582,12 +582,15 @@ fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, sampled: 
     hex(&mut traceparent[3..35], trace);
     hex(&mut traceparent[36..52], u128::from(span));
     traceparent[54] = if sampled { b'1' } else { b'0' };
-    let value =
-        |bytes: &[u8]| HeaderValue::from_bytes(bytes).expect("hex digits are a valid header");
-    headers.insert(TRACEPARENT, value(&traceparent));
+    // One buffer: the B3 ids are slices of it, not copies.
+    let traceparent = bytes::Bytes::copy_from_slice(&traceparent);
+    let value = |bytes: bytes::Bytes| {
+        HeaderValue::from_maybe_shared(bytes).expect("hex digits are a valid header")
+    };
+    headers.insert(TRACEPARENT, value(traceparent.clone()));
     if b3 {
-        headers.insert(B3_TRACE_ID, value(&traceparent[3..35]));
-        headers.insert(B3_SPAN_ID, value(&traceparent[36..52]));
+        headers.insert(B3_TRACE_ID, value(traceparent.slice(3..35)));
+        headers.insert(B3_SPAN_ID, value(traceparent.slice(36..52)));
         headers.insert(
             B3_SAMPLED,
             HeaderValue::from_static(if sampled { "1" } else { "0" }),
