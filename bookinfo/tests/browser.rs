@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()
@@ -56,12 +58,7 @@ fn tempdir(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_renders_in_chromium_with_each_reviews_version() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium installed"
-        );
-        eprintln!("skipping: no chromium on this machine (apt-get install chromium)");
+    let Some(browser) = common::required(chromium(), "chromium", "apt-get install chromium") else {
         return;
     };
     let app = bookinfo::start(bookinfo::Config::ephemeral())
@@ -137,12 +134,7 @@ async fn the_page_renders_in_chromium_with_each_reviews_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_the_edges_that_carried_traffic() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium installed"
-        );
-        eprintln!("skipping: no chromium on this machine (apt-get install chromium)");
+    let Some(browser) = common::required(chromium(), "chromium", "apt-get install chromium") else {
         return;
     };
     let app = bookinfo::start(bookinfo::Config::ephemeral())

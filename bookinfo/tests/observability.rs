@@ -3,31 +3,17 @@
 //! Istio's standard query shows every edge that carried traffic, 5xx included.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode};
 use mesh::Client;
 use serde_json::Value;
 
+mod common;
+use common::{Killed, free_port};
+
 const PATIENCE: Duration = Duration::from_secs(60);
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bookinfo-{name}-{}", fastrand::u64(..)));
@@ -45,16 +31,8 @@ async fn get(url: &str) -> Option<(StatusCode, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_sees_istio_metrics_for_every_edge_including_5xx_under_a_fault() {
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must have prometheus installed"
-        );
-        eprintln!("skipping: no prometheus binary (apt-get install prometheus)");
+    let found = Command::new("prometheus").arg("--version").output().ok();
+    if common::required(found, "prometheus", "apt-get install prometheus").is_none() {
         return;
     }
     let config_dir = tempdir("obs-config");

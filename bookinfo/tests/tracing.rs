@@ -4,20 +4,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::Request;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Killed, free_port};
 
 fn rotel() -> Option<PathBuf> {
     let out = Command::new("python3")
@@ -29,14 +23,6 @@ fn rotel() -> Option<PathBuf> {
         .ok()?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     (out.status.success() && path.exists()).then_some(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -96,12 +82,7 @@ fn parse(log: &str) -> Vec<Span> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_crosses_gateway_productpage_reviews_and_ratings_with_a_retried_attempt() {
-    let Some(rotel) = rotel() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must have rotel (pip install rotel)"
-        );
-        eprintln!("skipping: no rotel collector (pip install rotel)");
+    let Some(rotel) = common::required(rotel(), "rotel collector", "pip install rotel") else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("bookinfo-traces-{}", fastrand::u64(..)));
