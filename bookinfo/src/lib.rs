@@ -267,7 +267,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let metrics_url = admin
         .as_ref()
-        .map(|a| format!("http://{}/stats/prometheus", a.local_addr()));
+        .map(|a| format!("http://{}{}", a.local_addr(), mesh::telemetry::METRICS_PATH));
     let otlp = config.mesh.as_ref().and_then(|o| o.otlp.clone());
     let telemetry = mesh::dataplane::Telemetry {
         access_log: config

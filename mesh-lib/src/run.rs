@@ -89,8 +89,9 @@ impl MeshEnv {
                 service_account: vars.get_or("MESH_SERVICE_ACCOUNT", &format!("bookinfo-{name}")),
                 // The admin listener's host is filled in by meshd from the caller's address.
                 metrics_url: Some(format!(
-                    "http://0.0.0.0:{}/stats/prometheus",
-                    vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?
+                    "http://0.0.0.0:{}{}",
+                    vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?,
+                    crate::telemetry::METRICS_PATH
                 )),
             },
             trust_domain: vars.get_or("MESH_TRUST_DOMAIN", crate::identity::DEFAULT_TRUST_DOMAIN),

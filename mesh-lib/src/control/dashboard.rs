@@ -82,36 +82,21 @@ impl Dashboard {
         let client = Client::new();
         loop {
             let mut totals: HashMap<EdgeKey, EdgeTotals> = HashMap::new();
-            for url in self.plane.metrics_urls() {
-                match client
-                    .get(&url, HeaderMap::new(), Duration::from_secs(2))
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {
-                        parse_into(&String::from_utf8_lossy(r.body()), &mut totals);
-                    }
-                    Ok(r) => tracing::debug!("scraping {url}: {}", r.status()),
-                    Err(e) => tracing::debug!("scraping {url}: {e}"),
-                }
-            }
             let mut spans = Vec::new();
             for url in self.plane.metrics_urls() {
-                let Some(admin) = url.strip_suffix("/stats/prometheus") else {
+                if let Some(body) = fetch(&client, &url).await {
+                    parse_into(&String::from_utf8_lossy(&body), &mut totals);
+                }
+                // The recent spans sit beside the metrics on the workload's admin port.
+                let Some(admin) = url.strip_suffix(crate::telemetry::METRICS_PATH) else {
                     continue;
                 };
                 let url = format!("{admin}{}", crate::telemetry::SPANS_PATH);
-                match client
-                    .get(&url, HeaderMap::new(), Duration::from_secs(2))
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {
-                        match serde_json::from_slice::<Vec<RecentSpan>>(r.body()) {
-                            Ok(s) => spans.extend(s),
-                            Err(e) => tracing::debug!("reading {url}: {e}"),
-                        }
+                if let Some(body) = fetch(&client, &url).await {
+                    match serde_json::from_slice::<Vec<RecentSpan>>(&body) {
+                        Ok(s) => spans.extend(s),
+                        Err(e) => tracing::debug!("reading {url}: {e}"),
                     }
-                    Ok(r) => tracing::debug!("reading {url}: {}", r.status()),
-                    Err(e) => tracing::debug!("reading {url}: {e}"),
                 }
             }
             self.keep_spans(spans);
@@ -240,6 +225,24 @@ impl Dashboard {
             "workloads": self.plane.registered(),
             "window_seconds": WINDOW.as_secs(),
         })
+    }
+}
+
+/// The body of a 200 from `url`; anything else is logged (a workload may be restarting).
+async fn fetch(client: &Client, url: &str) -> Option<bytes::Bytes> {
+    match client
+        .get(url, HeaderMap::new(), Duration::from_secs(2))
+        .await
+    {
+        Ok(r) if r.status().is_success() => Some(r.into_body()),
+        Ok(r) => {
+            tracing::debug!("reading {url}: {}", r.status());
+            None
+        }
+        Err(e) => {
+            tracing::debug!("reading {url}: {e}");
+            None
+        }
     }
 }
 

@@ -188,9 +188,6 @@ where
                 .as_ref()
                 .filter(|m| m.telemetry().record_metrics || m.telemetry().tracing.is_some());
             let endpoint = observed.and_then(|m| m.snapshot().endpoint_at(addr).cloned());
-            if let (Some(attempt), Some(e)) = (req.extensions().get::<Attempt>(), &endpoint) {
-                attempt.set_endpoint(e.clone());
-            }
             let span = observed
                 .and_then(|m| m.telemetry().tracing.as_ref())
                 .map(|t| {
@@ -202,12 +199,16 @@ where
                                 uri: req.uri().clone(),
                                 authority: logical.clone(),
                                 addr,
-                                endpoint,
+                                endpoint: endpoint.clone(),
                             }
                         });
                     *req.headers_mut() = headers;
                     span
                 });
+            // The metrics' copy of the endpoint is the one looked up; a sampled span took its own.
+            if let (Some(attempt), Some(e)) = (req.extensions().get::<Attempt>(), endpoint) {
+                attempt.set_endpoint(e);
+            }
             health.start(addr);
             let result = inner.call(req).await.map_err(Into::into);
             if let Some(span) = span {

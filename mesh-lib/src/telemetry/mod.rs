@@ -20,7 +20,7 @@ pub fn admin_router(telemetry: &crate::dataplane::Telemetry) -> axum::Router {
     let ring = telemetry.recent_spans.clone();
     axum::Router::new()
         .route(
-            "/stats/prometheus",
+            METRICS_PATH,
             axum::routing::get(move || {
                 let metrics = metrics.clone();
                 async move { prometheus_response(&metrics) }
@@ -34,6 +34,9 @@ pub fn admin_router(telemetry: &crate::dataplane::Telemetry) -> axum::Router {
             }),
         )
 }
+
+/// Where the admin port serves the Istio metrics (Envoy's path).
+pub const METRICS_PATH: &str = "/stats/prometheus";
 
 /// Where the admin port serves the recent spans.
 pub const SPANS_PATH: &str = "/debug/spans";

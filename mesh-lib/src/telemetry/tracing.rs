@@ -350,7 +350,7 @@ fn scope() -> InstrumentationScope {
 }
 
 /// `http.request.method`'s value, without an allocation for the standard methods.
-pub fn method_value(method: &http::Method) -> opentelemetry::Value {
+fn method_value(method: &http::Method) -> opentelemetry::Value {
     let known = match *method {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
