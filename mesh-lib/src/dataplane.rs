@@ -252,7 +252,7 @@ impl Mesh {
     }
 
     /// The mesh endpoints of `service` (empty when it is not in the mesh).
-    pub fn endpoints_of(&self, service: &str) -> Vec<Endpoint> {
+    pub fn endpoints_of(&self, service: &str) -> Vec<Arc<Endpoint>> {
         self.snapshot().endpoints_of(service).cloned().collect()
     }
 

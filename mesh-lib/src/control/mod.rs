@@ -12,6 +12,7 @@ pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::MeshConfig;
 use crate::identity::SpiffeId;
@@ -39,18 +40,19 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub version: u64,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared, so a request's metrics and spans name their endpoint without copying it.
+    pub endpoints: Vec<Arc<Endpoint>>,
     pub config: MeshConfig,
 }
 
 impl Snapshot {
     /// The endpoints of `service`.
-    pub fn endpoints_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Endpoint> {
+    pub fn endpoints_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Arc<Endpoint>> {
         self.endpoints.iter().filter(move |e| e.service == service)
     }
 
     /// The endpoint serving at `addr`, if it is in the mesh.
-    pub fn endpoint_at(&self, addr: SocketAddr) -> Option<&Endpoint> {
+    pub fn endpoint_at(&self, addr: SocketAddr) -> Option<&Arc<Endpoint>> {
         self.endpoints.iter().find(|e| e.addr == addr)
     }
 }
@@ -68,7 +70,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             pb.endpoints
                 .into_iter()
                 .map(|e| {
-                    Ok(Endpoint {
+                    Ok(Arc::new(Endpoint {
                         addr: e.address.parse().map_err(|err| {
                             SnapshotError(format!("endpoint {:?}: {err}", e.address))
                         })?,
@@ -78,7 +80,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                         service: e.service,
                         labels: e.labels.into_iter().collect(),
                         namespace: e.namespace,
-                    })
+                    }))
                 })
                 .collect::<Result<_, SnapshotError>>()?;
         let config = if pb.config_json.is_empty() {

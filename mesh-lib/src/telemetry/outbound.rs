@@ -17,14 +17,14 @@ pub struct Attempt(pub Arc<Mutex<AttemptInfo>>);
 
 #[derive(Debug, Default)]
 pub struct AttemptInfo {
-    pub endpoint: Option<Endpoint>,
+    pub endpoint: Option<Arc<Endpoint>>,
     pub flags: Vec<&'static str>,
     pub retries: u64,
     pub budget_exhausted: bool,
 }
 
 impl Attempt {
-    pub fn set_endpoint(&self, endpoint: Endpoint) {
+    pub fn set_endpoint(&self, endpoint: Arc<Endpoint>) {
         self.0
             .lock()
             .expect("attempt lock is never poisoned")

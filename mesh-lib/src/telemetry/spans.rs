@@ -256,10 +256,13 @@ impl SpanRing {
 
     pub(crate) fn push(&self, service: &Arc<str>, span: FinishedSpan) {
         let mut spans = self.spans.lock().expect("span ring is never poisoned");
-        if spans.len() == self.capacity {
-            spans.pop_front();
-        }
+        let evicted = (spans.len() == self.capacity)
+            .then(|| spans.pop_front())
+            .flatten();
         spans.push_back((service.clone(), span));
+        // Freed after the lock, so readers and other requests do not wait for it.
+        drop(spans);
+        drop(evicted);
     }
 
     /// The spans in the ring, oldest first.

@@ -1,7 +1,7 @@
 //! OpenTelemetry tracing in the mesh, so services get traces without a line of their own: a
 //! server span per inbound request and a client span per outbound attempt (retries show as
 //! separate attempts). W3C `traceparent` comes first (`tracestate` passes through untouched);
-//! B3 multi-headers are accepted and also emitted. The inbound side rewrites the request's
+//! B3 multi-headers are accepted, and emitted as [`Propagators`] says. The inbound side rewrites the request's
 //! `traceparent` to its server span before the application sees it, so the headers the
 //! application forwards (as upstream Bookinfo does) make the outbound spans its children.
 //!
@@ -37,6 +37,7 @@ const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 #[derive(Debug, Clone)]
 pub struct Tracing {
     inner: Arc<Inner>,
+    propagators: Propagators,
 }
 
 #[derive(Debug)]
@@ -84,6 +85,7 @@ impl Tracing {
             return Ok(None);
         }
         let sampler = Sampler::from_env(vars)?;
+        let propagators = Propagators::from_env(vars)?;
         let name = vars
             .get("OTEL_SERVICE_NAME")
             .filter(|n| !n.is_empty())
@@ -92,14 +94,17 @@ impl Tracing {
             .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| vars.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .filter(|e| !e.is_empty());
-        Ok(Some(match endpoint {
-            Some(endpoint) => {
-                let protocol = vars.get_or("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
-                let queue = QueueConfig::from_env(vars)?;
-                Self::otlp(&endpoint, &protocol, &name, sampler, queue, metrics)?
+        Ok(Some(
+            match endpoint {
+                Some(endpoint) => {
+                    let protocol = vars.get_or("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+                    let queue = QueueConfig::from_env(vars)?;
+                    Self::otlp(&endpoint, &protocol, &name, sampler, queue, metrics)?
+                }
+                None => Self::ring(ring.clone(), &name, sampler),
             }
-            None => Self::ring(ring.clone(), &name, sampler),
-        }))
+            .with_propagators(propagators),
+        ))
     }
 
     /// A tracer exporting to `endpoint` (e.g. `http://127.0.0.1:4317`) over `protocol`.
@@ -159,6 +164,15 @@ impl Tracing {
     fn with_sink(sink: Sink, sampler: Sampler) -> Self {
         Self {
             inner: Arc::new(Inner { sampler, sink }),
+            propagators: Propagators::default(),
+        }
+    }
+
+    /// This tracer, writing the context formats `propagators` names.
+    pub fn with_propagators(self, propagators: Propagators) -> Self {
+        Self {
+            propagators,
+            ..self
         }
     }
 
@@ -170,8 +184,8 @@ impl Tracing {
     }
 
     /// Starts a span of `kind` whose parent is the context in `headers`, and writes the new
-    /// span's context back into them (W3C, and B3 for client spans). `info` says what the span
-    /// is about; an unsampled span only propagates, and never asks.
+    /// span's context back into them (W3C, and B3 for client spans as [`Propagators`] says).
+    /// `info` says what the span is about; an unsampled span only propagates, and never asks.
     pub fn start(
         &self,
         kind: SpanKind,
@@ -182,13 +196,9 @@ impl Tracing {
         let trace_id = parent.map_or_else(|| TraceId::from(fastrand::u128(1..)), |p| p.trace_id);
         let span_id = SpanId::from(fastrand::u64(1..));
         let sampled = self.inner.sampler.sample(parent.as_ref(), trace_id);
-        inject(
-            headers,
-            trace_id,
-            span_id,
-            sampled,
-            kind == SpanKind::Client,
-        );
+        let b3 = kind == SpanKind::Client
+            && (self.propagators.b3_always || headers.contains_key(B3_TRACE_ID));
+        inject(headers, trace_id, span_id, sampled, b3);
         SpanGuard {
             open: sampled.then(info).map(|info| {
                 Box::new(OpenSpan {
@@ -222,7 +232,7 @@ pub enum SpanInfo {
         uri: http::Uri,
         authority: String,
         addr: std::net::SocketAddr,
-        endpoint: Option<crate::control::Endpoint>,
+        endpoint: Option<Arc<crate::control::Endpoint>>,
     },
 }
 
@@ -440,6 +450,44 @@ impl Drop for SpanGuard {
     }
 }
 
+/// Which trace-context headers client spans write (`OTEL_PROPAGATORS`). `traceparent` always:
+/// the mesh's own hops rely on it, and it is OpenTelemetry's default (`tracecontext,baggage`;
+/// `baggage` passes through untouched). B3 multi-headers (`x-b3-*`) on every client span with
+/// `b3multi`; without it, only where the request already carries B3, so that a Zipkin-speaking
+/// caller's context stays right down the chain (as upstream productpage re-emits B3 only when
+/// it received B3). Incoming B3 is read either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Propagators {
+    /// Write B3 on every client span (`b3multi`).
+    pub b3_always: bool,
+}
+
+impl Propagators {
+    /// `OTEL_PROPAGATORS`: a comma-separated list of `tracecontext`, `baggage` and `b3multi`.
+    pub fn from_env(vars: &impl Vars) -> Result<Self, TracingError> {
+        let Some(list) = vars
+            .get("OTEL_PROPAGATORS")
+            .filter(|l| !l.trim().is_empty())
+        else {
+            return Ok(Self::default());
+        };
+        let mut b3_always = false;
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "tracecontext" | "baggage" => {}
+                "b3multi" => b3_always = true,
+                other => {
+                    return Err(TracingError::new(format!(
+                        "unsupported OTEL_PROPAGATORS entry {other:?} (tracecontext, baggage, \
+                         b3multi; traceparent is always written)"
+                    )));
+                }
+            }
+        }
+        Ok(Self { b3_always })
+    }
+}
+
 /// Which new traces are recorded (`OTEL_TRACES_SAMPLER`): a share of trace ids, and whether a
 /// parent's decision wins.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -539,8 +587,8 @@ fn extract(headers: &HeaderMap) -> Option<Parent> {
     if !(trace.len() == 16 || trace.len() == 32) || span.len() != 16 {
         return None;
     }
-    let trace_id = TraceId::from(u128::from_str_radix(trace, 16).ok()?);
-    let span_id = SpanId::from(u64::from_str_radix(span, 16).ok()?);
+    let trace_id = TraceId::from(hex_value(trace.as_bytes())?);
+    let span_id = SpanId::from(hex_value(span.as_bytes())? as u64);
     let sampled = matches!(get(&B3_SAMPLED), Some("1" | "true"))
         || headers.get("x-b3-flags").is_some_and(|f| f == "1");
     (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(Parent {
@@ -550,21 +598,20 @@ fn extract(headers: &HeaderMap) -> Option<Parent> {
     })
 }
 
-/// `version-traceid-spanid-flags` (W3C Trace Context); later versions may append fields.
+/// `version-traceid-spanid-flags` (W3C Trace Context, 55 characters); later versions may
+/// append `-` and more fields.
 fn parse_traceparent(value: &str) -> Option<Parent> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+    let v = value.trim().as_bytes();
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    if !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+    let version = hex_value(&v[..2])?;
+    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
         return None;
     }
-    let trace_id = TraceId::from(u128::from_str_radix(trace, 16).ok()?);
-    let span_id = SpanId::from(u64::from_str_radix(span, 16).ok()?);
-    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let trace_id = TraceId::from(hex_value(&v[3..35])?);
+    let span_id = SpanId::from(hex_value(&v[36..52])? as u64);
+    let flags = hex_value(&v[53..55])?;
     (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(Parent {
         trace_id,
         span_id,
@@ -597,6 +644,22 @@ fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, sampled: 
         );
         headers.remove(B3_PARENT_SPAN_ID);
     }
+}
+
+/// The number `digits` (at most 32 hex digits, either case) spell; `None` if one is not a
+/// hex digit. One pass: validating and converting separately is most of what reading a
+/// context would otherwise cost.
+fn hex_value(digits: &[u8]) -> Option<u128> {
+    debug_assert!(digits.len() <= 32);
+    digits.iter().try_fold(0u128, |value, &d| {
+        let nibble = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(nibble))
+    })
 }
 
 /// Writes `value`'s low `out.len()` hex digits into `out`, lowercase, zero-padded.
@@ -679,6 +742,9 @@ mod tests {
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             ),
             ("tracestate", "vendor=opaque"),
+            // B3 the application forwarded from its caller: refreshed to this span.
+            ("x-b3-traceid", "0af7651916cd43dd8448eb211c80319c"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
             ("x-b3-parentspanid", "1111111111111111"),
         ]);
         let span = tracing.start(SpanKind::Client, &mut h, || SpanInfo::Client {
@@ -717,6 +783,75 @@ mod tests {
         assert_eq!(s.attributes["url.path"], "/ratings/0");
         assert_eq!(s.attributes["server.address"], "10.0.0.7");
         assert_eq!(s.attributes["mesh.response_flags"], "UF");
+    }
+
+    #[tokio::test]
+    async fn b3_is_written_where_the_request_carries_it_or_when_asked() {
+        let client_span = |tracing: &Tracing, h: &mut HeaderMap| {
+            tracing
+                .start(SpanKind::Client, h, || SpanInfo::Client {
+                    method: http::Method::GET,
+                    uri: "/ratings/0".parse().unwrap(),
+                    authority: "ratings:9080".into(),
+                    addr: "10.0.0.7:9080".parse().unwrap(),
+                    endpoint: None,
+                })
+                .finish(200, None)
+        };
+        let traceparent = || {
+            headers(&[(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )])
+        };
+        let ring = Arc::new(SpanRing::default());
+        let default = Tracing::ring(ring.clone(), "reviews", Sampler::default());
+        let mut h = traceparent();
+        client_span(&default, &mut h);
+        assert_eq!(h.len(), 1, "W3C only by default: {h:?}");
+
+        let b3multi = Propagators::from_env(&[("OTEL_PROPAGATORS", "tracecontext, b3multi")]);
+        let always = default.clone().with_propagators(b3multi.unwrap());
+        let mut h = traceparent();
+        client_span(&always, &mut h);
+        let span_id = h["traceparent"].to_str().unwrap()[36..52].to_owned();
+        assert_eq!(h["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(h["x-b3-spanid"], span_id.as_str());
+        assert_eq!(h["x-b3-sampled"], "1");
+
+        // A server span leaves B3 alone: the next client span refreshes it.
+        let mut h = headers(&[
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+        ]);
+        always
+            .start(SpanKind::Server, &mut h, || SpanInfo::Server {
+                method: http::Method::GET,
+                uri: "/reviews/0".parse().unwrap(),
+                workload: "reviews-v2".into(),
+                peer: None,
+            })
+            .finish(200, None);
+        assert_eq!(h["x-b3-spanid"], "e457b5a2e4d86bd1");
+        assert!(
+            h["traceparent"]
+                .to_str()
+                .unwrap()
+                .starts_with("00-80f198ee56343ba864fe8b2a57d3eff7-"),
+            "B3 is read: {h:?}"
+        );
+
+        assert_eq!(
+            Propagators::from_env(&[("OTEL_PROPAGATORS", "")]).unwrap(),
+            Propagators::default()
+        );
+        let e = Propagators::from_env(&[("OTEL_PROPAGATORS", "tracecontext,b3")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unsupported OTEL_PROPAGATORS entry \"b3\""),
+            "{e}"
+        );
     }
 
     #[tokio::test]
