@@ -40,6 +40,8 @@ struct Inner {
     known: std::sync::Mutex<std::collections::HashMap<SocketAddr, SpiffeId>>,
     telemetry: Telemetry,
     name: WorkloadName,
+    /// `name.workload`, shared by the spans of the requests this workload serves.
+    workload: Arc<str>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -176,6 +178,7 @@ impl Mesh {
                 server_tls,
                 known: Default::default(),
                 telemetry,
+                workload: Arc::from(name.workload.as_str()),
                 name,
                 tasks,
             }),
@@ -197,6 +200,11 @@ impl Mesh {
     /// This workload's name in metrics (`reviews-v2`).
     pub fn workload_name(&self) -> &WorkloadName {
         &self.inner.name
+    }
+
+    /// This workload's name (`reviews-v2`), shared rather than copied.
+    pub fn workload_shared(&self) -> Arc<str> {
+        self.inner.workload.clone()
     }
 
     pub fn telemetry(&self) -> &Telemetry {

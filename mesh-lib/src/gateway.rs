@@ -125,7 +125,7 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
             crate::telemetry::tracing::SpanInfo::Server {
                 method: method.clone(),
                 uri: uri.clone(),
-                workload: gw.mesh.workload_name().workload.clone(),
+                workload: gw.mesh.workload_shared(),
                 peer: None,
             }
         })

@@ -1,8 +1,10 @@
 //! One hop, side by side: p50/p99 latency of a small GET over a kept-alive connection with
 //! plain hyper; through the mesh's full outbound stack (route, fault, timeout, retry, split,
 //! balance, breaker) with mTLS turned off by a PeerAuthentication DISABLE, which isolates the
-//! stack's cost; and through the mesh with mTLS and the inbound stack (authorization). Rounds
-//! alternate so machine noise hits all alike.
+//! stack's cost; and through the mesh with mTLS and the inbound stack (authorization), with
+//! telemetry off, metrics only, and metrics with tracing (propagation only; spans to OTLP; to
+//! the ring; to the ring with B3 on every client span), each against telemetry off. Blocks of
+//! requests alternate so machine noise hits all alike.
 //!
 //! `cargo run --release -p bench --bin mtls-hop [-- ROUNDS REQUESTS_PER_ROUND [ONLY]]`
 
@@ -22,7 +24,7 @@ use mesh::control::client::WorkloadSpec;
 use mesh::control::daemon::{self, CaSource, MeshdConfig};
 use mesh::control::server::Tokens;
 use mesh::dataplane::Telemetry;
-use mesh::telemetry::tracing::{Sampler, Tracing};
+use mesh::telemetry::tracing::{Propagators, Sampler, Tracing};
 use mesh::{Mesh, Server};
 
 fn app() -> Router {
@@ -136,7 +138,7 @@ async fn main() {
         })
     };
     let (rounds, per_round) = (number(0, 10), number(1, 2000));
-    // Only the configurations whose name holds this (e.g. "metrics only", to profile one).
+    // Only the configuration whose name ends with this (e.g. "metrics only", to profile it).
     let only = args.get(2).cloned();
 
     // Plain: an axum server and a pooled hyper client.
@@ -148,49 +150,69 @@ async fn main() {
     let hyper = HyperClient::builder(TokioExecutor::new()).build_http::<Body>();
 
     // Telemetry on means metrics recorded on both sides and a client and a server span per
-    // request, every one sampled: queued for an OTLP endpoint (nobody listens there: the
+    // request: every one sampled and queued for an OTLP endpoint (nobody listens there: the
     // export task's attempts fail in the background, as with a collector that is down), or
-    // kept in the in-memory ring the dashboard reads.
-    let exported = || {
+    // kept in the in-memory ring the dashboard reads; or none sampled (propagation only, as
+    // for the traces a low sampling ratio leaves out).
+    let traced = |sampler: Sampler, otlp: bool, propagators: Propagators| {
         let telemetry = Telemetry::default();
-        Telemetry {
-            tracing: Some(
-                Tracing::otlp(
-                    &format!("http://127.0.0.1:{}", free_port()),
-                    "grpc",
-                    "bench",
-                    Sampler::default(),
-                    Default::default(),
-                    &telemetry.metrics,
-                )
-                .unwrap(),
-            ),
-            ..telemetry
-        }
-    };
-    let ringed = || {
-        let telemetry = Telemetry::default();
-        Telemetry {
-            tracing: Some(Tracing::ring(
-                telemetry.recent_spans.clone(),
+        let tracing = if otlp {
+            Tracing::otlp(
+                &format!("http://127.0.0.1:{}", free_port()),
+                "grpc",
                 "bench",
-                Sampler::default(),
-            )),
+                sampler,
+                Default::default(),
+                &telemetry.metrics,
+            )
+            .unwrap()
+        } else {
+            Tracing::ring(telemetry.recent_spans.clone(), "bench", sampler)
+        };
+        Telemetry {
+            tracing: Some(tracing.with_propagators(propagators)),
             ..telemetry
         }
     };
-    let (mesh_client, meshd) = mesh_pair(MeshConfig::default(), exported()).await;
-    let (ring_client, ring_meshd) = mesh_pair(MeshConfig::default(), ringed()).await;
-    let (quiet_client, quiet_meshd) = mesh_pair(MeshConfig::default(), Telemetry::off()).await;
-    let (metrics_client, metrics_meshd) =
-        mesh_pair(MeshConfig::default(), Telemetry::default()).await;
+    let unsampled = Sampler::from_env(&[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap();
+    let b3 = Propagators { b3_always: true };
+    let w3c = Propagators::default();
     let disable = mesh::config::parse_file(
         "disable.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: istio-system\nspec:\n  mtls:\n    mode: DISABLE\n",
     )
     .unwrap()
     .config;
-    let (stack_client, stack_meshd) = mesh_pair(disable, Telemetry::off()).await;
+    let mut configs = vec![("mesh outbound stack, no TLS", disable, Telemetry::off())];
+    for (name, telemetry) in [
+        ("mesh + mTLS, telemetry off", Telemetry::off()),
+        ("mesh + mTLS, metrics only", Telemetry::default()),
+        (
+            "mesh + mTLS, metrics+unsampled",
+            traced(unsampled, false, w3c),
+        ),
+        (
+            "mesh + mTLS, metrics+OTLP",
+            traced(Sampler::default(), true, w3c),
+        ),
+        (
+            "mesh + mTLS, metrics+ring",
+            traced(Sampler::default(), false, w3c),
+        ),
+        (
+            "mesh + mTLS, metrics+ring+B3",
+            traced(Sampler::default(), false, b3),
+        ),
+    ] {
+        configs.push((name, MeshConfig::default(), telemetry));
+    }
+    let mut clients = Vec::new();
+    let mut meshds = Vec::new();
+    for (name, config, telemetry) in configs {
+        let (client, meshd) = mesh_pair(config, telemetry).await;
+        clients.push((name, client));
+        meshds.push(meshd);
+    }
     let plain_once = || async {
         let response = hyper
             .request(
@@ -218,17 +240,10 @@ async fn main() {
         }
     };
 
-    let clients = [
-        ("mesh outbound stack, no TLS", &stack_client),
-        ("mesh + mTLS, telemetry off", &quiet_client),
-        ("mesh + mTLS, metrics only", &metrics_client),
-        ("mesh + mTLS, metrics+OTLP", &mesh_client),
-        ("mesh + mTLS, metrics+ring", &ring_client),
-    ];
     // Warm up everything (connections, TLS sessions, caches).
     for _ in 0..500 {
         plain_once().await;
-        for (_, client) in clients {
+        for (_, client) in &clients {
             mesh_once(client).await;
         }
     }
@@ -238,8 +253,12 @@ async fn main() {
     let mut plain_cpu = 0;
     let mut cpu = vec![0; clients.len()];
     // Small blocks, alternating, so the shifts of a shared machine's speed (they come and go
-    // within seconds) fall on every configuration alike.
+    // within seconds) fall on every configuration alike; in a new order each round, so that
+    // work one configuration leaves running in the background (a span export) does not always
+    // land on the same neighbour.
+    let mut order: Vec<usize> = (0..clients.len()).collect();
     for _ in 0..rounds * per_round / BLOCK {
+        fastrand::shuffle(&mut order);
         let before = cpu_ticks();
         for _ in 0..BLOCK {
             let t = Instant::now();
@@ -247,8 +266,9 @@ async fn main() {
             plain_samples.push(t.elapsed());
         }
         plain_cpu += cpu_ticks() - before;
-        for (i, (name, client)) in clients.iter().enumerate() {
-            if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+        for &i in &order {
+            let (name, client) = &clients[i];
+            if only.as_ref().is_some_and(|o| !name.ends_with(o.as_str())) {
                 continue;
             }
             let before = cpu_ticks();
@@ -303,26 +323,22 @@ async fn main() {
             cpu_per_request(*ticks)
         );
     }
+    // Telemetry's cost: each telemetry configuration against the same mesh with it off.
     let off = &samples[1];
-    for (name, on, on_cpu) in [
-        ("metrics only", &samples[2], cpu[2]),
-        ("metrics + spans to OTLP", &samples[3], cpu[3]),
-        ("metrics + spans to the ring", &samples[4], cpu[4]),
-    ] {
+    for (((name, _), on), on_cpu) in clients.iter().zip(&samples).zip(&cpu).skip(2) {
         if on.is_empty() || off.is_empty() {
             continue;
         }
         println!(
-            "telemetry cost, {name} (on / off, both with mTLS): p50 {:.2}x, p99 {:.2}x, CPU {:.2}x   (goal <= 1.05x p50)",
+            "telemetry cost, {:<18} on / off: p50 {:.2}x, p99 {:.2}x, CPU {:.2}x   (goal <= 1.05x p50)",
+            name.trim_start_matches("mesh + mTLS, "),
             percentile(on, 0.5).as_secs_f64() / percentile(off, 0.5).as_secs_f64(),
             percentile(on, 0.99).as_secs_f64() / percentile(off, 0.99).as_secs_f64(),
-            on_cpu as f64 / cpu[1] as f64
+            *on_cpu as f64 / cpu[1] as f64
         );
     }
     println!("goal: ratios <= 1.30x");
-    meshd.shutdown().await;
-    quiet_meshd.shutdown().await;
-    ring_meshd.shutdown().await;
-    metrics_meshd.shutdown().await;
-    stack_meshd.shutdown().await;
+    for meshd in meshds {
+        meshd.shutdown().await;
+    }
 }

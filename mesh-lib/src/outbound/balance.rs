@@ -197,7 +197,7 @@ where
                             crate::telemetry::tracing::SpanInfo::Client {
                                 method: req.method().clone(),
                                 uri: req.uri().clone(),
-                                authority: logical.clone(),
+                                authority: logical,
                                 addr,
                                 endpoint: endpoint.clone(),
                             }

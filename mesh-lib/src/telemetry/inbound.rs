@@ -40,7 +40,7 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
         let span = t.start(SpanKind::Server, &mut headers, || SpanInfo::Server {
             method: request.method().clone(),
             uri: request.uri().clone(),
-            workload: mesh.workload_name().workload.clone(),
+            workload: mesh.workload_shared(),
             peer: peer.clone(),
         });
         *request.headers_mut() = headers;

@@ -82,7 +82,7 @@ pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome
         .as_ref()
         .map_or(host_service, |e| e.service.as_str());
     let me = mesh.workload_name();
-    let edge = super::metrics::EdgeLabels {
+    let edge = || super::metrics::EdgeLabels {
         source_workload: me.workload.clone(),
         destination_service_name: service.to_owned(),
     };
@@ -90,14 +90,14 @@ pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome
         mesh.telemetry()
             .metrics
             .retries
-            .get_or_create(&edge)
+            .get_or_create(&edge())
             .inc_by(info.retries);
     }
     if info.budget_exhausted {
         mesh.telemetry()
             .metrics
             .retry_budget_exhausted
-            .get_or_create(&edge)
+            .get_or_create(&edge())
             .inc();
     }
     let id = mesh.identity();

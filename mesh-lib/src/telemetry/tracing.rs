@@ -200,15 +200,13 @@ impl Tracing {
             && (self.propagators.b3_always || headers.contains_key(B3_TRACE_ID));
         inject(headers, trace_id, span_id, sampled, b3);
         SpanGuard {
-            open: sampled.then(info).map(|info| {
-                Box::new(OpenSpan {
-                    tracing: self.clone(),
-                    trace_id,
-                    span_id,
-                    parent_span_id: parent.map_or(SpanId::INVALID, |p| p.span_id),
-                    start: SystemTime::now(),
-                    info,
-                })
+            open: sampled.then(info).map(|info| OpenSpan {
+                tracing: self.clone(),
+                trace_id,
+                span_id,
+                parent_span_id: parent.map_or(SpanId::INVALID, |p| p.span_id),
+                start: SystemTime::now(),
+                info,
             }),
         }
     }
@@ -223,7 +221,7 @@ pub enum SpanInfo {
     Server {
         method: http::Method,
         uri: http::Uri,
-        workload: String,
+        workload: Arc<str>,
         peer: Option<Arc<crate::identity::SpiffeId>>,
     },
     /// One attempt of a request this workload sends to `addr` for `authority`.
@@ -257,7 +255,7 @@ impl SpanInfo {
                 vec![
                     KeyValue::new("http.request.method", method_value(method)),
                     KeyValue::new("url.path", uri.path().to_owned()),
-                    KeyValue::new("mesh.workload", workload.clone()),
+                    KeyValue::new("mesh.workload", workload.to_string()),
                     KeyValue::new(
                         "mesh.peer.principal",
                         peer.as_ref().map_or(String::new(), |p| p.principal()),
@@ -404,7 +402,8 @@ struct OpenSpan {
 #[derive(Debug)]
 #[must_use = "a span ends when finished or dropped"]
 pub struct SpanGuard {
-    open: Option<Box<OpenSpan>>,
+    // Inline: the guard lives in the request's future, which is allocated anyway.
+    open: Option<OpenSpan>,
 }
 
 impl SpanGuard {
@@ -424,7 +423,7 @@ impl SpanGuard {
             parent_span_id,
             start,
             info,
-        } = *open;
+        } = open;
         let span = FinishedSpan {
             trace_id,
             span_id,
