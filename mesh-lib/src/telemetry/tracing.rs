@@ -622,11 +622,9 @@ fn parse_traceparent(value: &str) -> Option<Parent> {
 /// upstreams that only speak Zipkin's headers).
 fn inject(headers: &mut HeaderMap, trace_id: TraceId, span_id: SpanId, sampled: bool, b3: bool) {
     // Hex by hand: `format!` of a u128 is most of what propagation would otherwise cost.
-    let trace = u128::from_be_bytes(trace_id.to_bytes());
-    let span = u64::from_be_bytes(span_id.to_bytes());
     let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    hex(&mut traceparent[3..35], trace);
-    hex(&mut traceparent[36..52], u128::from(span));
+    hex(&mut traceparent[3..35], &trace_id.to_bytes());
+    hex(&mut traceparent[36..52], &span_id.to_bytes());
     traceparent[54] = if sampled { b'1' } else { b'0' };
     // One buffer: the B3 ids are slices of it, not copies.
     let traceparent = bytes::Bytes::copy_from_slice(&traceparent);
@@ -661,12 +659,12 @@ fn hex_value(digits: &[u8]) -> Option<u128> {
     })
 }
 
-/// Writes `value`'s low `out.len()` hex digits into `out`, lowercase, zero-padded.
-fn hex(out: &mut [u8], mut value: u128) {
+/// Writes `bytes` into `out` as lowercase hex, two digits a byte.
+fn hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in out.iter_mut().rev() {
-        *byte = DIGITS[(value & 0xf) as usize];
-        value >>= 4;
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
