@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Uri, header};
 use tower::{Layer, Service};
 
@@ -196,7 +196,11 @@ where
                         t.start(opentelemetry::trace::SpanKind::Client, &mut headers, || {
                             crate::telemetry::tracing::SpanInfo::Client {
                                 method: req.method().clone(),
-                                uri: req.uri().clone(),
+                                path: req
+                                    .uri()
+                                    .path_and_query()
+                                    .cloned()
+                                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
                                 authority: logical,
                                 addr,
                                 endpoint: endpoint.clone(),

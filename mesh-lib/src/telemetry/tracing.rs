@@ -227,7 +227,8 @@ pub enum SpanInfo {
     /// One attempt of a request this workload sends to `addr` for `authority`.
     Client {
         method: http::Method,
-        uri: http::Uri,
+        /// The request's path (the full URI would copy the endpoint's address too).
+        path: http::uri::PathAndQuery,
         authority: String,
         addr: std::net::SocketAddr,
         endpoint: Option<Arc<crate::control::Endpoint>>,
@@ -264,7 +265,7 @@ impl SpanInfo {
             ),
             Self::Client {
                 method,
-                uri,
+                path,
                 authority,
                 addr,
                 endpoint,
@@ -272,7 +273,7 @@ impl SpanInfo {
                 format!("{method} {authority}").into(),
                 vec![
                     KeyValue::new("http.request.method", method_value(method)),
-                    KeyValue::new("url.path", uri.path().to_owned()),
+                    KeyValue::new("url.path", path.path().to_owned()),
                     KeyValue::new("server.address", addr.ip().to_string()),
                     KeyValue::new("server.port", i64::from(addr.port())),
                     KeyValue::new(
@@ -577,10 +578,14 @@ struct Parent {
 
 /// The parent context in `headers`: W3C `traceparent` first, then B3 multi-headers.
 fn extract(headers: &HeaderMap) -> Option<Parent> {
-    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(parent) = get(&TRACEPARENT).and_then(parse_traceparent) {
+    // The bytes, not `to_str`: parsing checks every character anyway.
+    if let Some(parent) = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()))
+    {
         return Some(parent);
     }
+    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let (trace, span) = (get(&B3_TRACE_ID)?, get(&B3_SPAN_ID)?);
     // 64-bit B3 trace ids are the low half of a 128-bit one.
     if !(trace.len() == 16 || trace.len() == 32) || span.len() != 16 {
@@ -599,8 +604,8 @@ fn extract(headers: &HeaderMap) -> Option<Parent> {
 
 /// `version-traceid-spanid-flags` (W3C Trace Context, 55 characters); later versions may
 /// append `-` and more fields.
-fn parse_traceparent(value: &str) -> Option<Parent> {
-    let v = value.trim().as_bytes();
+fn parse_traceparent(value: &[u8]) -> Option<Parent> {
+    let v = value.trim_ascii();
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
@@ -720,11 +725,11 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319z-b7ad6b7169203331-01",
             "garbage",
         ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad}");
+            assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
         }
         // A later version may carry more fields.
         assert!(
-            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-x")
+            parse_traceparent(b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-x")
                 .is_some()
         );
     }
@@ -746,7 +751,7 @@ mod tests {
         ]);
         let span = tracing.start(SpanKind::Client, &mut h, || SpanInfo::Client {
             method: http::Method::GET,
-            uri: "http://10.0.0.7:9080/ratings/0".parse().unwrap(),
+            path: http::uri::PathAndQuery::from_static("/ratings/0"),
             authority: "ratings:9080".into(),
             addr: "10.0.0.7:9080".parse().unwrap(),
             endpoint: None,
@@ -788,7 +793,7 @@ mod tests {
             tracing
                 .start(SpanKind::Client, h, || SpanInfo::Client {
                     method: http::Method::GET,
-                    uri: "/ratings/0".parse().unwrap(),
+                    path: http::uri::PathAndQuery::from_static("/ratings/0"),
                     authority: "ratings:9080".into(),
                     addr: "10.0.0.7:9080".parse().unwrap(),
                     endpoint: None,
