@@ -124,7 +124,7 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         t.start(opentelemetry::trace::SpanKind::Server, headers, || {
             crate::telemetry::tracing::SpanInfo::Server {
                 method: method.clone(),
-                uri: uri.clone(),
+                path: uri.path().into(),
                 workload: gw.mesh.workload_shared(),
                 peer: None,
             }

@@ -34,14 +34,14 @@ fn hop(tracing: &Tracing) {
     let uri: http::Uri = "http://127.0.0.1:9080/ratings/0".parse().unwrap();
     let client = tracing.start(SpanKind::Client, &mut headers, || SpanInfo::Client {
         method: http::Method::GET,
-        path: uri.path_and_query().unwrap().clone(),
+        path: uri.path().into(),
         authority: "ratings:9080".to_owned(),
         addr: "127.0.0.1:9080".parse().unwrap(),
         endpoint: None,
     });
     let server = tracing.start(SpanKind::Server, &mut headers, || SpanInfo::Server {
         method: http::Method::GET,
-        uri: uri.clone(),
+        path: uri.path().into(),
         workload: WORKLOAD.clone(),
         peer: None,
     });

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use http::uri::{Authority, PathAndQuery};
+use http::uri::Authority;
 use http::{HeaderValue, Request, Uri, header};
 use tower::{Layer, Service};
 
@@ -196,11 +196,7 @@ where
                         t.start(opentelemetry::trace::SpanKind::Client, &mut headers, || {
                             crate::telemetry::tracing::SpanInfo::Client {
                                 method: req.method().clone(),
-                                path: req
-                                    .uri()
-                                    .path_and_query()
-                                    .cloned()
-                                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                                path: req.uri().path().into(),
                                 authority: logical,
                                 addr,
                                 endpoint: endpoint.clone(),

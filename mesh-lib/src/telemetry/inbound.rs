@@ -39,7 +39,7 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
         let mut headers = std::mem::take(request.headers_mut());
         let span = t.start(SpanKind::Server, &mut headers, || SpanInfo::Server {
             method: request.method().clone(),
-            uri: request.uri().clone(),
+            path: request.uri().path().into(),
             workload: mesh.workload_shared(),
             peer: peer.clone(),
         });

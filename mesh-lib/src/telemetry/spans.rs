@@ -358,7 +358,7 @@ mod tests {
             flag: None,
             info: SpanInfo::Server {
                 method: http::Method::GET,
-                uri: "/ratings/0".parse().unwrap(),
+                path: "/ratings/0".into(),
                 workload: "ratings-v1".into(),
                 peer: None,
             },

@@ -215,20 +215,23 @@ impl Tracing {
 /// What a span is about, captured cheaply when it starts (clones of small or reference-counted
 /// values); its name and attributes are made only when it is read or exported, off the
 /// request's path.
+///
+/// The path is copied, not shared: a parsed request's `Uri` points into its connection's read
+/// buffer, and a span kept in the ring or the export queue would pin that buffer (kilobytes)
+/// and make the connection allocate a new one for its next request.
 #[derive(Debug, Clone)]
 pub enum SpanInfo {
     /// A request this workload serves.
     Server {
         method: http::Method,
-        uri: http::Uri,
+        path: Box<str>,
         workload: Arc<str>,
         peer: Option<Arc<crate::identity::SpiffeId>>,
     },
     /// One attempt of a request this workload sends to `addr` for `authority`.
     Client {
         method: http::Method,
-        /// The request's path (the full URI would copy the endpoint's address too).
-        path: http::uri::PathAndQuery,
+        path: Box<str>,
         authority: String,
         addr: std::net::SocketAddr,
         endpoint: Option<Arc<crate::control::Endpoint>>,
@@ -248,14 +251,14 @@ impl SpanInfo {
         match self {
             Self::Server {
                 method,
-                uri,
+                path,
                 workload,
                 peer,
             } => (
-                format!("{method} {}", uri.path()).into(),
+                format!("{method} {path}").into(),
                 vec![
                     KeyValue::new("http.request.method", method_value(method)),
-                    KeyValue::new("url.path", uri.path().to_owned()),
+                    KeyValue::new("url.path", path.to_string()),
                     KeyValue::new("mesh.workload", workload.to_string()),
                     KeyValue::new(
                         "mesh.peer.principal",
@@ -273,7 +276,7 @@ impl SpanInfo {
                 format!("{method} {authority}").into(),
                 vec![
                     KeyValue::new("http.request.method", method_value(method)),
-                    KeyValue::new("url.path", path.path().to_owned()),
+                    KeyValue::new("url.path", path.to_string()),
                     KeyValue::new("server.address", addr.ip().to_string()),
                     KeyValue::new("server.port", i64::from(addr.port())),
                     KeyValue::new(
@@ -751,7 +754,7 @@ mod tests {
         ]);
         let span = tracing.start(SpanKind::Client, &mut h, || SpanInfo::Client {
             method: http::Method::GET,
-            path: http::uri::PathAndQuery::from_static("/ratings/0"),
+            path: "/ratings/0".into(),
             authority: "ratings:9080".into(),
             addr: "10.0.0.7:9080".parse().unwrap(),
             endpoint: None,
@@ -793,7 +796,7 @@ mod tests {
             tracing
                 .start(SpanKind::Client, h, || SpanInfo::Client {
                     method: http::Method::GET,
-                    path: http::uri::PathAndQuery::from_static("/ratings/0"),
+                    path: "/ratings/0".into(),
                     authority: "ratings:9080".into(),
                     addr: "10.0.0.7:9080".parse().unwrap(),
                     endpoint: None,
@@ -829,7 +832,7 @@ mod tests {
         always
             .start(SpanKind::Server, &mut h, || SpanInfo::Server {
                 method: http::Method::GET,
-                uri: "/reviews/0".parse().unwrap(),
+                path: "/reviews/0".into(),
                 workload: "reviews-v2".into(),
                 peer: None,
             })
@@ -875,7 +878,7 @@ mod tests {
         drop(
             tracing.start(SpanKind::Server, &mut h, || SpanInfo::Server {
                 method: http::Method::GET,
-                uri: "/productpage".parse().unwrap(),
+                path: "/productpage".into(),
                 workload: "productpage-v1".into(),
                 peer: None,
             }),
