@@ -330,7 +330,7 @@ async fn main() {
             continue;
         }
         println!(
-            "telemetry cost, {:<18} on / off: p50 {:.2}x, p99 {:.2}x, CPU {:.2}x   (goal <= 1.05x p50)",
+            "telemetry cost, {:<18} on / off: p50 {:.3}x, p99 {:.3}x, CPU {:.2}x   (goal <= 1.05x p50)",
             name.trim_start_matches("mesh + mTLS, "),
             percentile(on, 0.5).as_secs_f64() / percentile(off, 0.5).as_secs_f64(),
             percentile(on, 0.99).as_secs_f64() / percentile(off, 0.99).as_secs_f64(),
