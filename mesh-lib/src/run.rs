@@ -111,7 +111,6 @@ impl MeshEnv {
     }
 }
 
-/// A Prometheus scrape answer.
 /// How long `--health-check` waits for `/health`.
 pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 

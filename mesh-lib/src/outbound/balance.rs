@@ -191,21 +191,16 @@ where
             let span = observed
                 .and_then(|m| m.telemetry().tracing.as_ref())
                 .map(|t| {
-                    let mut headers = std::mem::take(req.headers_mut());
-                    let span =
-                        t.start(opentelemetry::trace::SpanKind::Client, &mut headers, || {
-                            crate::telemetry::tracing::SpanInfo::Client {
-                                method: req.method().clone(),
-                                path: req.uri().path().into(),
-                                authority: logical,
-                                addr,
-                                endpoint: endpoint.clone(),
-                            }
-                        });
-                    *req.headers_mut() = headers;
-                    span
+                    t.start_request(opentelemetry::trace::SpanKind::Client, &mut req, |r| {
+                        crate::telemetry::tracing::SpanInfo::Client {
+                            method: r.method().clone(),
+                            path: r.uri().path().into(),
+                            authority: logical,
+                            addr,
+                            endpoint: endpoint.clone(),
+                        }
+                    })
                 });
-            // The metrics' copy of the endpoint is the one looked up; a sampled span took its own.
             if let (Some(attempt), Some(e)) = (req.extensions().get::<Attempt>(), endpoint) {
                 attempt.set_endpoint(e);
             }

@@ -35,16 +35,12 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
         .get::<PeerIdentity>()
         .and_then(|p| p.0.clone());
     let span = mesh.telemetry().tracing.as_ref().map(|t| {
-        // The headers out of the request for a moment, so what the span is about can be read.
-        let mut headers = std::mem::take(request.headers_mut());
-        let span = t.start(SpanKind::Server, &mut headers, || SpanInfo::Server {
-            method: request.method().clone(),
-            path: request.uri().path().into(),
+        t.start_request(SpanKind::Server, &mut request, |r| SpanInfo::Server {
+            method: r.method().clone(),
+            path: r.uri().path().into(),
             workload: mesh.workload_shared(),
             peer: peer.clone(),
-        });
-        *request.headers_mut() = headers;
-        span
+        })
     });
     // Who the peer says it is, trusted only over mTLS; parsed when its series is first made.
     let peer_header = peer

@@ -183,6 +183,20 @@ impl Tracing {
         }
     }
 
+    /// [`Self::start`] for `request`, whose headers carry the context and which `info` reads.
+    pub fn start_request<B>(
+        &self,
+        kind: SpanKind,
+        request: &mut http::Request<B>,
+        info: impl FnOnce(&http::Request<B>) -> SpanInfo,
+    ) -> SpanGuard {
+        // The headers out of the request for a moment, so that `info` can read the rest.
+        let mut headers = std::mem::take(request.headers_mut());
+        let span = self.start(kind, &mut headers, || info(request));
+        *request.headers_mut() = headers;
+        span
+    }
+
     /// Starts a span of `kind` whose parent is the context in `headers`, and writes the new
     /// span's context back into them (W3C, and B3 for client spans as [`Propagators`] says).
     /// `info` says what the span is about; an unsampled span only propagates, and never asks.
@@ -248,35 +262,29 @@ impl SpanInfo {
 
     /// The span's name and attributes (OpenTelemetry's HTTP conventions, plus the mesh's).
     fn describe(&self) -> (Cow<'static, str>, Vec<KeyValue>) {
-        match self {
-            Self::Server {
-                method,
-                path,
-                workload,
-                peer,
-            } => (
-                format!("{method} {path}").into(),
-                vec![
-                    KeyValue::new("http.request.method", method_value(method)),
-                    KeyValue::new("url.path", path.to_string()),
+        let (Self::Server { method, path, .. } | Self::Client { method, path, .. }) = self;
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method_value(method)),
+            KeyValue::new("url.path", path.to_string()),
+        ];
+        let name = match self {
+            Self::Server { workload, peer, .. } => {
+                attributes.extend([
                     KeyValue::new("mesh.workload", workload.to_string()),
                     KeyValue::new(
                         "mesh.peer.principal",
                         peer.as_ref().map_or(String::new(), |p| p.principal()),
                     ),
-                ],
-            ),
+                ]);
+                format!("{method} {path}")
+            }
             Self::Client {
-                method,
-                path,
                 authority,
                 addr,
                 endpoint,
-            } => (
-                format!("{method} {authority}").into(),
-                vec![
-                    KeyValue::new("http.request.method", method_value(method)),
-                    KeyValue::new("url.path", path.to_string()),
+                ..
+            } => {
+                attributes.extend([
                     KeyValue::new("server.address", addr.ip().to_string()),
                     KeyValue::new("server.port", i64::from(addr.port())),
                     KeyValue::new(
@@ -291,9 +299,11 @@ impl SpanInfo {
                             .as_ref()
                             .map_or(String::new(), |e| e.service.clone()),
                     ),
-                ],
-            ),
-        }
+                ]);
+                format!("{method} {authority}")
+            }
+        };
+        (name.into(), attributes)
     }
 }
 
