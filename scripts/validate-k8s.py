@@ -26,7 +26,8 @@ Checks, one output line per group:
               with the overlay's meshd (flags, both config dirs), its istio-ingressgateway with
               the overlay's gateway (image, args, env, ports; the only published app port,
               productpage is not), and docker/mesh-tokens/* with the overlay's Secret and
-              compose's secrets; OTEL_* by name only (compose's point at its own Jaeger)
+              compose's secrets; OTEL_* by name only (compose's point at its own Jaeger);
+              SESSION_SECRET as compose's empty default against an optional secretKeyRef
   contract    Services, Deployments and ServiceAccounts of the app follow the Bookinfo contract;
               every container of every Deployment has probes, requests and runAsNonRoot;
               references (selectors, service accounts, config maps, role bindings) resolve
@@ -1068,13 +1069,27 @@ def flag_lists(args):
     return out
 
 
+# Secrets each deployment brings itself, so neither side holds a value: compose passes the
+# host's variable with an empty default (`${NAME:-}`), a cluster an optional Secret key. Both
+# mean "unset" by default, which the comparison sees as "" on the k8s side.
+OPTIONAL_SECRET_ENV = ("SESSION_SECRET",)
+
+
 def container_env(c, g=None, w=""):
     env = {}
     for e in c.get("env") or []:
+        name = e.get("name")
+        ref = dig(e, "valueFrom", "secretKeyRef", default=None)
         if g is not None:
-            g.check("valueFrom" not in e, "%s: env %s uses valueFrom, compose sets a literal" % (w, e.get("name")))
-            g.check(e.get("name") not in env, "%s: env %s set twice" % (w, e.get("name")))
-        env[e.get("name")] = e.get("value")
+            if name in OPTIONAL_SECRET_ENV:
+                g.check("value" not in e and isinstance(ref, dict) and ref.get("optional") is True
+                        and ref.get("name") and ref.get("key"),
+                        "%s: env %s must come from an optional secretKeyRef (name, key, optional: true)"
+                        % (w, name))
+            else:
+                g.check("valueFrom" not in e, "%s: env %s uses valueFrom, compose sets a literal" % (w, name))
+            g.check(name not in env, "%s: env %s set twice" % (w, name))
+        env[name] = "" if name in OPTIONAL_SECRET_ENV and "valueFrom" in e else e.get("value")
     return env
 
 

@@ -340,6 +340,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (server, _) = join(ratings, "ratings", "v1")?;
     let state = ratings::State::new(ratings::Config {
         variant: config.ratings_variant,
+        ..Default::default()
     });
     apps.push((server, ratings::app(state)));
     for (server, version) in reviews.into_iter().zip(["v1", "v2", "v3"]) {

@@ -75,7 +75,10 @@ fn spied(app: Router) -> (Router, Arc<Mutex<Vec<HeaderMap>>>) {
 
 fn ratings_app(variant: ratings::Variant) -> Router {
     ratings::app(ratings::State::with_coin(
-        ratings::Config { variant },
+        ratings::Config {
+            variant,
+            ..Default::default()
+        },
         || true,
     ))
 }

@@ -5,7 +5,8 @@
 //! signed `session` cookie with `end-user` on every backend call, the header allow-list with
 //! B3 re-emission, simplejson-style API JSON, the `request_result` metric, and the backend
 //! timeouts the fault-injection task depends on (details 3 s × 1, reviews 3 s × 2 attempts,
-//! ratings 3 s × 1). Fixed: login and logout without a `Referer` redirect to `/productpage`.
+//! ratings 3 s × 1). Fixed: login and logout without a `Referer` redirect to `/productpage`,
+//! and the cookie's signing key is configured or generated at start, never built in.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -24,7 +25,10 @@ use axum::routing::{get, post};
 use mesh::env::{VarError, Vars};
 
 pub use backends::Metrics;
-pub use session::Session;
+pub use session::{
+    GENERATED_SESSION_SECRET_BYTES, MIN_SESSION_SECRET_BYTES, SESSION_SECRET_FILE_VAR,
+    SESSION_SECRET_VAR, SecretError, Session, SessionSecret,
+};
 
 /// productpage → details: one attempt.
 pub const DETAILS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -35,9 +39,6 @@ pub const REVIEWS_TIMEOUT: Duration = Duration::from_secs(3);
 pub const REVIEWS_ATTEMPTS: u32 = 2;
 /// productpage → ratings (API route only): one attempt.
 pub const RATINGS_TIMEOUT: Duration = Duration::from_secs(3);
-/// The secret that signs the session cookie unless `SESSION_SECRET` is set. Fixed so every
-/// replica accepts every other replica's cookie, as upstream.
-pub const DEFAULT_SESSION_SECRET: &str = "bookinfo-productpage-session-v1";
 
 /// productpage configuration, from upstream's environment variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +51,10 @@ pub struct Config {
     pub ratings_url: String,
     /// `FLOOD_FACTOR`: extra reviews calls per page view, answers discarded (default 0).
     pub flood_factor: u32,
-    /// `SESSION_SECRET`: key of the session cookie's signature.
-    pub session_secret: String,
+    /// Key of the session cookie's signature: `SESSION_SECRET`, the file named by
+    /// `SESSION_SECRET_FILE`, or (neither set) [`GENERATED_SESSION_SECRET_BYTES`] random bytes
+    /// generated at start.
+    pub session_secret: SessionSecret,
 }
 
 impl Config {
@@ -61,16 +64,21 @@ impl Config {
             reviews_url: mesh::env::backend_url(vars, "reviews")?,
             ratings_url: mesh::env::backend_url(vars, "ratings")?,
             flood_factor: vars.parse_or("FLOOD_FACTOR", 0)?,
-            session_secret: vars.get_or("SESSION_SECRET", DEFAULT_SESSION_SECRET),
+            session_secret: SessionSecret::from_env(vars)?,
         })
     }
 }
 
 impl Default for Config {
-    /// Upstream's defaults: `details:9080`, `reviews:9080`, `ratings:9080`, no flooding.
+    /// Upstream's defaults: `details:9080`, `reviews:9080`, `ratings:9080`, no flooding, and a
+    /// freshly generated session secret.
+    ///
+    /// # Panics
+    ///
+    /// When the operating system cannot provide random bytes for the secret.
     fn default() -> Self {
         let unset: [(&str, &str); 0] = [];
-        Self::from_env(&unset).expect("the defaults are valid")
+        Self::from_env(&unset).expect("the defaults are valid and randomness is available")
     }
 }
 
@@ -84,6 +92,13 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config, client: mesh::Client) -> Self {
+        if config.session_secret.is_generated() {
+            tracing::info!(
+                "productpage signs sessions with a secret generated at start: sessions do not \
+                 survive a restart and are not shared between replicas; set SESSION_SECRET or \
+                 SESSION_SECRET_FILE to share one"
+            );
+        }
         Self {
             config: Arc::new(config),
             client,

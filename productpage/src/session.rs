@@ -3,8 +3,12 @@
 //! The cookie holds `{"user": <name or null>}` and an HMAC-SHA256 signature, so a user name
 //! cannot be forged from the browser. Any user name is accepted and the password is ignored,
 //! as upstream: it is a demo of identity-based routing, not of authentication.
+//!
+//! The signing key comes from `SESSION_SECRET` or `SESSION_SECRET_FILE`, or is generated at
+//! start: a key in the source would let anyone forge any user's cookie.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use axum::extract::{FromRef, FromRequestParts, RawQuery, State as AxumState};
 use axum::http::request::Parts;
@@ -17,11 +21,129 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use mesh::env::{VarError, Vars};
+
 use crate::State;
 
 const COOKIE: &str = "session";
 /// Where login and logout send a browser that sent no `Referer` (upstream: `None`).
 const DEFAULT_REDIRECT: &str = "/productpage";
+
+/// The variable holding the session secret itself.
+pub const SESSION_SECRET_VAR: &str = "SESSION_SECRET";
+/// The variable naming a file that holds the session secret, as Docker and Kubernetes mount
+/// secrets; surrounding whitespace is trimmed.
+pub const SESSION_SECRET_FILE_VAR: &str = "SESSION_SECRET_FILE";
+/// The shortest configured secret accepted: a shorter HMAC key can be brute-forced offline
+/// from a single cookie.
+pub const MIN_SESSION_SECRET_BYTES: usize = 16;
+/// Random bytes in a generated secret: SHA-256's output size, the most HMAC-SHA256 benefits
+/// from.
+pub const GENERATED_SESSION_SECRET_BYTES: usize = 32;
+
+/// The key that signs the session cookie. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionSecret {
+    key: Vec<u8>,
+    generated: bool,
+}
+
+/// A session secret that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("a session secret needs at least {MIN_SESSION_SECRET_BYTES} bytes, got {0}")]
+    TooShort(usize),
+    #[error("no random secret could be generated: {0}")]
+    Random(getrandom::Error),
+}
+
+impl SessionSecret {
+    /// A configured secret; refused when shorter than [`MIN_SESSION_SECRET_BYTES`].
+    pub fn new(key: impl Into<Vec<u8>>) -> Result<Self, SecretError> {
+        let key = key.into();
+        if key.len() < MIN_SESSION_SECRET_BYTES {
+            return Err(SecretError::TooShort(key.len()));
+        }
+        Ok(Self {
+            key,
+            generated: false,
+        })
+    }
+
+    /// [`GENERATED_SESSION_SECRET_BYTES`] from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, SecretError> {
+        let mut key = vec![0; GENERATED_SESSION_SECRET_BYTES];
+        getrandom::fill(&mut key).map_err(SecretError::Random)?;
+        Ok(Self {
+            key,
+            generated: true,
+        })
+    }
+
+    /// `SESSION_SECRET`, else the trimmed contents of `SESSION_SECRET_FILE`, else a generated
+    /// secret. Setting both is an error, so it is never a guess which one signs.
+    pub fn from_env(vars: &impl Vars) -> Result<Self, VarError> {
+        // Compose hands `${SESSION_SECRET:-}` over as an empty string: that means "unset".
+        let value = vars.get(SESSION_SECRET_VAR).filter(|v| !v.is_empty());
+        let file = vars.get(SESSION_SECRET_FILE_VAR).filter(|v| !v.is_empty());
+        match (value, file) {
+            (Some(_), Some(path)) => Err(VarError::new(
+                SESSION_SECRET_FILE_VAR,
+                &path,
+                format!("{SESSION_SECRET_VAR} is set too; set only one of them"),
+            )),
+            (Some(value), None) => {
+                let len = value.len();
+                Self::new(value).map_err(|e| {
+                    // The value is the secret: an error message must not carry it into logs.
+                    VarError::new(
+                        SESSION_SECRET_VAR,
+                        &format!("<{len} bytes, hidden>"),
+                        e.to_string(),
+                    )
+                })
+            }
+            (None, Some(path)) => {
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    VarError::new(
+                        SESSION_SECRET_FILE_VAR,
+                        &path,
+                        format!("cannot read the file: {e}"),
+                    )
+                })?;
+                let secret = bytes.trim_ascii();
+                if secret.is_empty() {
+                    return Err(VarError::new(
+                        SESSION_SECRET_FILE_VAR,
+                        &path,
+                        "the file is empty",
+                    ));
+                }
+                Self::new(secret)
+                    .map_err(|e| VarError::new(SESSION_SECRET_FILE_VAR, &path, e.to_string()))
+            }
+            (None, None) => Self::generate()
+                .map_err(|e| VarError::new(SESSION_SECRET_VAR, "", format!("unset, and {e}"))),
+        }
+    }
+
+    /// Whether this secret was generated at start rather than configured.
+    pub fn is_generated(&self) -> bool {
+        self.generated
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl fmt::Debug for SessionSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSecret")
+            .field("generated", &self.generated)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The session of the current request; empty when there is no valid cookie.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,14 +166,14 @@ impl Session {
             .and_then(|u| HeaderValue::from_str(u).ok())
     }
 
-    fn encode(&self, secret: &str) -> String {
+    fn encode(&self, secret: &SessionSecret) -> String {
         let payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("a session serialises"));
         let signature = URL_SAFE_NO_PAD.encode(sign(secret, payload.as_bytes()));
         format!("{payload}.{signature}")
     }
 
-    fn decode(cookie: &str, secret: &str) -> Option<Self> {
+    fn decode(cookie: &str, secret: &SessionSecret) -> Option<Self> {
         let (payload, signature) = cookie.split_once('.')?;
         let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
         let mut mac = mac(secret);
@@ -60,7 +182,7 @@ impl Session {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
     }
 
-    fn from_headers(headers: &HeaderMap, secret: &str) -> Self {
+    fn from_headers(headers: &HeaderMap, secret: &SessionSecret) -> Self {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -73,11 +195,11 @@ impl Session {
     }
 }
 
-fn mac(secret: &str) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length")
+fn mac(secret: &SessionSecret) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(secret.key()).expect("HMAC takes keys of any length")
 }
 
-fn sign(secret: &str, data: &[u8]) -> Vec<u8> {
+fn sign(secret: &SessionSecret, data: &[u8]) -> Vec<u8> {
     let mut mac = mac(secret);
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
@@ -146,22 +268,51 @@ fn redirect_back(headers: &HeaderMap, cookie: String) -> Response {
 mod tests {
     use super::*;
 
+    fn secret(key: &str) -> SessionSecret {
+        SessionSecret::new(key).unwrap()
+    }
+
     #[test]
     fn cookies_round_trip_and_reject_tampering() {
+        let k = secret("k-0123456789abcdef");
         let s = Session {
             user: Some("jason".into()),
         };
-        let cookie = s.encode("k");
-        assert_eq!(Session::decode(&cookie, "k"), Some(s));
-        assert_eq!(Session::decode(&cookie, "other-key"), None);
+        let cookie = s.encode(&k);
+        assert_eq!(Session::decode(&cookie, &k), Some(s));
+        assert_eq!(
+            Session::decode(&cookie, &secret("other-key-0123456789")),
+            None
+        );
         let forged = Session {
             user: Some("admin".into()),
         }
-        .encode("attacker");
-        assert_eq!(Session::decode(&forged, "k"), None);
+        .encode(&secret("attacker-0123456789"));
+        assert_eq!(Session::decode(&forged, &k), None);
         let (_, sig) = cookie.split_once('.').unwrap();
         let swapped = format!("{}.{sig}", URL_SAFE_NO_PAD.encode(br#"{"user":"admin"}"#));
-        assert_eq!(Session::decode(&swapped, "k"), None);
+        assert_eq!(Session::decode(&swapped, &k), None);
+    }
+
+    #[test]
+    fn generated_secrets_are_random_and_the_right_size() {
+        let a = SessionSecret::generate().unwrap();
+        let b = SessionSecret::generate().unwrap();
+        assert!(a.is_generated() && b.is_generated());
+        assert_eq!(a.key().len(), GENERATED_SESSION_SECRET_BYTES);
+        assert_ne!(a.key(), b.key());
+        let cookie = Session {
+            user: Some("jason".into()),
+        }
+        .encode(&a);
+        assert_eq!(Session::decode(&cookie, &b), None);
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let shown = format!("{:?}", secret("do-not-print-this-key"));
+        assert!(!shown.contains("do-not-print"), "{shown}");
+        assert!(shown.contains("generated: false"), "{shown}");
     }
 
     #[test]

@@ -30,7 +30,13 @@ impl Mesh {
         let mut backends: Vec<(String, Router)> = Vec::new();
         if let Some(variant) = self.ratings {
             // The variants' coin always lands on "fault": delayed always delays.
-            let state = ratings::State::with_coin(ratings::Config { variant }, || true);
+            let state = ratings::State::with_coin(
+                ratings::Config {
+                    variant,
+                    ..Default::default()
+                },
+                || true,
+            );
             backends.push(("ratings:9080".into(), ratings::app(state)));
         }
         let client = mesh::Client::in_process(backends.clone());
@@ -522,4 +528,123 @@ async fn flood_factor_makes_that_many_extra_reviews_calls_per_page() {
             .contains(r#"request_result_total{destination_app="reviews",response_code="200"} 1"#),
         "flood calls are not counted: {metrics}"
     );
+}
+
+/// The key productpage signed with whenever `SESSION_SECRET` was unset. It is public in the
+/// repository's history, so a cookie signed with it is exactly what an attacker would send.
+const OLD_PUBLIC_SECRET: &str = "bookinfo-productpage-session-v1";
+
+/// A `session` cookie for `user` built independently of productpage, in its wire format:
+/// base64url JSON, `.`, base64url HMAC-SHA256 of the first part.
+fn signed_cookie(user: &str, key: &[u8]) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, Mac};
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::json!({ "user": user }).to_string());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(payload.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("session={payload}.{signature}")
+}
+
+/// productpage with `secret`, over details and reviews v1, and the `end-user` header of every
+/// call reviews received (`None` where it was absent).
+fn recording_productpage(
+    secret: productpage::SessionSecret,
+) -> (
+    Router,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = seen.clone();
+    let reviews = reviews::app(reviews::State {
+        config: reviews::Config::version("v1", "http://ratings:9080"),
+        client: mesh::Client::in_process([]),
+    })
+    .layer(axum::middleware::map_request(
+        move |req: axum::extract::Request| {
+            let recorder = recorder.clone();
+            async move {
+                let end_user = req
+                    .headers()
+                    .get("end-user")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                recorder.lock().unwrap().push(end_user);
+                req
+            }
+        },
+    ));
+    let client = mesh::Client::in_process([
+        ("reviews:9080".to_owned(), reviews),
+        (
+            "details:9080".to_owned(),
+            details::app(details::Config::default()),
+        ),
+    ]);
+    let config = productpage::Config {
+        session_secret: secret,
+        ..productpage::Config::default()
+    };
+    (
+        productpage::app(productpage::State::new(config, client)),
+        seen,
+    )
+}
+
+async fn page_with_cookie(app: &Router, cookie: &str) -> Reply {
+    send(
+        app,
+        Request::get("/productpage")
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_cookie_signed_with_the_old_public_secret_is_refused() {
+    let (app, seen) = recording_productpage(productpage::SessionSecret::generate().unwrap());
+    let cookie = signed_cookie("jason", OLD_PUBLIC_SECRET.as_bytes());
+    let page = page_with_cookie(&app, &cookie).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"sign-in-button\""));
+    assert!(!page.body.contains("jason") && !page.body.contains("Sign out"));
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty(), "reviews was called");
+    assert!(seen.iter().all(Option::is_none), "end-user sent: {seen:?}");
+}
+
+/// The control for the test above: the hand-made cookie is in productpage's format, so it is
+/// refused for its key and nothing else.
+#[tokio::test]
+async fn a_cookie_signed_with_the_configured_secret_is_accepted() {
+    let secret = productpage::SessionSecret::new(OLD_PUBLIC_SECRET).unwrap();
+    let (app, seen) = recording_productpage(secret);
+    let page = page_with_cookie(&app, &signed_cookie("jason", OLD_PUBLIC_SECRET.as_bytes())).await;
+    assert!(page.body.contains("jason") && page.body.contains("Sign out"));
+    assert!(!page.body.contains("id=\"sign-in-button\""));
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty(), "reviews was called");
+    assert!(
+        seen.iter().all(|u| u.as_deref() == Some("jason")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_from_one_generated_secret_is_not_valid_under_another() {
+    let (first, _) = recording_productpage(productpage::SessionSecret::generate().unwrap());
+    let (restarted, _) = recording_productpage(productpage::SessionSecret::generate().unwrap());
+    let cookie = session_cookie(&login(&first, "username=jason", None).await);
+    assert!(
+        page_with_cookie(&first, &cookie)
+            .await
+            .body
+            .contains("Sign out")
+    );
+    let page = page_with_cookie(&restarted, &cookie).await;
+    assert!(page.body.contains("id=\"sign-in-button\""));
+    assert!(!page.body.contains("jason"));
 }

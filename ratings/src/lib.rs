@@ -4,7 +4,9 @@
 //! with the id taken from the raw URL's last `/` segment by JavaScript `parseInt`, 400
 //! `please provide numeric product ID` (capital "ID"), POST storing ratings per id, 404 with an
 //! empty body for unmatched paths, and the test variants selected by `SERVICE_VERSION`.
-//! Fixed: other methods get 405 instead of a request that never ends.
+//! Fixed: other methods get 405 instead of a request that never ends, and the posted ratings
+//! are bounded (at most [`MAX_STORED_PRODUCTS`] ids of at most [`MAX_BODY_BYTES`] each) where
+//! upstream grows until the process runs out of memory.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -28,8 +30,12 @@ pub const DELAYED_BY: Duration = Duration::from_secs(7);
 pub const UNAVAILABLE_PERIOD: Duration = Duration::from_secs(60);
 /// How often `v-unhealthy` toggles its health and availability.
 pub const UNHEALTHY_PERIOD: Duration = Duration::from_secs(15 * 60);
-/// The largest POST body accepted, in bytes.
+/// The largest POST body accepted, in bytes; larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How many distinct product ids can hold posted ratings unless `RATINGS_MAX_PRODUCTS` says
+/// otherwise; a POST for one more new id is 507. With [`MAX_BODY_BYTES`] per id this bounds the
+/// store at some 625 MiB, where upstream's grows with every new id anyone posts.
+pub const MAX_STORED_PRODUCTS: usize = 10_000;
 
 /// Which upstream ratings image this process behaves like (`SERVICE_VERSION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,16 +81,31 @@ impl Variant {
 }
 
 /// ratings configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
+    /// `SERVICE_VERSION` (default `v1`).
     pub variant: Variant,
+    /// `RATINGS_MAX_PRODUCTS`: distinct ids that can hold posted ratings (default
+    /// [`MAX_STORED_PRODUCTS`]; 0 refuses every new id).
+    pub max_products: usize,
 }
 
 impl Config {
     pub fn from_env(vars: &impl Vars) -> Result<Self, VarError> {
         Ok(Self {
             variant: Variant::parse(&vars.get_or("SERVICE_VERSION", "v1"))?,
+            max_products: vars.parse_or("RATINGS_MAX_PRODUCTS", MAX_STORED_PRODUCTS)?,
         })
+    }
+}
+
+impl Default for Config {
+    /// `v1` holding up to [`MAX_STORED_PRODUCTS`] posted ids.
+    fn default() -> Self {
+        Self {
+            variant: Variant::V1,
+            max_products: MAX_STORED_PRODUCTS,
+        }
     }
 }
 
@@ -96,7 +117,11 @@ pub struct State {
 
 struct Inner {
     variant: Variant,
-    posted: Mutex<HashMap<String, Value>>,
+    max_products: usize,
+    /// Posted ratings by id, as compact JSON text of at most [`MAX_BODY_BYTES`]: a parsed
+    /// `Value` can take many times the bytes of its body (`[0,0,…]` costs a whole `Value` per
+    /// two bytes).
+    posted: Mutex<HashMap<String, Box<str>>>,
     started: Instant,
     /// The variants' 50 % chance; replaceable so tests can decide it.
     coin: Box<dyn Fn() -> bool + Send + Sync>,
@@ -106,6 +131,7 @@ impl fmt::Debug for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("State")
             .field("variant", &self.inner.variant)
+            .field("max_products", &self.inner.max_products)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +146,7 @@ impl State {
         Self {
             inner: Arc::new(Inner {
                 variant: config.variant,
+                max_products: config.max_products,
                 posted: Mutex::new(HashMap::new()),
                 started: Instant::now(),
                 coin: Box::new(coin),
@@ -212,16 +239,20 @@ async fn get_ratings(state: &State, raw_url: &str) -> Response {
             }
         }
     }
-    let key = id.to_string();
-    let ratings = state
+    let posted = state
         .inner
         .posted
         .lock()
         .expect("ratings lock is never poisoned")
-        .get(&key)
-        .cloned()
-        .unwrap_or_else(|| json!({"Reviewer1": 5, "Reviewer2": 4}));
-    json_response(StatusCode::OK, &json!({"id": id, "ratings": ratings}))
+        .get(&id.to_string())
+        .cloned();
+    match posted {
+        Some(ratings) => ratings_response(&id, &ratings),
+        None => json_response(
+            StatusCode::OK,
+            &json!({"id": id, "ratings": {"Reviewer1": 5, "Reviewer2": 4}}),
+        ),
+    }
 }
 
 fn post_ratings(state: &State, raw_url: &str, body: &Bytes) -> Response {
@@ -231,13 +262,41 @@ fn post_ratings(state: &State, raw_url: &str, body: &Bytes) -> Response {
     let Ok(ratings) = serde_json::from_slice::<Value>(body) else {
         return error(StatusCode::BAD_REQUEST, "please provide valid ratings JSON");
     };
-    state
-        .inner
-        .posted
-        .lock()
-        .expect("ratings lock is never poisoned")
-        .insert(id.to_string(), ratings.clone());
-    json_response(StatusCode::OK, &json!({"id": id, "ratings": ratings}))
+    let ratings: Box<str> = ratings.to_string().into();
+    // Re-serialising can grow a body (`1e15` becomes `1000000000000000.0`); refusing that keeps
+    // every stored entry within the body limit.
+    if ratings.len() > MAX_BODY_BYTES {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "ratings body too large");
+    }
+    let key = id.to_string();
+    let max = state.inner.max_products;
+    {
+        let mut posted = state
+            .inner
+            .posted
+            .lock()
+            .expect("ratings lock is never poisoned");
+        // Updating a stored id replaces its entry and cannot grow the store.
+        if posted.len() >= max && !posted.contains_key(&key) {
+            return error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                &format!("ratings store is full: at most {max} products can hold posted ratings"),
+            );
+        }
+        posted.insert(key, ratings.clone());
+    }
+    ratings_response(&id, &ratings)
+}
+
+/// `{"id":…,"ratings":…}` around ratings already serialised as compact JSON, byte for byte
+/// what serialising the object would give, without parsing the stored text again.
+fn ratings_response(id: &serde_json::Number, ratings: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"id":{id},"ratings":{ratings}}}"#),
+    )
+        .into_response()
 }
 
 /// The id upstream reads: JavaScript `parseInt` of the raw URL's last `/` segment.
@@ -327,5 +386,20 @@ mod tests {
         );
         let empty: [(&str, &str); 0] = [];
         assert_eq!(Config::from_env(&empty).unwrap().variant, Variant::V1);
+    }
+
+    #[test]
+    fn ratings_max_products_defaults_to_the_documented_limit_and_must_be_a_number() {
+        let empty: [(&str, &str); 0] = [];
+        assert_eq!(
+            Config::from_env(&empty).unwrap().max_products,
+            MAX_STORED_PRODUCTS
+        );
+        assert_eq!(Config::default().max_products, MAX_STORED_PRODUCTS);
+        let limit = |s| Config::from_env(&[("RATINGS_MAX_PRODUCTS", s)]).map(|c| c.max_products);
+        assert_eq!(limit("25"), Ok(25));
+        let err = limit("many").unwrap_err();
+        assert_eq!(err.name, "RATINGS_MAX_PRODUCTS");
+        assert!(limit("-1").is_err());
     }
 }

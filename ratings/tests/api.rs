@@ -12,7 +12,22 @@ use ratings::{Config, State, Variant};
 use tower::ServiceExt;
 
 fn app(variant: Variant) -> Router {
-    ratings::app(State::new(Config { variant }))
+    ratings::app(State::new(Config {
+        variant,
+        ..Config::default()
+    }))
+}
+
+/// A v1 ratings whose store holds posted ratings for at most `max_products` ids.
+fn limited_app(max_products: usize) -> Router {
+    ratings::app(State::new(Config {
+        max_products,
+        ..Config::default()
+    }))
+}
+
+async fn post(app: &Router, uri: &str, body: &str) -> (StatusCode, String) {
+    call(app, Method::POST, uri, body).await
 }
 
 async fn call(app: &Router, method: Method, uri: &str, body: &str) -> (StatusCode, String) {
@@ -147,9 +162,13 @@ async fn other_methods_get_405_instead_of_hanging() {
 }
 
 fn coin_app(variant: Variant, heads: Arc<AtomicBool>) -> Router {
-    ratings::app(State::with_coin(Config { variant }, move || {
-        heads.load(Ordering::SeqCst)
-    }))
+    ratings::app(State::with_coin(
+        Config {
+            variant,
+            ..Config::default()
+        },
+        move || heads.load(Ordering::SeqCst),
+    ))
 }
 
 #[tokio::test]
@@ -229,4 +248,124 @@ async fn unhealthy_toggles_health_and_availability_every_fifteen_minutes() {
     );
     tokio::time::advance(Duration::from_secs(15 * 60)).await;
     assert_eq!(get(&app, "/health").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_new_id_beyond_the_limit_is_507_and_stored_ids_still_work() {
+    let app = limited_app(2);
+    for id in [1, 2] {
+        let (status, body) = post(&app, &format!("/ratings/{id}"), r#"{"Reviewer1":1}"#).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+        assert_eq!(
+            body,
+            format!(r#"{{"id":{id},"ratings":{{"Reviewer1":1}}}}"#)
+        );
+    }
+    let (status, body) = post(&app, "/ratings/3", r#"{"Reviewer1":3}"#).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(
+        body,
+        r#"{"error":"ratings store is full: at most 2 products can hold posted ratings"}"#
+    );
+    // The refused id was not stored: it still has the built-in ratings.
+    assert_eq!(
+        get(&app, "/ratings/3").await,
+        (
+            StatusCode::OK,
+            r#"{"id":3,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#.to_owned()
+        )
+    );
+    // At the limit, a stored id can still be updated, and read back.
+    let (status, body) = post(&app, "/ratings/2", r#"{"Reviewer1":2,"Reviewer2":3}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, r#"{"id":2,"ratings":{"Reviewer1":2,"Reviewer2":3}}"#);
+    assert_eq!(
+        get(&app, "/ratings/2").await.1,
+        r#"{"id":2,"ratings":{"Reviewer1":2,"Reviewer2":3}}"#
+    );
+    assert_eq!(
+        get(&app, "/ratings/1").await.1,
+        r#"{"id":1,"ratings":{"Reviewer1":1}}"#
+    );
+    // Ids are counted as parsed, so another spelling of a stored id is an update, not new.
+    assert_eq!(post(&app, "/ratings/0x1", "[5]").await.0, StatusCode::OK);
+    assert_eq!(get(&app, "/ratings/1").await.1, r#"{"id":1,"ratings":[5]}"#);
+}
+
+#[tokio::test]
+async fn a_limit_of_zero_refuses_every_post_but_not_gets() {
+    let app = limited_app(0);
+    assert_eq!(
+        post(&app, "/ratings/0", "{}").await.0,
+        StatusCode::INSUFFICIENT_STORAGE
+    );
+    assert_eq!(get(&app, "/ratings/0").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refused_posts_do_not_count_towards_the_limit() {
+    let app = limited_app(1);
+    assert_eq!(
+        post(&app, "/ratings/1", "{nope").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        post(&app, "/ratings/x", "{}").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(post(&app, "/ratings/1", "{}").await.0, StatusCode::OK);
+    assert_eq!(
+        post(&app, "/ratings/2", "{}").await.0,
+        StatusCode::INSUFFICIENT_STORAGE
+    );
+}
+
+#[tokio::test]
+async fn the_default_limit_leaves_ordinary_use_as_upstream() {
+    let app = app(Variant::V1);
+    for id in 0..100 {
+        let body = format!(r#"{{"Reviewer1":{},"Reviewer2":4}}"#, id % 6);
+        let (status, _) = post(&app, &format!("/ratings/{id}"), &body).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+    }
+    assert_eq!(
+        get(&app, "/ratings/99").await.1,
+        r#"{"id":99,"ratings":{"Reviewer1":3,"Reviewer2":4}}"#
+    );
+    assert_eq!(
+        ratings::Config::default().max_products,
+        ratings::MAX_STORED_PRODUCTS
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_and_changes_nothing() {
+    let app = app(Variant::V1);
+    let at_limit = format!(r#""{}""#, "a".repeat(ratings::MAX_BODY_BYTES - 2));
+    assert_eq!(post(&app, "/ratings/5", &at_limit).await.0, StatusCode::OK);
+    let over = format!(r#""{}""#, "a".repeat(ratings::MAX_BODY_BYTES - 1));
+    let (status, body) = post(&app, "/ratings/6", &over).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body, r#"{"error":"ratings body too large"}"#);
+    assert_eq!(
+        get(&app, "/ratings/6").await.1,
+        r#"{"id":6,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_grows_past_the_limit_when_stored_is_413() {
+    let app = app(Variant::V1);
+    // `1e15` is stored as `1000000000000000.0`: under the limit as posted, over it as stored.
+    let mut body = String::from("[1e15");
+    while body.len() < ratings::MAX_BODY_BYTES - 6 {
+        body.push_str(",1e15");
+    }
+    body.push(']');
+    assert!(body.len() <= ratings::MAX_BODY_BYTES);
+    let (status, reply) = post(&app, "/ratings/1", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply, r#"{"error":"ratings body too large"}"#);
+    let (status, _) = post(&app, "/ratings/1", "[1e15]").await;
+    assert_eq!(status, StatusCode::OK);
 }

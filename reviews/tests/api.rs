@@ -23,7 +23,10 @@ fn reviews_app(version: &str, ratings: Option<Router>) -> Router {
 
 fn ratings_app(variant: Variant, coin: bool) -> Router {
     ratings::app(ratings::State::with_coin(
-        ratings::Config { variant },
+        ratings::Config {
+            variant,
+            ..Default::default()
+        },
         move || coin,
     ))
 }
