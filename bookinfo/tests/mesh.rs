@@ -316,3 +316,105 @@ fn the_shipped_mesh_config_samples_load_cleanly() {
         "nothing is applied by default"
     );
 }
+
+/// A GET sent as raw bytes, so no client tidies the path first: (status, body).
+async fn raw_get(addr: std::net::SocketAddr, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: details:9080\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {target}"))
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line for {target}: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deny_on_a_path_covers_every_spelling_of_that_path() {
+    let dir = tempdir("normalize");
+    let app = start(&dir).await;
+    let details = app.addrs.details;
+    // The application gets the normalised path: details serves `/%64etails/1` as `/details/1`.
+    let (status, body) = raw_get(details, "/%64etails/x/../1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"id\":1"), "{body}");
+
+    std::fs::write(
+        dir.join("deny-details-0.yaml"),
+        policy(
+            "deny-details-0",
+            Some("details"),
+            "  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [\"/details/0\"]\n",
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while raw_get(details, "/details/0").await.0 != 403 {
+        assert!(Instant::now() < deadline, "the DENY never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for spelling in [
+        "/details/0",
+        "/details/./0",
+        "/details/x/../0",
+        "//details/0",
+        "/details//0",
+        "/details/%2E/0",
+        "/details/%2e%2e/details/0",
+        "/%64etails/0",
+        "/details%2F0",
+        "/details%5c0",
+        "/../details/0",
+        "/details/0?x=/../",
+    ] {
+        assert_eq!(
+            raw_get(details, spelling).await,
+            (403, "RBAC: access denied".to_owned()),
+            "{spelling}"
+        );
+    }
+    let (status, body) = raw_get(details, "/details/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"id\":1"), "{body}");
+    // What cannot be made a valid path is refused before any policy, as Envoy does.
+    assert_eq!(raw_get(details, "/details/%00").await.0, 400);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn meshd_starts_with_a_bad_file_and_a_policy_added_later_is_enforced() {
+    let dir = tempdir("badfile");
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken}\nspec: {rulez: [\n",
+    )
+    .unwrap();
+    let app = start(&dir).await;
+    let url = app.addrs.page_url();
+    eventually(&url, "serving with the bad file present", |p| {
+        p.iter()
+            .all(|p| p.status == StatusCode::OK && p.body.contains("Book Details"))
+    })
+    .await;
+    std::fs::write(
+        dir.join("allow-nothing.yaml"),
+        include_str!("../../mesh-config/security/allow-nothing.yaml"),
+    )
+    .unwrap();
+    eventually(&url, "allow-nothing beside the bad file", |p| {
+        p.iter()
+            .all(|p| p.status == StatusCode::FORBIDDEN && p.body == "RBAC: access denied")
+    })
+    .await;
+    app.shutdown().await;
+}

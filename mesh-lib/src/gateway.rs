@@ -44,12 +44,14 @@ struct Gateway {
     port: u16,
 }
 
-/// The gateway's router for a listener on `port`.
+/// The gateway's router for a listener on `port`. Paths are normalised first, so gateway
+/// routes, the policies behind them and the services all match the same path.
 pub fn router(mesh: Mesh, port: u16) -> Router {
     let client = mesh.client();
     Router::new()
         .fallback(handle)
         .with_state(Gateway { mesh, client, port })
+        .layer(axum::middleware::from_fn(crate::normalize::normalize))
 }
 
 const HOP_BY_HOP: [&str; 6] = [

@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod identity;
 pub mod io;
 pub mod logging;
+pub mod normalize;
 pub mod outbound;
 pub mod propagation;
 pub mod ratelimit;

@@ -249,23 +249,32 @@ fn reset(stream: TcpStream) {
 }
 
 /// The inbound stack around a service's router, outermost first: request spans and access
-/// logs at `debug`, then (in the mesh) Istio metrics and the access log, local rate limiting
-/// and authorization, so neither a flood nor a denied request reaches the service.
+/// logs at `debug`, then (in the mesh) Istio metrics and the access log, path normalisation
+/// (so policies and the service see one form of each path, and a refused path is still
+/// recorded), local rate limiting and authorization, so neither a flood nor a denied request
+/// reaches the service.
 pub fn inbound_stack(app: Router, mesh: Option<Mesh>) -> Router {
     let app = match mesh {
-        Some(mesh) => app
-            .layer(axum::middleware::from_fn_with_state(
-                mesh.clone(),
-                crate::authz::authorize,
-            ))
-            .layer(axum::middleware::from_fn_with_state(
-                crate::ratelimit::Limiter::new(mesh.clone()),
-                crate::ratelimit::limit,
-            ))
-            .layer(axum::middleware::from_fn_with_state(
-                mesh,
-                crate::telemetry::inbound::record,
-            )),
+        Some(mesh) => {
+            let app = app
+                .layer(axum::middleware::from_fn_with_state(
+                    mesh.clone(),
+                    crate::authz::authorize,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    crate::ratelimit::Limiter::new(mesh.clone()),
+                    crate::ratelimit::limit,
+                ));
+            // A router's own layers run after it has matched the route, so the rewrite wraps
+            // the service's router from outside: it routes on the normalised path too.
+            Router::new()
+                .fallback_service(app)
+                .layer(axum::middleware::from_fn(crate::normalize::normalize))
+                .layer(axum::middleware::from_fn_with_state(
+                    mesh,
+                    crate::telemetry::inbound::record,
+                ))
+        }
         None => app,
     };
     app.layer(TraceLayer::new_for_http())

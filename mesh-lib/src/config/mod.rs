@@ -7,11 +7,14 @@
 //! security tutorials work unchanged. Loading is strict on purpose: an unknown field, or an
 //! Istio field this module does not implement (for example `ipBlocks`), is an error with its
 //! file, line and column, because silently ignoring part of a security policy would change
-//! what it allows. A failed load returns an error and nothing else, so a caller can keep its
-//! last good [`MeshConfig`]. Other networking kinds (`ServiceEntry`, `Sidecar`,
-//! `EnvoyFilter`, ...) are accepted with a warning and ignored.
+//! what it allows. A file that fails to load contributes nothing, so a caller can keep its
+//! last good version. Other networking kinds (`ServiceEntry`, `Sidecar`, `EnvoyFilter`, ...)
+//! are accepted with a warning and ignored. Sizes are bounded ([`MAX_FILE_BYTES`],
+//! [`MAX_STRING_BYTES`], [`MAX_HOST_BYTES`], [`MAX_CONFIG_JSON_BYTES`]) so that config can
+//! always be shipped in one snapshot.
 //!
 //! - [`load_dir`] / [`parse_file`]: YAML (multi-document) to a [`MeshConfig`] plus warnings.
+//! - [`Watched`]: meshd's watched directories, loaded and reloaded file by file.
 //! - [`MeshConfig::mtls_mode`]: which mTLS mode a workload accepts.
 //! - [`MeshConfig::authorize`]: whether a workload accepts a request.
 //! - [`MeshConfig::route`]: which virtual service rule a request follows;
@@ -22,7 +25,13 @@
 //!
 //! A [`MeshConfig`] round-trips through JSON (serde) so it can be shipped to proxies.
 
+mod dirs;
+#[cfg(test)]
+mod dirs_tests;
 mod eval;
+mod limits;
+#[cfg(test)]
+mod limits_tests;
 mod model;
 mod net_eval;
 mod net_model;
@@ -40,7 +49,12 @@ mod yaml;
 use std::fmt;
 use std::path::Path;
 
+pub use dirs::{Reload, Watched};
 pub use eval::{Decision, RequestAttrs, Workload};
+pub use limits::{
+    ConfigTooLarge, MAX_CONFIG_JSON_BYTES, MAX_FILE_BYTES, MAX_HOST_BYTES, MAX_STRING_BYTES,
+    check_config_size,
+};
 pub use model::{
     Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
     Operation, PeerAuthentication, ROOT_NAMESPACE, Rule, Source, UnsupportedKey,
@@ -146,41 +160,18 @@ pub fn parse_file(file: &str, text: &str) -> Result<Loaded, ConfigError> {
 }
 
 /// Loads every `*.yaml` / `*.yml` file directly in `dir` (not recursively, hidden files
-/// skipped), in name order. Any bad file fails the whole load.
+/// skipped), in name order, all or nothing: any bad file fails the whole load. This is the
+/// check for a directory as a whole (tests, CI); meshd watches its directories with
+/// [`Watched`], which rejects a bad file alone.
 ///
 /// A resource defined twice (same kind, namespace and name) keeps the later definition and
 /// adds a warning. A route to a subset that no `DestinationRule` defines adds a warning.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
-    let dir_name = dir.display().to_string();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| ConfigError::new(&dir_name, format!("cannot read directory: {e}")))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry
-            .map_err(|e| ConfigError::new(&dir_name, format!("cannot read directory: {e}")))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
-            continue;
-        }
-        let path = entry.path();
-        // Follows symlinks, so a linked file (as in a mounted ConfigMap) is read.
-        if path.is_file() {
-            files.push((name.to_owned(), path));
-        }
-    }
-    files.sort();
-
     let mut loaded = Loaded::default();
     let mut origins = net_yaml::Origins::new();
-    for (_, path) in files {
+    for (_, path) in dirs::yaml_files(dir)? {
         let file = path.display().to_string();
-        let bytes = std::fs::read(&path)
-            .map_err(|e| ConfigError::new(&file, format!("cannot read file: {e}")))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| ConfigError::new(&file, "file is not valid utf-8"))?;
+        let text = dirs::read_file(&path)?;
         tracing::debug!(file = %file, "loading mesh config");
         yaml::parse_into(
             &file,

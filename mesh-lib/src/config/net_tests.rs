@@ -1339,6 +1339,17 @@ fn bad_values_are_errors_with_their_place() {
     );
     assert_eq!(e.line, Some(9), "{e:?}");
     assert!(e.reason.contains("negative"), "{e:?}");
+    // Beyond u32, and beyond i64 too.
+    for weight in ["5000000000", "99999999999999999999"] {
+        let e = vs_err(&format!(
+            "  - route:\n    - destination: {{host: svc}}\n      weight: {weight}\n    - destination: {{host: svc}}\n      weight: 1\n"
+        ));
+        assert_eq!(e.line, Some(9), "{e:?}");
+        assert_eq!(
+            e.reason,
+            format!("route weight {weight} is above the largest weight 4294967295")
+        );
+    }
     let e = vs_err(
         "  - route:\n    - destination: {host: svc}\n      weight: 0\n    - destination: {host: svc}\n",
     );

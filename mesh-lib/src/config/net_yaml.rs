@@ -13,6 +13,7 @@ use serde::de::IgnoredAny;
 use serde_saphyr::{Location, Spanned};
 
 use super::ConfigError;
+use super::limits;
 use super::model::{MeshConfig, Metadata};
 use super::net_model::{
     ClientTls, ConnectionPool, Destination, DestinationRule, Fault, FaultAbort, FaultDelay,
@@ -96,7 +97,8 @@ struct RawStringMatch {
 #[serde(deny_unknown_fields)]
 struct RawRouteDestination {
     destination: Option<Spanned<RawDestination>>,
-    weight: Option<Spanned<i64>>,
+    // Wider than the u32 it becomes, so that a weight too large says so.
+    weight: Option<Spanned<i128>>,
     headers: Option<RawHeaders>,
 }
 
@@ -372,6 +374,12 @@ impl Cx<'_> {
         if hosts.is_empty() {
             return Err(self.err(at, "VirtualService: `hosts` must not be empty"));
         }
+        if let Some(reason) = hosts
+            .iter()
+            .find_map(|h| limits::host_too_long("VirtualService", h))
+        {
+            return Err(self.err(at, reason));
+        }
         if let Some(bad) = hosts.iter().find(|h| !valid_host(h)) {
             return Err(self.err(at, format!("VirtualService: invalid host {bad:?}")));
         }
@@ -559,16 +567,25 @@ impl Cx<'_> {
             .host
             .filter(|h| !h.is_empty())
             .ok_or_else(|| self.err(dest_at, "destination: missing field `host`"))?;
+        if let Some(reason) = limits::host_too_long("destination", &host) {
+            return Err(self.err(dest_at, reason));
+        }
         if !valid_host(&host) || host.contains('*') {
             return Err(self.err(dest_at, format!("destination: invalid host {host:?}")));
         }
         let weight = match raw.weight {
             None => None,
             Some(w) => Some(u32::try_from(w.value).map_err(|_| {
-                self.err(
-                    w.referenced,
-                    format!("route weight {} must not be negative", w.value),
-                )
+                let reason = if w.value < 0 {
+                    format!("route weight {} must not be negative", w.value)
+                } else {
+                    format!(
+                        "route weight {} is above the largest weight {}",
+                        w.value,
+                        u32::MAX
+                    )
+                };
+                self.err(w.referenced, reason)
             })?),
         };
         Ok(RouteDestination {
@@ -720,6 +737,9 @@ impl Cx<'_> {
             .host
             .filter(|h| !h.is_empty())
             .ok_or_else(|| self.err(at, "DestinationRule: missing field `host`"))?;
+        if let Some(reason) = limits::host_too_long("DestinationRule", &host) {
+            return Err(self.err(at, reason));
+        }
         if !valid_host(&host) {
             return Err(self.err(at, format!("DestinationRule: invalid host {host:?}")));
         }
@@ -895,6 +915,14 @@ impl Cx<'_> {
             let hosts = server.hosts.unwrap_or_default();
             if hosts.is_empty() {
                 return Err(self.err(at, "Gateway server: `hosts` must not be empty"));
+            }
+            // A server host is `namespace/host` or `host`; each part is a DNS name.
+            if let Some(reason) = hosts.iter().find_map(|h| {
+                let (namespace, name) = h.split_once('/').unwrap_or(("", h));
+                limits::host_too_long("Gateway server", namespace)
+                    .or_else(|| limits::host_too_long("Gateway server", name))
+            }) {
+                return Err(self.err(at, reason));
             }
             servers.push(Server {
                 port: ServerPort {

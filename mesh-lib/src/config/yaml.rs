@@ -276,6 +276,7 @@ pub(super) fn parse_into(
     warnings: &mut Vec<String>,
     origins: &mut Origins,
 ) -> Result<(), ConfigError> {
+    super::limits::check_text(file, text)?;
     let docs: Vec<Spanned<RawDoc>> =
         serde_saphyr::from_multiple(text).map_err(|e| ConfigError::from_yaml(file, &e))?;
     let mut cx = Cx {

@@ -2,8 +2,8 @@
 //! directory. The `meshd` binary and the in-process `bookinfo` launcher both run this.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -111,14 +111,10 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     let plane = ControlPlane::new(ca, config.tokens.clone(), &config.trust_domain);
     let mut tasks = Vec::new();
     let (stop, stopped) = watch::channel(false);
-    plane.set_config(load(&config.base, &config.config_dirs)?);
+    let watched = load(&config.base, &config.config_dirs)?;
+    plane.set_config(watched.config().clone());
     if !config.config_dirs.is_empty() {
-        tasks.push(spawn_config_watch(
-            config.base.clone(),
-            config.config_dirs.clone(),
-            plane.clone(),
-            stopped.clone(),
-        ));
+        tasks.push(spawn_config_watch(watched, plane.clone(), stopped.clone()));
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -184,76 +180,65 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     })
 }
 
-/// `base` with every directory merged over it, in order.
-fn load(base: &MeshConfig, dirs: &[PathBuf]) -> Result<MeshConfig, ConfigError> {
-    let mut merged = base.clone();
-    for dir in dirs {
-        let loaded = config::load_dir(dir)?;
-        for w in &loaded.warnings {
-            tracing::warn!("{w}");
-        }
-        merged.merge(loaded.config);
-    }
-    Ok(merged)
+/// `base` with every directory merged over it, in order. A bad file is logged and left out
+/// (meshd serves the rest); only a directory that cannot be listed stops the start, as that
+/// is almost always a mistyped path.
+fn load(base: &MeshConfig, dirs: &[PathBuf]) -> Result<config::Watched, ConfigError> {
+    let (watched, first) = config::Watched::open(base.clone(), dirs.to_vec())?;
+    log_reload(&first);
+    Ok(watched)
 }
 
-/// Reloads when a file in any directory changes; a bad change is logged with file, line and
-/// reason, and the last good config stays in force.
+/// Reloads what changed in the directories every [`CONFIG_POLL_INTERVAL`]; a bad file is
+/// logged with file, line and reason and rejected alone (its last good version stays), and
+/// every other change applies.
 fn spawn_config_watch(
-    base: MeshConfig,
-    dirs: Vec<PathBuf>,
+    mut watched: config::Watched,
     plane: ControlPlane,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let fingerprints =
-            |dirs: &[PathBuf]| dirs.iter().map(|d| fingerprint(d)).collect::<Vec<_>>();
-        let mut seen = fingerprints(&dirs);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            let now = fingerprints(&dirs);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match load(&base, &dirs) {
-                Ok(config) => {
-                    tracing::info!(
-                        "mesh config reloaded: {} VirtualService, {} DestinationRule, {} Gateway, {} PeerAuthentication, {} AuthorizationPolicy",
-                        config.virtual_services.len(),
-                        config.destination_rules.len(),
-                        config.gateways.len(),
-                        config.peer_authentications.len(),
-                        config.authorization_policies.len()
-                    );
-                    plane.set_config(config);
+            // Listing and parsing touch the disk; off the runtime's worker threads.
+            let (back, reload) = match tokio::task::spawn_blocking(move || {
+                let reload = watched.reload();
+                (watched, reload)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!("mesh config watch stopped: {e}");
+                    return;
                 }
-                Err(e) => tracing::error!(
-                    "rejected mesh config change: {e}; keeping the last good config"
-                ),
+            };
+            watched = back;
+            log_reload(&reload);
+            if reload.changed {
+                let config = watched.config();
+                tracing::info!(
+                    "mesh config reloaded: {} VirtualService, {} DestinationRule, {} Gateway, {} PeerAuthentication, {} AuthorizationPolicy",
+                    config.virtual_services.len(),
+                    config.destination_rules.len(),
+                    config.gateways.len(),
+                    config.peer_authentications.len(),
+                    config.authorization_policies.len()
+                );
+                plane.set_config(config.clone());
             }
         }
     })
 }
 
-/// Names, sizes and modification times of the directory's files: a change in any means reload.
-fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((
-                e.file_name().to_string_lossy().into_owned(),
-                meta.len(),
-                meta.modified().ok(),
-            ))
-        })
-        .collect();
-    entries.sort();
-    entries
+fn log_reload(reload: &config::Reload) {
+    for e in &reload.errors {
+        tracing::error!("rejected mesh config: {e}; the rest of the config applies");
+    }
+    for w in &reload.warnings {
+        tracing::warn!("{w}");
+    }
 }

@@ -1,0 +1,411 @@
+//! Watched config directories, loaded file by file, so one bad file never freezes the rest:
+//! meshd polls its directories, and a config a user is editing is sometimes wrong; if that
+//! held back every other change, a broken route file would also hold back the security policy
+//! written next to it.
+//!
+//! [`Watched`] remembers, per file, the last version that parsed and fitted (the version *in
+//! force*) and the fingerprint (size, modification time) it last read. Each
+//! [`reload`](Watched::reload) re-reads only files whose fingerprint changed:
+//!
+//! - a file that parses replaces its previous version;
+//! - a file that does not (bad YAML, an unsupported field, over a [size limit](super::limits))
+//!   is rejected alone, with `file:line:column: reason`; its previous version, if it had
+//!   one, stays in force, and it is read again when it changes;
+//! - a removed file's resources go;
+//! - a change that would take the merged config over
+//!   [`MAX_CONFIG_JSON_BYTES`](super::MAX_CONFIG_JSON_BYTES) is rejected, the file's
+//!   previous version stays (changes in one reload are tried together first, then one by
+//!   one in merge order, so the others still apply).
+//!
+//! Merge order is that of [`load_dir`](super::load_dir) and [`MeshConfig::merge`]: the base,
+//! then each directory in order, its files in name order, a later definition of a resource
+//! (kind, namespace, name) replacing an earlier one. Checks that need every file (a route's
+//! subset may be defined in another file or directory) run once over the merged config.
+//!
+//! A directory that cannot be listed at [`open`](Watched::open) is an error (it is almost
+//! always a mistyped path); one that becomes unreadable later keeps its files in force, as a
+//! remount is likelier than an intended emptying, and it is reported once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::limits::{self, MAX_FILE_BYTES};
+use super::model::MeshConfig;
+use super::net_yaml::{self, Origins};
+use super::{ConfigError, yaml};
+
+/// Size and modification time: a change in either means the file is read again.
+type Fingerprint = (u64, Option<SystemTime>);
+
+/// The config of a set of watched directories over a base.
+#[derive(Debug)]
+pub struct Watched {
+    base: MeshConfig,
+    dirs: Vec<Dir>,
+    merged: MeshConfig,
+    /// Warnings about the merged config as last reported, so each is logged once.
+    merged_warnings: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct Dir {
+    path: PathBuf,
+    /// By file name: iteration order is merge order.
+    files: BTreeMap<String, FileState>,
+    /// Why the directory could not be listed at the last poll (reported once).
+    unreadable: Option<String>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    path: PathBuf,
+    /// `None`: the file is gone (its version in force stays only if its removal was refused).
+    seen: Option<Fingerprint>,
+    in_force: Option<Parsed>,
+}
+
+#[derive(Debug, Clone)]
+struct Parsed {
+    config: MeshConfig,
+    origins: Origins,
+}
+
+/// What one load or reload did.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// The merged config differs from before.
+    pub changed: bool,
+    /// What was rejected, each with its file (or directory), place and reason. The rest
+    /// applied.
+    pub errors: Vec<ConfigError>,
+    /// Warnings raised by this reload (none repeated from earlier reloads).
+    pub warnings: Vec<String>,
+}
+
+/// One file's new version (or removal), not yet in force.
+struct Change {
+    dir: usize,
+    name: String,
+    new: Option<Parsed>,
+    warnings: Vec<String>,
+}
+
+impl Watched {
+    /// Loads every directory over `base`. Bad files are in the returned [`Reload`]'s errors,
+    /// not an error here; only a directory that cannot be listed is.
+    pub fn open(base: MeshConfig, dirs: Vec<PathBuf>) -> Result<(Self, Reload), ConfigError> {
+        for dir in &dirs {
+            yaml_files(dir)?;
+        }
+        let mut watched = Watched {
+            merged: base.clone(),
+            base,
+            dirs: dirs
+                .into_iter()
+                .map(|path| Dir {
+                    path,
+                    files: BTreeMap::new(),
+                    unreadable: None,
+                })
+                .collect(),
+            merged_warnings: BTreeSet::new(),
+        };
+        let reload = watched.reload();
+        Ok((watched, reload))
+    }
+
+    /// The merged config in force.
+    pub fn config(&self) -> &MeshConfig {
+        &self.merged
+    }
+
+    /// Reads what changed since the last load and applies what is good.
+    pub fn reload(&mut self) -> Reload {
+        let mut reload = Reload::default();
+        let changes = self.scan(&mut reload.errors);
+        if changes.is_empty() {
+            return reload;
+        }
+        let before = self.merged.clone();
+        self.apply(changes, &mut reload);
+        for dir in &mut self.dirs {
+            dir.files
+                .retain(|_, f| f.seen.is_some() || f.in_force.is_some());
+        }
+        let now = self.merged_warnings();
+        reload
+            .warnings
+            .extend(now.difference(&self.merged_warnings).cloned());
+        self.merged_warnings = now;
+        reload.changed = self.merged != before;
+        reload
+    }
+
+    /// Lists every directory and parses the files that changed.
+    fn scan(&mut self, errors: &mut Vec<ConfigError>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (index, dir) in self.dirs.iter_mut().enumerate() {
+            let listed = match yaml_files(&dir.path) {
+                Ok(listed) => {
+                    dir.unreadable = None;
+                    listed
+                }
+                Err(mut e) => {
+                    if dir.unreadable.as_ref() != Some(&e.reason) {
+                        dir.unreadable = Some(e.reason.clone());
+                        e.reason.push_str("; its files stay in force as last read");
+                        errors.push(e);
+                    }
+                    continue;
+                }
+            };
+            let present: BTreeSet<&str> = listed.iter().map(|(name, _)| name.as_str()).collect();
+            for (name, state) in &mut dir.files {
+                if !present.contains(name.as_str()) && state.seen.take().is_some() {
+                    changes.push(Change {
+                        dir: index,
+                        name: name.clone(),
+                        new: None,
+                        warnings: Vec::new(),
+                    });
+                }
+            }
+            for (name, path) in &listed {
+                let seen = fingerprint(path);
+                let state = dir.files.entry(name.clone()).or_insert_with(|| FileState {
+                    path: path.clone(),
+                    seen: None,
+                    in_force: None,
+                });
+                if state.seen == Some(seen) {
+                    continue;
+                }
+                state.seen = Some(seen);
+                tracing::debug!(file = %path.display(), "loading mesh config");
+                match read_file(path).and_then(|text| parse(&path.display().to_string(), &text)) {
+                    Ok((parsed, warnings)) => changes.push(Change {
+                        dir: index,
+                        name: name.clone(),
+                        new: Some(parsed),
+                        warnings,
+                    }),
+                    Err(mut e) => {
+                        e.reason.push_str(if state.in_force.is_some() {
+                            "; its previous version stays in force"
+                        } else {
+                            "; nothing from it is in force"
+                        });
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        changes.sort_by(|a, b| (a.dir, &a.name).cmp(&(b.dir, &b.name)));
+        changes
+    }
+
+    /// Puts the changes in force, all together if the result fits in a snapshot, else each
+    /// that still fits, in merge order.
+    fn apply(&mut self, changes: Vec<Change>, reload: &mut Reload) {
+        let previous: Vec<Option<Parsed>> = changes
+            .iter()
+            .map(|c| self.set(c.dir, &c.name, c.new.clone()))
+            .collect();
+        let merged = self.merge();
+        if limits::check_config_size(&merged).is_ok() {
+            self.merged = merged;
+            reload
+                .warnings
+                .extend(changes.into_iter().flat_map(|c| c.warnings));
+            return;
+        }
+        for (change, old) in changes.iter().zip(previous) {
+            self.set(change.dir, &change.name, old);
+        }
+        for change in changes {
+            let old = self.set(change.dir, &change.name, change.new);
+            let merged = self.merge();
+            match limits::check_config_size(&merged) {
+                Ok(_) => {
+                    self.merged = merged;
+                    reload.warnings.extend(change.warnings);
+                }
+                Err(e) => {
+                    let state = &self.dirs[change.dir].files[&change.name];
+                    let what = if state.seen.is_some() {
+                        "this version of the file is not applied"
+                    } else {
+                        "its removal is not applied"
+                    };
+                    let stays = if old.is_some() {
+                        "its previous version stays in force"
+                    } else {
+                        "nothing from it is in force"
+                    };
+                    reload.errors.push(ConfigError::new(
+                        state.path.display().to_string(),
+                        format!("{e}; {what}, {stays}"),
+                    ));
+                    self.set(change.dir, &change.name, old);
+                }
+            }
+        }
+    }
+
+    /// Puts `new` in force for one file; returns what was.
+    fn set(&mut self, dir: usize, name: &str, new: Option<Parsed>) -> Option<Parsed> {
+        let state = self.dirs[dir]
+            .files
+            .get_mut(name)
+            .expect("a changed file has a state");
+        std::mem::replace(&mut state.in_force, new)
+    }
+
+    /// The base, then every file in force, in merge order.
+    fn merge(&self) -> MeshConfig {
+        let mut merged = self.base.clone();
+        for parsed in self.in_force() {
+            merged.merge(parsed.config.clone());
+        }
+        merged
+    }
+
+    fn in_force(&self) -> impl Iterator<Item = &Parsed> {
+        self.dirs
+            .iter()
+            .flat_map(|d| d.files.values())
+            .filter_map(|f| f.in_force.as_ref())
+    }
+
+    /// What only the merged config shows: routes to subsets no DestinationRule anywhere
+    /// defines, and a resource defined in two files of one directory (across directories,
+    /// replacing is what a later directory is for).
+    fn merged_warnings(&self) -> BTreeSet<String> {
+        let mut warnings = Vec::new();
+        let mut origins: Origins = self
+            .base
+            .virtual_services
+            .iter()
+            .map(|vs| (vs.metadata.key(), "base config".to_owned()))
+            .collect();
+        for parsed in self.in_force() {
+            origins.extend(parsed.origins.clone());
+        }
+        net_yaml::check_subsets(&self.merged, &origins, &mut warnings);
+        for dir in &self.dirs {
+            let mut defined: BTreeMap<(&str, String), &Path> = BTreeMap::new();
+            for state in dir.files.values() {
+                let Some(parsed) = &state.in_force else {
+                    continue;
+                };
+                for (kind, key) in resources(&parsed.config) {
+                    if let Some(earlier) = defined.insert((kind, key.clone()), &state.path) {
+                        warnings.push(format!(
+                            "{}: {kind} {key} is also defined in {}; the later one wins",
+                            state.path.display(),
+                            earlier.display()
+                        ));
+                    }
+                }
+            }
+        }
+        warnings.into_iter().collect()
+    }
+}
+
+/// Every resource of `config` by kind and `namespace/name`.
+fn resources(config: &MeshConfig) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str, metas: &mut dyn Iterator<Item = &super::Metadata>| {
+        out.extend(metas.map(|m| (kind, m.key())));
+    };
+    add(
+        "PeerAuthentication",
+        &mut config.peer_authentications.iter().map(|r| &r.metadata),
+    );
+    add(
+        "AuthorizationPolicy",
+        &mut config.authorization_policies.iter().map(|r| &r.metadata),
+    );
+    add(
+        "VirtualService",
+        &mut config.virtual_services.iter().map(|r| &r.metadata),
+    );
+    add(
+        "DestinationRule",
+        &mut config.destination_rules.iter().map(|r| &r.metadata),
+    );
+    add("Gateway", &mut config.gateways.iter().map(|r| &r.metadata));
+    add(
+        "LocalRateLimit",
+        &mut config.local_rate_limits.iter().map(|r| &r.metadata),
+    );
+    out
+}
+
+/// One file's resources, origins and warnings.
+fn parse(file: &str, text: &str) -> Result<(Parsed, Vec<String>), ConfigError> {
+    let mut parsed = Parsed {
+        config: MeshConfig::default(),
+        origins: Origins::new(),
+    };
+    let mut warnings = Vec::new();
+    yaml::parse_into(
+        file,
+        text,
+        &mut parsed.config,
+        &mut warnings,
+        &mut parsed.origins,
+    )?;
+    Ok((parsed, warnings))
+}
+
+/// The `*.yaml` / `*.yml` files directly in `dir` (hidden ones skipped, symlinks followed, as
+/// in a mounted ConfigMap), in name order.
+pub(super) fn yaml_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+    let dir_name = dir.display().to_string();
+    let unreadable =
+        |e: std::io::Error| ConfigError::new(&dir_name, format!("cannot read directory: {e}"));
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_file() {
+            files.push((name.to_owned(), path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A config file's text, refused unread when it is over [`MAX_FILE_BYTES`].
+pub(super) fn read_file(path: &Path) -> Result<String, ConfigError> {
+    let file = path.display().to_string();
+    let cannot = |e: std::io::Error| ConfigError::new(&file, format!("cannot read file: {e}"));
+    let opened = std::fs::File::open(path).map_err(cannot)?;
+    limits::check_file_len(&file, opened.metadata().map_err(cannot)?.len())?;
+    let mut bytes = Vec::new();
+    // It may grow between the check and the read.
+    opened
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    limits::check_file_len(&file, bytes.len() as u64)?;
+    String::from_utf8(bytes).map_err(|_| ConfigError::new(&file, "file is not valid utf-8"))
+}
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    match std::fs::metadata(path) {
+        Ok(meta) => (meta.len(), meta.modified().ok()),
+        Err(_) => (0, None),
+    }
+}

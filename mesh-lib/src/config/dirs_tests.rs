@@ -1,0 +1,340 @@
+//! The spec of watched directories: a bad file is rejected alone, the last good version of
+//! each file stays, and checks that need every file run over the merged config.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "meshconfig-dirs-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.0.join(name), text).unwrap();
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.0.join(name)).unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn policy(name: &str, action: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  action: {action}\n  rules:\n  - to:\n    - operation:\n        paths: [\"/{name}\"]\n"
+    )
+}
+
+/// Line 4 has a field AuthorizationPolicy does not have.
+const BAD: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken}\nspec: {rulez: []}\n";
+
+fn open(dirs: &[&TempDir]) -> (Watched, Reload) {
+    open_over(MeshConfig::default(), dirs)
+}
+
+fn open_over(base: MeshConfig, dirs: &[&TempDir]) -> (Watched, Reload) {
+    let dirs = dirs.iter().map(|d| d.path().to_owned()).collect();
+    match Watched::open(base, dirs) {
+        Ok(opened) => opened,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn policies(watched: &Watched) -> Vec<(String, Action)> {
+    watched
+        .config()
+        .authorization_policies
+        .iter()
+        .map(|p| (p.metadata.name.clone(), p.action))
+        .collect()
+}
+
+fn named(names: &[(&str, Action)]) -> Vec<(String, Action)> {
+    names.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect()
+}
+
+#[test]
+fn a_bad_file_is_rejected_alone_and_the_rest_applies() {
+    let dir = TempDir::new("alone");
+    dir.write("a.yaml", &policy("a", "DENY"));
+    dir.write("b.yaml", BAD);
+    dir.write("c.yaml", &policy("c", "ALLOW"));
+    let (watched, first) = open(&[&dir]);
+    assert_eq!(
+        policies(&watched),
+        named(&[("a", Action::Deny), ("c", Action::Allow)])
+    );
+    assert!(first.changed);
+    assert_eq!(first.errors.len(), 1, "{:?}", first.errors);
+    let e = &first.errors[0];
+    assert!(e.file.ends_with("b.yaml"), "{e:?}");
+    assert_eq!((e.line, e.column.is_some()), (Some(4), true), "{e:?}");
+    assert!(e.reason.contains("rulez"), "{e}");
+    assert!(e.reason.ends_with("; nothing from it is in force"), "{e}");
+    assert!(e.to_string().contains("b.yaml:4:"), "{e}");
+}
+
+#[test]
+fn a_bad_change_keeps_the_files_previous_version() {
+    let dir = TempDir::new("previous");
+    dir.write("a.yaml", &policy("a", "DENY"));
+    dir.write("b.yaml", &policy("b", "DENY"));
+    let (mut watched, first) = open(&[&dir]);
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+
+    dir.write("b.yaml", &format!("{BAD}# now broken\n"));
+    let reload = watched.reload();
+    assert!(!reload.changed);
+    assert_eq!(reload.errors.len(), 1, "{:?}", reload.errors);
+    assert!(
+        reload.errors[0]
+            .reason
+            .ends_with("; its previous version stays in force"),
+        "{}",
+        reload.errors[0]
+    );
+    assert_eq!(
+        policies(&watched),
+        named(&[("a", Action::Deny), ("b", Action::Deny)])
+    );
+
+    // Unchanged, the bad file is neither re-read nor reported again.
+    let quiet = watched.reload();
+    assert!(!quiet.changed && quiet.errors.is_empty(), "{quiet:?}");
+
+    // Fixed, it applies.
+    dir.write("b.yaml", &policy("b", "ALLOW"));
+    let fixed = watched.reload();
+    assert!(fixed.changed && fixed.errors.is_empty(), "{fixed:?}");
+    assert_eq!(
+        policies(&watched),
+        named(&[("a", Action::Deny), ("b", Action::Allow)])
+    );
+
+    // Removed, its resources go.
+    dir.remove("b.yaml");
+    assert!(watched.reload().changed);
+    assert_eq!(policies(&watched), named(&[("a", Action::Deny)]));
+}
+
+#[test]
+fn a_bad_file_does_not_hold_back_a_policy_added_later() {
+    let dir = TempDir::new("later");
+    dir.write("routes.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec: {hosts: [reviews], http: [{route: []}]}\n");
+    let (mut watched, first) = open(&[&dir]);
+    assert_eq!(first.errors.len(), 1, "{:?}", first.errors);
+    assert!(policies(&watched).is_empty());
+
+    dir.write("allow-nothing.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: allow-nothing\n  namespace: default\nspec:\n  {}\n");
+    let reload = watched.reload();
+    assert!(reload.changed, "{reload:?}");
+    assert!(reload.errors.is_empty(), "{:?}", reload.errors);
+    assert_eq!(
+        policies(&watched),
+        named(&[("allow-nothing", Action::Allow)])
+    );
+    let config = watched.config();
+    let workload = Workload {
+        namespace: "default",
+        labels: &std::collections::BTreeMap::from([("app".to_owned(), "productpage".to_owned())]),
+    };
+    let decision = config.authorize(
+        &workload,
+        &RequestAttrs {
+            method: "GET",
+            path: "/productpage",
+            headers: &http::HeaderMap::new(),
+            principal: None,
+        },
+    );
+    assert!(matches!(decision, Decision::Deny { .. }), "{decision:?}");
+}
+
+#[test]
+fn merge_order_is_base_then_dirs_then_names() {
+    let (first, second) = (TempDir::new("order1"), TempDir::new("order2"));
+    first.write("b.yaml", &policy("p", "DENY"));
+    first.write("a.yaml", &policy("p", "ALLOW"));
+    second.write("z.yaml", &policy("q", "ALLOW"));
+    let base = parse_file(
+        "base.yaml",
+        &format!("{}\n---\n{}", policy("q", "DENY"), policy("base", "DENY")),
+    )
+    .unwrap()
+    .config;
+    let (watched, first_load) = open_over(base, &[&first, &second]);
+    // b.yaml after a.yaml; the second directory's q over the base's.
+    assert_eq!(
+        policies(&watched),
+        named(&[
+            ("q", Action::Allow),
+            ("base", Action::Deny),
+            ("p", Action::Deny)
+        ])
+    );
+    // Two files of one directory defining one resource is worth a word; a later directory
+    // replacing the base is what it is for.
+    assert_eq!(first_load.warnings.len(), 1, "{:?}", first_load.warnings);
+    assert!(
+        first_load.warnings[0].contains("b.yaml: AuthorizationPolicy default/p is also defined in"),
+        "{:?}",
+        first_load.warnings
+    );
+}
+
+const DESTINATION_RULE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v3, labels: {version: v3}}\n";
+const ROUTE_V3: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v3}\n";
+const ROUTE_V2: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v2}\n";
+
+#[test]
+fn a_subset_defined_in_another_dir_or_the_base_is_no_warning() {
+    let (rules, live) = (TempDir::new("rules"), TempDir::new("live"));
+    rules.write("destination-rule-all.yaml", DESTINATION_RULE);
+    live.write("route.yaml", ROUTE_V3);
+    let (_, load) = open(&[&rules, &live]);
+    assert!(load.warnings.is_empty(), "{:?}", load.warnings);
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+
+    let base = parse_file("base.yaml", DESTINATION_RULE).unwrap().config;
+    let (mut watched, load) = open_over(base, &[&live]);
+    assert!(load.warnings.is_empty(), "{:?}", load.warnings);
+
+    // A subset nobody defines still warns, once, naming the file.
+    live.write("route.yaml", ROUTE_V2);
+    let reload = watched.reload();
+    assert_eq!(reload.warnings.len(), 1, "{:?}", reload.warnings);
+    assert!(
+        reload.warnings[0].contains(
+            "route.yaml:2: VirtualService default/reviews: no DestinationRule defines subset v2"
+        ),
+        "{:?}",
+        reload.warnings
+    );
+    live.write("other.yaml", &policy("x", "DENY"));
+    let unrelated = watched.reload();
+    assert!(unrelated.changed);
+    assert!(unrelated.warnings.is_empty(), "{:?}", unrelated.warnings);
+}
+
+#[test]
+fn a_missing_dir_fails_the_open_and_one_gone_later_keeps_its_files() {
+    let dir = TempDir::new("gone");
+    let missing = dir.path().join("nope");
+    let e = Watched::open(MeshConfig::default(), vec![missing]).unwrap_err();
+    assert!(e.reason.starts_with("cannot read directory"), "{e}");
+
+    let inner = TempDir::new("inner");
+    inner.write("a.yaml", &policy("a", "DENY"));
+    let (mut watched, _) = open(&[&inner]);
+    std::fs::remove_dir_all(inner.path()).unwrap();
+    let reload = watched.reload();
+    assert!(!reload.changed);
+    assert_eq!(reload.errors.len(), 1, "{:?}", reload.errors);
+    assert!(
+        reload.errors[0]
+            .reason
+            .ends_with("its files stay in force as last read")
+    );
+    assert_eq!(policies(&watched), named(&[("a", Action::Deny)]));
+    assert!(watched.reload().errors.is_empty(), "reported once");
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_rejected_unread() {
+    let dir = TempDir::new("big");
+    let limit = usize::try_from(MAX_FILE_BYTES).unwrap();
+    dir.write(
+        "big.yaml",
+        &format!("{}#{}\n", policy("big", "DENY"), "x".repeat(limit)),
+    );
+    dir.write("ok.yaml", &policy("ok", "DENY"));
+    let (watched, load) = open(&[&dir]);
+    assert_eq!(load.errors.len(), 1, "{:?}", load.errors);
+    let e = &load.errors[0];
+    assert!(e.file.ends_with("big.yaml"), "{e}");
+    assert!(
+        e.reason.starts_with(&format!(
+            "file is {} bytes, above the limit of 1048576 bytes",
+            policy("big", "DENY").len() + limit + 2
+        )),
+        "{e}"
+    );
+    assert_eq!(policies(&watched), named(&[("ok", Action::Deny)]));
+}
+
+/// A policy file of about `kib` KiB: annotations of 60 KiB each (under the string limit).
+fn fat_policy(name: &str, kib: usize) -> String {
+    let mut yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: default\n  annotations:\n"
+    );
+    for i in 0..kib / 60 {
+        yaml.push_str(&format!("    note-{i}: {}\n", "y".repeat(60 << 10)));
+    }
+    yaml.push_str("spec: {action: DENY, rules: [{to: [{operation: {paths: [/x]}}]}]}\n");
+    yaml
+}
+
+#[test]
+fn a_change_that_would_overflow_the_snapshot_is_rejected_and_the_last_good_stays() {
+    let dir = TempDir::new("snapshot");
+    dir.write("a.yaml", &fat_policy("a", 900));
+    dir.write("b.yaml", &fat_policy("b", 900));
+    dir.write("c.yaml", &policy("c", "DENY"));
+    let (mut watched, load) = open(&[&dir]);
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let size = check_config_size(watched.config()).unwrap();
+    assert!(size > 1_800_000, "{size}");
+
+    // c.yaml grows past what fits, while d.yaml, added at the same time, fits.
+    dir.write("c.yaml", &fat_policy("c", 600));
+    dir.write("d.yaml", &policy("d", "DENY"));
+    let reload = watched.reload();
+    assert!(reload.changed);
+    assert_eq!(reload.errors.len(), 1, "{:?}", reload.errors);
+    let e = &reload.errors[0];
+    assert!(e.file.ends_with("c.yaml"), "{e}");
+    assert!(
+        e.reason.contains(&format!(
+            "as JSON, above the limit of {MAX_CONFIG_JSON_BYTES} bytes; this version of the file is not applied, its previous version stays in force"
+        )),
+        "{e}"
+    );
+    let c = &watched.config().authorization_policies[2];
+    assert_eq!(c.metadata.name, "c");
+    assert!(c.metadata.annotations.is_empty(), "the small c stays");
+    assert_eq!(
+        policies(&watched).last(),
+        Some(&("d".to_owned(), Action::Deny))
+    );
+    assert!(check_config_size(watched.config()).unwrap() <= MAX_CONFIG_JSON_BYTES);
+
+    let err = check_config_size(&{
+        let mut all = watched.config().clone();
+        all.merge(parse_file("c.yaml", &fat_policy("c", 600)).unwrap().config);
+        all
+    })
+    .unwrap_err();
+    assert_eq!(err.limit, MAX_CONFIG_JSON_BYTES);
+    assert!(
+        err.to_string().starts_with("the mesh config would be "),
+        "{err}"
+    );
+}

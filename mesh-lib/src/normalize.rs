@@ -1,0 +1,335 @@
+//! Request path normalisation: the path every later inbound layer and the application see,
+//! so that an AuthorizationPolicy on `/details/0` also covers `/details/./0`,
+//! `//details/0`, `/details/%2E/0` and `/%64etails/0`. It sits before rate limiting,
+//! authorization and routing (and inside telemetry, so a rejected path is still recorded),
+//! and it rewrites the request rather than only the policy's view, as Envoy forwards the
+//! normalised path: the policy and the application never disagree about which resource a
+//! request names.
+//!
+//! What [`normalize_path`] applies is Istio's strictest scheme, meshConfig
+//! `pathNormalization: DECODE_AND_MERGE_SLASHES` (Envoy's `normalize_path` + `merge_slashes`
+//! + `path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`), in Istio's order:
+//!
+//! 1. Percent-decoding, once (no double decoding: `%252F` stays `%252F`): an escaped
+//!    unreserved character (`ALPHA DIGIT - . _ ~`, RFC 3986 §2.3) becomes the character;
+//!    `%2F` and `%5C` (any case) become `/` (Istio's DECODE step); every other escape is kept,
+//!    with its hex digits in upper case (RFC 3986 §6.2.2.1).
+//! 2. Backslash to slash (Envoy's `normalize_path`, Istio's BASE).
+//! 3. Dot segments removed as RFC 3986 §5.2.4 `remove_dot_segments` (Istio's BASE): `.`
+//!    goes, `..` removes the segment before it, and `..` above the root stays at `/`.
+//! 4. Runs of slashes merged into one (Istio's MERGE_SLASHES).
+//!
+//! Bytes that may not appear in a path (RFC 3986 `pchar`) are percent-encoded. The query is
+//! never touched: policies match the path alone, and the application gets the query as sent.
+//!
+//! A path that cannot be made valid is answered 400 with an empty body, as Envoy's local reply
+//! (`path_normalization_failed`): one that is not origin-form (does not start with `/`, such
+//! as `*` or an authority), a malformed escape (`%` without two hex digits), or a control
+//! character, raw or escaped (`%00`–`%1F`, `%7F`; Istio names `%00`, the rest would smuggle
+//! line breaks or NULs to the application once it decodes the path).
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::uri::{PathAndQuery, Uri};
+
+/// Why a path cannot be normalised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path is not origin-form (it must start with /)")]
+    NotOriginForm,
+    #[error("malformed percent-encoding at byte {0}")]
+    BadEscape(usize),
+    #[error("control character at byte {0}")]
+    ControlCharacter(usize),
+}
+
+/// `path` (without its query) normalised as the module doc describes.
+pub fn normalize_path(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    // A leading backslash is a slash too (Istio's `\da` → `/da`).
+    if !matches!(bytes.first(), Some(b'/' | b'\\')) {
+        return Err(PathError::NotOriginForm);
+    }
+    let decoded = decode(bytes)?;
+    let resolved = remove_dot_segments(&decoded);
+    Ok(merge_slashes(&resolved))
+}
+
+/// Steps 1 and 2, and the encoding of bytes a path may not hold.
+fn decode(bytes: &[u8]) -> Result<String, PathError> {
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|h| (*h as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                return Err(PathError::BadEscape(i));
+            };
+            let value = (hi * 16 + lo) as u8;
+            if value.is_ascii_control() {
+                return Err(PathError::ControlCharacter(i));
+            }
+            if value == b'/' || value == b'\\' {
+                out.push('/');
+            } else if is_unreserved(value) {
+                out.push(value as char);
+            } else {
+                push_escaped(&mut out, value);
+            }
+            i += 3;
+            continue;
+        }
+        if b.is_ascii_control() {
+            return Err(PathError::ControlCharacter(i));
+        }
+        if b == b'\\' {
+            out.push('/');
+        } else if b == b'/' || is_pchar(b) {
+            out.push(b as char);
+        } else {
+            push_escaped(&mut out, b);
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn push_escaped(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(byte >> 4)] as char);
+    out.push(HEX[usize::from(byte & 0xF)] as char);
+}
+
+/// RFC 3986 §2.3.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 `pchar` without `pct-encoded` (escapes are handled apart).
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+/// RFC 3986 §5.2.4 for an absolute path. Empty segments count as segments here, as in the
+/// RFC and Envoy (`/a//../b` is `/a/b`); slashes are merged afterwards.
+fn remove_dot_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ends_in_dir = false;
+    for segment in path[1..].split('/') {
+        ends_in_dir = false;
+        match segment {
+            "." => ends_in_dir = true,
+            ".." => {
+                kept.pop();
+                ends_in_dir = true;
+            }
+            other => kept.push(other),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    out.push('/');
+    out.push_str(&kept.join("/"));
+    if ends_in_dir && !kept.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+fn merge_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The request with its path normalised (query kept), or `None` when it cannot be.
+fn normalized_uri(uri: &Uri) -> Option<Uri> {
+    let path = normalize_path(uri.path()).ok()?;
+    if path == uri.path() {
+        return Some(uri.clone());
+    }
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// Middleware (`axum::middleware::from_fn`): rewrites the request's path to its normalised
+/// form before the rest of the stack, or answers 400.
+pub async fn normalize(mut request: Request, next: Next) -> Response {
+    // An absolute-form target (`GET http://host/path`) is normalised like origin-form;
+    // authority-form (CONNECT) has an empty path and `OPTIONS *` the path `*`: both refused.
+    match normalized_uri(request.uri()) {
+        Some(uri) => {
+            *request.uri_mut() = uri;
+            next.run(request).await
+        }
+        None => {
+            tracing::debug!(path = %request.uri(), "path cannot be normalised: 400");
+            StatusCode::BAD_REQUEST.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_like_decode_and_merge_slashes() {
+        let cases = [
+            ("/details/0", "/details/0"),
+            ("/", "/"),
+            ("/details/./0", "/details/0"),
+            ("/details/x/../0", "/details/0"),
+            ("//details//0", "/details/0"),
+            ("/details/%2E/0", "/details/0"),
+            ("/details/%2e%2e/x/../0", "/0"),
+            ("/details/%2e%2E/0", "/0"),
+            ("/%64etails/0", "/details/0"),
+            ("/%44ETAILS/%30", "/DETAILS/0"),
+            ("/details%2F0", "/details/0"),
+            ("/details%2f0", "/details/0"),
+            ("/details%5C0", "/details/0"),
+            ("/details%5c0", "/details/0"),
+            ("/details\\0", "/details/0"),
+            ("\\details/0", "/details/0"),
+            ("/../details/0", "/details/0"),
+            ("/../../..", "/"),
+            ("/a/..", "/"),
+            ("/a/.", "/a/"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/", "/a/b/"),
+            ("/a//../b", "/a/b"),
+            ("/a/%2e%2e%2fb", "/b"),
+            ("/a/..%2f..%2f..%2fb", "/b"),
+            ("/a.b/.c/..d", "/a.b/.c/..d"),
+            ("/%7e%5f%2d", "/~_-"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb%3F", "/a%3Fb%3F"),
+            ("/a%252Fb", "/a%252Fb"),
+            ("/a%25", "/a%25"),
+            ("/a b", "/a%20b"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
+            ("/a;b=c:d@e!$&'()*+,", "/a;b=c:d@e!$&'()*+,"),
+            ("/a\"b{c}", "/a%22b%7Bc%7D"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize_path(input).as_deref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        for input in [
+            "/details/%2e%2e/x/../0",
+            "/a%252Fb",
+            "/%7e%5f%2d/./x//",
+            "/a%3fb",
+        ] {
+            let once = normalize_path(input).unwrap();
+            assert_eq!(normalize_path(&once).unwrap(), once, "{input}");
+        }
+    }
+
+    #[test]
+    fn paths_that_cannot_be_made_valid_are_errors() {
+        assert_eq!(normalize_path("*"), Err(PathError::NotOriginForm));
+        assert_eq!(normalize_path(""), Err(PathError::NotOriginForm));
+        assert_eq!(normalize_path("details/0"), Err(PathError::NotOriginForm));
+        assert_eq!(
+            normalize_path("/a%00b"),
+            Err(PathError::ControlCharacter(2))
+        );
+        assert_eq!(
+            normalize_path("/a%0Ab"),
+            Err(PathError::ControlCharacter(2))
+        );
+        assert_eq!(
+            normalize_path("/a%0db"),
+            Err(PathError::ControlCharacter(2))
+        );
+        assert_eq!(normalize_path("/a%7f"), Err(PathError::ControlCharacter(2)));
+        assert_eq!(normalize_path("/a\tb"), Err(PathError::ControlCharacter(2)));
+        assert_eq!(normalize_path("/a%"), Err(PathError::BadEscape(2)));
+        assert_eq!(normalize_path("/a%2"), Err(PathError::BadEscape(2)));
+        assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEscape(2)));
+        assert_eq!(
+            PathError::BadEscape(2).to_string(),
+            "malformed percent-encoding at byte 2"
+        );
+    }
+
+    #[test]
+    fn the_query_is_kept_as_sent() {
+        let uri: Uri = "/details/./0?x=/../&y=%2F".parse().unwrap();
+        let got = normalized_uri(&uri).unwrap();
+        assert_eq!(got.path(), "/details/0");
+        assert_eq!(got.query(), Some("x=/../&y=%2F"));
+        let uri: Uri = "http://details:9080//details/0?a".parse().unwrap();
+        let got = normalized_uri(&uri).unwrap();
+        assert_eq!(got.to_string(), "http://details:9080/details/0?a");
+    }
+
+    async fn through_middleware(target: &str) -> (StatusCode, String) {
+        use tower::ServiceExt as _;
+        let app = axum::Router::new()
+            .fallback(|request: Request| async move { request.uri().to_string() })
+            .layer(axum::middleware::from_fn(normalize));
+        let request = Request::builder()
+            .uri(target)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_middleware_rewrites_what_the_application_sees() {
+        assert_eq!(
+            through_middleware("/details/%2E/x/../0?q=/./").await,
+            (StatusCode::OK, "/details/0?q=/./".to_owned())
+        );
+        assert_eq!(
+            through_middleware("/details/0").await,
+            (StatusCode::OK, "/details/0".to_owned())
+        );
+        assert_eq!(
+            through_middleware("/a%00").await,
+            (StatusCode::BAD_REQUEST, String::new())
+        );
+        assert_eq!(
+            through_middleware("*").await,
+            (StatusCode::BAD_REQUEST, String::new())
+        );
+    }
+}
