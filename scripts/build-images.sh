@@ -18,12 +18,12 @@ case "${1:-}" in
     # A target dir of its own: crt-static binaries share nothing with the host build, and
     # this keeps it from waiting on another cargo's lock.
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/static}
-    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" \
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile image --locked --target "$target" \
       -p details -p ratings -p reviews -p productpage -p mesh-lib $(printf -- '--bin %s ' "${services[@]}")
     context=$(mktemp -d)
     trap 'rm -rf "$context"' EXIT
     for s in "${services[@]}"; do
-      cp "$CARGO_TARGET_DIR/$target/release/$s" "$context/"
+      cp "$CARGO_TARGET_DIR/$target/image/$s" "$context/"
     done
     mkdir "$context/meshd-state"
     for s in "${services[@]}"; do

@@ -12,22 +12,36 @@ Checks, one output line per group:
   mesh        the k8s/mesh overlay (embedded mesh): its kustomization lists the base's files and
               its own, every base Deployment is patched once; meshd's ServiceAccount, Service
               (grpc 15012, http-dashboard 20001) and Deployment (token dir = all of Secret
-              mesh-tokens, config dirs = ConfigMap mesh-base then ConfigMap mesh-config, writable
-              CA dir, tcpSocket probes); mesh-base holds exactly mesh-config/base/*, byte for
-              byte; each patched workload joins meshd, mounts only its own token key and is probed
-              on the admin port 15021; the ingress gateway (ServiceAccount, LoadBalancer Service
+              mesh-tokens, config dirs = ConfigMap mesh-base then ConfigMap mesh-config, CA dir
+              /var/lib/meshd/ca = the user's Secret meshd-ca read-only, mode 0400/0440 with
+              fsGroup 65532, no emptyDir/PVC, nothing mounted over or under it, no --ca-dir,
+              --ca-cert, --ca-key, --publish-root or --namespace flag; env only POD_NAMESPACE
+              from fieldRef metadata.namespace; tcpSocket probes); mesh-base holds exactly
+              mesh-config/base/*, byte for byte; each patched workload joins meshd at
+              https://meshd:15012, trusts MESH_CA_FILE = key root-cert.pem of the user's ConfigMap
+              mesh-ca-root-cert mounted read-only, mounts only its own token key and is probed on
+              the admin port 15021; the ingress gateway (ServiceAccount, LoadBalancer Service
               80/8080 -> 8080, Deployment of mesh-proxy as
-              istio-system/istio-ingressgateway-service-account with only its own token, ports
-              8080 and admin 15021, tcpSocket probes on 8080) is what mesh-base's Gateway selects.
-              With kubectl on PATH, `kubectl kustomize` (offline) must render the overlay as
-              merged here
+              istio-system/istio-ingressgateway-service-account with only its own token and the
+              same MESH_CONTROL_PLANE/MESH_CA_FILE, ports 8080 and admin 15021, tcpSocket probes
+              on 8080) is what mesh-base's Gateway selects. Secret meshd-ca and ConfigMap
+              mesh-ca-root-cert are defined by no manifest (the user creates them; k8s/README.md
+              must show how), no file under k8s/ holds a PEM private key, and only meshd mounts
+              the Secret. With kubectl on PATH, `kubectl kustomize` (offline) must render the
+              overlay as merged here
   compose     docker-compose.yml (which runs the app in the mesh) agrees with the base
               Deployments plus the overlay's patches (image, env, port, health checks), its meshd
-              with the overlay's meshd (flags, both config dirs), its istio-ingressgateway with
+              with the overlay's meshd (flags but the compose-only --publish-root, both config
+              dirs; no env, but POD_NAMESPACE in k8s), its istio-ingressgateway with
               the overlay's gateway (image, args, env, ports; the only published app port,
               productpage is not), and docker/mesh-tokens/* with the overlay's Secret and
               compose's secrets; OTEL_* by name only (compose's point at its own Jaeger);
-              SESSION_SECRET as compose's empty default against an optional secretKeyRef
+              SESSION_SECRET as compose's empty default against an optional secretKeyRef. Trust:
+              every meshed service has MESH_CONTROL_PLANE=https://meshd:15012 and the same
+              MESH_CA_FILE on both sides, in compose a read-only mount of volume mesh-ca-root;
+              compose's meshd writes exactly that file with --publish-root into mesh-ca-root
+              mounted read-write (by it alone), keeps its CA in a volume of its own that no other
+              service mounts; docker/Dockerfile* give meshd's ENTRYPOINT --ca-dir /var/lib/meshd/ca
   contract    Services, Deployments and ServiceAccounts of the app follow the Bookinfo contract;
               every container of every Deployment has probes, requests and runAsNonRoot;
               references (selectors, service accounts, config maps, role bindings) resolve
@@ -55,6 +69,7 @@ Usage: scripts/validate-k8s.py [--root DIR] [--k8s-version 1.32] [-v]
 
 import argparse
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -102,7 +117,33 @@ MESH_DIR = "mesh"
 MESHD = "meshd"
 MESHD_PORT = 15012
 MESHD_FLAGS = ("--token-dir", "--config-dir")
-MESHD_STATE_DIR = "/var/lib/meshd"
+# meshd's API is TLS only; its serving certificate names `meshd` (and meshd.<ns>.svc...).
+MESHD_URL = "https://%s:%d" % (MESHD, MESHD_PORT)
+# The CA: the image's entrypoint is `/meshd --ca-dir /var/lib/meshd/ca` (docker/Dockerfile*).
+# In k8s it is the user's Secret meshd-ca mounted read-only there (meshd loads the two files and
+# never writes); every workload trusts its public half, the user's ConfigMap mesh-ca-root-cert,
+# mounted read-only (MESH_CA_FILE). Neither object is in the repository: the user creates both
+# (k8s/README.md). Compose shares a volume instead: meshd writes the root with --publish-root
+# into volume mesh-ca-root, which every workload mounts read-only.
+MESHD_CA_DIR = "/var/lib/meshd/ca"
+MESHD_DOCKERFILES = ("docker/Dockerfile", "docker/Dockerfile.prebuilt")
+CA_CERT_FILE = "root-cert.pem"
+CA_KEY_FILE = "root-key.pem"
+MESHD_CA_SECRET = "meshd-ca"
+MESH_CA_ROOT_CM = "mesh-ca-root-cert"
+# Created by the user (k8s/README.md), never shipped: (kind, name) -> the keys it must hold.
+SUPPLIED = {("Secret", MESHD_CA_SECRET): (CA_CERT_FILE, CA_KEY_FILE),
+            ("ConfigMap", MESH_CA_ROOT_CM): (CA_CERT_FILE,)}
+COMPOSE_CA_ROOT_VOLUME = "mesh-ca-root"
+# meshd flags only compose gives: there is no volume pods share in k8s.
+COMPOSE_ONLY_MESHD_FLAGS = ("--publish-root",)
+# k8s meshd flags that would bypass the Secret at the CA dir, or duplicate POD_NAMESPACE.
+K8S_FORBIDDEN_MESHD_FLAGS = ("--ca-dir", "--ca-cert", "--ca-key", "--publish-root", "--namespace")
+# meshd's only env in k8s: its namespace from the downward API (its certificate's
+# meshd.<namespace>.svc); everything else is a flag, as in compose.
+MESHD_ENV_FIELDS = {"POD_NAMESPACE": "metadata.namespace"}
+# Both sides run containers as this user and group (fsGroup makes 0440 Secret files readable).
+RUN_AS = 65532
 MESH_TOKENS_SECRET = "mesh-tokens"
 MESH_CONFIG_CM = "mesh-config"
 # meshd's always-applied config: ConfigMap mesh-base == the files of mesh-config/base, mounted
@@ -700,9 +741,8 @@ def check_mesh(root, base_docs, mesh, g):
                     g.check(v and dig(v, "configMap", "name") == cmname and "subPath" not in m,
                             "%s: --config-dir %r must be a mount of ConfigMap %s (no subPath: updates must "
                             "propagate)" % (cw, cdir, cmname))
-            m, v = vol_at(MESHD_STATE_DIR)
-            g.check(v and ("emptyDir" in v or "persistentVolumeClaim" in v) and not m.get("readOnly"),
-                    "%s: %s (the CA) must be a writable emptyDir or PVC (the root FS is read-only)" % (cw, MESHD_STATE_DIR))
+            check_meshd_ca(g, w, cw, pod, c)
+            check_meshd_env(g, cw, c)
             cports = c.get("ports") or []
             g.check(any(p.get("containerPort") == MESHD_PORT and p.get("name") == "grpc" for p in cports),
                     "%s: must expose containerPort %d named grpc" % (cw, MESHD_PORT))
@@ -717,9 +757,9 @@ def check_mesh(root, base_docs, mesh, g):
             check_security_context(g, cw, c)
 
     check_gateway(mesh, g)
+    check_supplied(root, base_docs, mesh, g)
 
     # The six patched Deployments.
-    meshd_url = "http://%s:%d" % (MESHD, MESHD_PORT)
     for name, eff in sorted(mesh.effective.items()):
         w = eff.where()
         pod = dig(eff.data, "spec", "template", "spec", default={}) or {}
@@ -729,8 +769,10 @@ def check_mesh(root, base_docs, mesh, g):
             continue
         cw = "%s: container %s" % (w, app)
         env = container_env(c)
-        g.check(env.get("MESH_CONTROL_PLANE") == meshd_url,
-                "%s: MESH_CONTROL_PLANE must be %s (Service %s), is %r" % (cw, meshd_url, MESHD, env.get("MESH_CONTROL_PLANE")))
+        g.check(env.get("MESH_CONTROL_PLANE") == MESHD_URL,
+                "%s: MESH_CONTROL_PLANE must be %s (Service %s; meshd's API is TLS only), is %r"
+                % (cw, MESHD_URL, MESHD, env.get("MESH_CONTROL_PLANE")))
+        check_ca_root(g, w, cw, pod, c, env)
         # Its own token, and only that.
         own = "default.%s" % pod.get("serviceAccountName")
         g.check(own == "default.bookinfo-%s" % app, "%s: serviceAccountName must be bookinfo-%s" % (w, app))
@@ -751,6 +793,171 @@ def check_mesh(root, base_docs, mesh, g):
         benv = container_env(container_of(base, app) or {}) if base else {}
         g.check(all(env.get(k) == v for k, v in benv.items()), "%s: the patch changes base env %r" % (cw, benv))
         check_security_context(g, cw, c)
+
+
+def file_mode(value):
+    """A Kubernetes file mode (an int, decimal in YAML) as an int, or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def volume_at(pod, c, path):
+    """(mount, volume) of container c mounted exactly at `path`, or (None, None)."""
+    m = next((m for m in c.get("volumeMounts") or [] if m.get("mountPath") == path), None)
+    v = next((v for v in pod.get("volumes") or [] if m and v.get("name") == m.get("name")), None)
+    return m, v
+
+
+def is_under(path, parent):
+    """Whether the absolute path `path` is `parent` or inside it."""
+    path, parent = path.rstrip("/") or "/", parent.rstrip("/") or "/"
+    return path == parent or path.startswith(parent if parent == "/" else parent + "/")
+
+
+def check_ca_root(g, w, cw, pod, c, env):
+    """MESH_CA_FILE is key root-cert.pem of the user's ConfigMap mesh-ca-root-cert, mounted
+    read-only without subPath (so a replaced root reaches the file): the root a workload trusts
+    comes out of band, never from meshd."""
+    cf = env.get("MESH_CA_FILE")
+    if not g.check(isinstance(cf, str) and cf.startswith("/") and not cf.endswith("/"),
+                   "%s: MESH_CA_FILE must be the absolute path of meshd's root certificate (a workload "
+                   "with MESH_CONTROL_PLANE refuses to start without it), is %r" % (cw, cf)):
+        return
+    d, _, f = cf.rpartition("/")
+    m, v = volume_at(pod, c, d or "/")
+    if not g.check(m is not None and v is not None and m.get("readOnly") is True and "subPath" not in m,
+                   "%s: MESH_CA_FILE %s: its directory %s must be a read-only volume mount (no subPath: a "
+                   "replaced root must reach the file)" % (cw, cf, d)):
+        return
+    cm = v.get("configMap") or {}
+    items = cm.get("items")
+    got = [(i.get("key"), i.get("path")) for i in items] if isinstance(items, list) else None
+    g.check(cm.get("name") == MESH_CA_ROOT_CM and (got == [(CA_CERT_FILE, f)] or (got is None and f == CA_CERT_FILE))
+            and cm.get("optional") is not True,
+            "%s: volume %s (MESH_CA_FILE %s) must be ConfigMap %s with items [{key: %s, path: %s}] (not "
+            "optional: without the root there is no mesh), is %r" % (w, v.get("name"), cf, MESH_CA_ROOT_CM,
+                                                                  CA_CERT_FILE, f, v))
+
+
+def check_meshd_ca(g, w, cw, pod, c):
+    """meshd's CA dir (the image's --ca-dir) is the user's Secret meshd-ca, both files, mounted
+    read-only and readable by the container's group only; nothing else (an emptyDir, a PVC, a
+    mount above it) supplies or hides it, so the CA survives restarts."""
+    args = [as_str(a) for a in c.get("args") or []]
+    flags = flag_values(args)
+    for flag in K8S_FORBIDDEN_MESHD_FLAGS:
+        g.check(flag not in flags, "%s: args must not give %s (the CA is the Secret %s at the entrypoint's "
+                "--ca-dir %s, the namespace comes from POD_NAMESPACE, the root reaches workloads as ConfigMap %s)"
+                % (cw, flag, MESHD_CA_SECRET, MESHD_CA_DIR, MESH_CA_ROOT_CM))
+    m, v = volume_at(pod, c, MESHD_CA_DIR)
+    sec = (v or {}).get("secret")
+    if g.check(m is not None and isinstance(sec, dict) and sec.get("secretName") == MESHD_CA_SECRET,
+               "%s: %s (the CA dir) must be a mount of Secret %s (the user's CA: it survives restarts, and "
+               "the workloads trust only its root), is %r" % (cw, MESHD_CA_DIR, MESHD_CA_SECRET, v)):
+        g.check(m.get("readOnly") is True and "subPath" not in m and "subPathExpr" not in m,
+                "%s: the mount of Secret %s at %s must be readOnly, without subPath" % (cw, MESHD_CA_SECRET, MESHD_CA_DIR))
+        g.check(sec.get("optional") is not True, "%s: Secret %s must not be optional: without the user's CA "
+                "meshd must not start (a CA of its own would be trusted by no workload)" % (w, MESHD_CA_SECRET))
+        items = sec.get("items")
+        if items is not None:
+            got = sorted((i.get("key"), i.get("path")) for i in items) if isinstance(items, list) else items
+            want = sorted((k, k) for k in (CA_CERT_FILE, CA_KEY_FILE))
+            g.check(got == want, "%s: Secret %s items must map %s to files of the same name (meshd reads "
+                    "%s/%s and %s), are %r" % (w, MESHD_CA_SECRET, [k for k, _ in want], MESHD_CA_DIR,
+                                                CA_CERT_FILE, CA_KEY_FILE, items))
+        modes = [("defaultMode", file_mode(sec.get("defaultMode", 0o644)))] + \
+            [("items %s mode" % i.get("key"), file_mode(i.get("mode"))) for i in items or [] if "mode" in i]
+        fs_group = dig(pod, "securityContext", "fsGroup")
+        for what, mode in modes:
+            g.check(mode in (0o400, 0o440), "%s: Secret %s %s must be 0400 or 0440 (decimal 256 or 288): the key "
+                    "is for meshd alone, is %s" % (w, MESHD_CA_SECRET, what, oct(mode) if mode is not None else None))
+        g.check(fs_group == RUN_AS, "%s: securityContext.fsGroup must be %d so meshd (user %d) can read the "
+                "root-owned CA files, is %r" % (w, RUN_AS, RUN_AS, fs_group))
+    vols = {v.get("name"): v for v in pod.get("volumes") or []}
+    for mm in c.get("volumeMounts") or []:
+        path = as_str(mm.get("mountPath"))
+        if mm is m or not path.startswith("/"):
+            continue
+        g.check(not is_under(MESHD_CA_DIR, path) and not is_under(path, MESHD_CA_DIR),
+                "%s: volume %s at %s hides or shadows the CA dir %s; only Secret %s goes there"
+                % (cw, mm.get("name"), path, MESHD_CA_DIR, MESHD_CA_SECRET))
+    for name, vv in sorted(vols.items(), key=lambda kv: str(kv[0])):
+        for kind in ("emptyDir", "persistentVolumeClaim", "hostPath"):
+            g.check(kind not in vv, "%s: volume %s is %s %s; meshd writes nothing (its CA is Secret %s, loaded, "
+                    "never generated)" % (w, name, "an" if kind[0] in "aeiou" else "a", kind, MESHD_CA_SECRET))
+
+
+def check_meshd_env(g, cw, c):
+    """meshd's only env is POD_NAMESPACE from the downward API: its serving certificate then
+    names meshd.<namespace>.svc of the namespace the overlay is applied to."""
+    got = {}
+    for e in c.get("env") or []:
+        got[e.get("name")] = e
+    g.check(not c.get("envFrom"), "%s: no envFrom (meshd takes flags)" % cw)
+    g.check(sorted(got) == sorted(MESHD_ENV_FIELDS), "%s: env must be exactly %s (everything else is a flag), "
+            "is %s" % (cw, sorted(MESHD_ENV_FIELDS), sorted(got)))
+    for name, field in MESHD_ENV_FIELDS.items():
+        if name not in got:
+            continue  # reported above
+        e = got[name] or {}
+        ref = dig(e, "valueFrom", "fieldRef", default={}) or {}
+        g.check("value" not in e and set(e.get("valueFrom") or {}) == {"fieldRef"} and ref.get("fieldPath") == field
+                and ref.get("apiVersion", "v1") == "v1",
+                "%s: env %s must be valueFrom.fieldRef.fieldPath %s (the downward API: the certificate names "
+                "meshd.<namespace>.svc), is %r" % (cw, name, field, e or None))
+
+
+def check_supplied(root, base_docs, mesh, g):
+    """Secret meshd-ca and ConfigMap mesh-ca-root-cert are the user's: no manifest defines them
+    (a CA key in git is everyone's), no file of k8s/ holds a private key, k8s/README.md says how
+    to create them, and only meshd mounts the Secret."""
+    everything = [d for d in base_docs] + mesh.docs
+    for (kind, name), keys in sorted(SUPPLIED.items()):
+        defined = [d.rel for d in everything if d.kind == kind and d.name == name]
+        g.check(not defined, "%s defines %s %s: the user creates it (k8s/README.md), with keys %s; the "
+                "repository must not ship a CA" % (", ".join(sorted(set(defined))), kind, name, list(keys)))
+    for p in sorted((root / "k8s").rglob("*")):
+        if not p.is_file():
+            continue
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        g.check(not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", text),
+                "%s: holds a PEM private key; the CA key belongs in the user's Secret %s only"
+                % (p.relative_to(root), MESHD_CA_SECRET))
+    try:
+        readme = (root / "k8s" / "README.md").read_text()
+    except (OSError, UnicodeDecodeError):
+        readme = ""  # reported by the files group
+    # The steps, each on one line: create the CA, then the Secret with both files, then the
+    # ConfigMap with the root.
+    steps = [("meshd --init-ca --ca-dir DIR", [r"--init-ca\b", r"--ca-dir\b"]),
+             ("kubectl create secret generic %s" % MESHD_CA_SECRET,
+              [r"kubectl create secret generic %s\b" % MESHD_CA_SECRET, re.escape(CA_CERT_FILE), re.escape(CA_KEY_FILE)]),
+             ("kubectl create configmap %s" % MESH_CA_ROOT_CM,
+              [r"kubectl create configmap %s\b" % MESH_CA_ROOT_CM, r"\b%s=" % re.escape(CA_CERT_FILE)])]
+    lines = readme.splitlines()
+    apply_at = next((i for i, line in enumerate(lines)
+                     if re.search(r"kubectl kustomize .*k8s/%s\s*\|\s*kubectl apply" % MESH_DIR, line)), None)
+    if g.check(apply_at is not None, "k8s/README.md: no `kubectl kustomize ... k8s/%s | kubectl apply -f -` "
+               "(how the overlay is applied)" % MESH_DIR):
+        for what, patterns in steps:
+            g.check(any(all(re.search(pt, line) for pt in patterns) for line in lines[:apply_at]),
+                    "k8s/README.md: must show `%s` (one line matching %s) before the overlay's `kubectl "
+                    "kustomize ... | kubectl apply` (line %d); without it the pods wait in ContainerCreating"
+                    % (what, patterns, apply_at + 1))
+    deps = [d for d in mesh.docs if d.kind == "Deployment"] + list(mesh.effective.values())
+    for d in deps:
+        for v in dig(d.data, "spec", "template", "spec", "volumes", default=[]) or []:
+            refs = [dig(v, "secret", "secretName")] + [dig(s, "secret", "name")
+                                                        for s in dig(v, "projected", "sources", default=[]) or []]
+            g.check(MESHD_CA_SECRET not in refs or d.name == MESHD,
+                    "%s: volume %s mounts Secret %s (the CA key); only %s may" % (d.where(), v.get("name"),
+                                                                                MESHD_CA_SECRET, MESHD))
+        for c in dig(d.data, "spec", "template", "spec", "containers", default=[]) or []:
+            g.check(not any(dig(e, "valueFrom", "secretKeyRef", "name") == MESHD_CA_SECRET for e in c.get("env") or [])
+                    and not any(dig(s, "secretRef", "name") == MESHD_CA_SECRET for s in c.get("envFrom") or []),
+                    "%s: container %s reads Secret %s (the CA key) into env" % (d.where(), c.get("name"), MESHD_CA_SECRET))
 
 
 def check_own_token(g, w, cw, pod, c, env, own):
@@ -838,9 +1045,9 @@ def check_gateway(mesh, g):
     g.check([as_str(a) for a in c.get("args") or []] == GATEWAY_ARGS,
             "%s: args must be %r, are %r" % (cw, GATEWAY_ARGS, c.get("args")))
     env = container_env(c)
-    meshd_url = "http://%s:%d" % (MESHD, MESHD_PORT)
-    g.check(env.get("MESH_CONTROL_PLANE") == meshd_url, "%s: MESH_CONTROL_PLANE must be %s, is %r"
-            % (cw, meshd_url, env.get("MESH_CONTROL_PLANE")))
+    g.check(env.get("MESH_CONTROL_PLANE") == MESHD_URL, "%s: MESH_CONTROL_PLANE must be %s (meshd's API is "
+            "TLS only), is %r" % (cw, MESHD_URL, env.get("MESH_CONTROL_PLANE")))
+    check_ca_root(g, w, cw, pod, c, env)
     g.check(env.get("MESH_NAMESPACE") == GATEWAY_NS, "%s: MESH_NAMESPACE must be set to %s, is %r"
             % (cw, GATEWAY_NS, env.get("MESH_NAMESPACE")))
     g.check(env.get("MESH_SERVICE_ACCOUNT") == GATEWAY_SA, "%s: MESH_SERVICE_ACCOUNT must be set to %s, is %r"
@@ -1093,6 +1300,143 @@ def container_env(c, g=None, w=""):
     return env
 
 
+# What a workload needs to reach meshd: its TLS URL and the root certificate to verify it with.
+TRUST_ENV = ("MESH_CONTROL_PLANE", "MESH_CA_FILE")
+
+
+def is_path(source):
+    return str(source).startswith(("/", ".", "~"))
+
+
+def compose_volume_list(service):
+    """A service's mounts (short `src:dst[:mode]` or long syntax) as dicts: source, target,
+    read_only, type ("volume" for a named volume, "bind" for a host path)."""
+    out = []
+    for v in service.get("volumes") or []:
+        if isinstance(v, dict):
+            src = v.get("source")
+            kind = v.get("type") or ("bind" if src is not None and is_path(src) else "volume")
+            out.append({"source": as_str(src) if src is not None else None, "target": as_str(v.get("target")),
+                        "read_only": v.get("read_only") is True, "type": kind})
+        else:
+            parts = str(v).split(":")
+            if len(parts) == 1:  # an anonymous volume
+                out.append({"source": None, "target": parts[0], "read_only": False, "type": "volume"})
+                continue
+            mode = parts[2].split(",") if len(parts) > 2 else []
+            out.append({"source": parts[0], "target": parts[1], "read_only": "ro" in mode,
+                        "type": "bind" if is_path(parts[0]) else "volume"})
+    return out
+
+
+def fmt_mount(m):
+    """A mount from compose_volume_list as compose writes it: `source:target[:ro]` (bind or volume)."""
+    if m is None:
+        return "no mount"
+    return "%s:%s%s (%s)" % (m["source"] or "(anonymous)", m["target"], ":ro" if m["read_only"] else "", m["type"])
+
+
+def compose_mount_of(service, path):
+    """The service's mount that holds `path` (the deepest one), or None."""
+    hits = [m for m in compose_volume_list(service) if m["target"].startswith("/") and is_under(path, m["target"])]
+    return max(hits, key=lambda m: len(m["target"].rstrip("/")), default=None)
+
+
+def check_compose_trust(g, compose, svc_name, svc, want_env, got_env, w):
+    """A meshed compose service and its k8s counterpart reach meshd over TLS (the same URL) and
+    trust the same file, MESH_CA_FILE, which compose mounts read-only from volume mesh-ca-root
+    (k8s from ConfigMap mesh-ca-root-cert; the mesh group checks that side)."""
+    ccp, kcp = want_env.get("MESH_CONTROL_PLANE"), got_env.get("MESH_CONTROL_PLANE")
+    g.check(ccp == MESHD_URL, "docker-compose.yml: %s: MESH_CONTROL_PLANE must be %s (meshd's API is TLS only; "
+            "http:// is refused at start), is %r" % (svc_name, MESHD_URL, ccp))
+    g.check(kcp == ccp, "%s: env MESH_CONTROL_PLANE=%r, compose %s has %r" % (w, kcp, svc_name, ccp))
+    ccf, kcf = want_env.get("MESH_CA_FILE"), got_env.get("MESH_CA_FILE")
+    g.check(ccf and kcf == ccf, "%s: env MESH_CA_FILE=%r must be the path compose %s trusts, %r (one place for "
+            "the root in both)" % (w, kcf, svc_name, ccf))
+    if not g.check(isinstance(ccf, str) and ccf.startswith("/"),
+                   "docker-compose.yml: %s: MESH_CA_FILE must be an absolute path, is %r" % (svc_name, ccf)):
+        return
+    d = ccf.rpartition("/")[0] or "/"
+    m = next((m for m in compose_volume_list(svc) if m["target"].rstrip("/") == d), None)
+    g.check(m is not None and m["type"] == "volume" and m["source"] == COMPOSE_CA_ROOT_VOLUME and m["read_only"],
+            "docker-compose.yml: %s: MESH_CA_FILE %s: its directory %s must be a read-only mount of volume %s "
+            "(what meshd's --publish-root writes), is %s" % (svc_name, ccf, d, COMPOSE_CA_ROOT_VOLUME, fmt_mount(m)))
+
+
+def check_compose_meshd_ca(g, compose, services, svc, publish_root):
+    """Compose's meshd generates its CA once into its own volume (only it mounts it) and writes
+    the public root with --publish-root into volume mesh-ca-root, mounted read-write by meshd
+    alone, at the very file every meshed service's MESH_CA_FILE names in its read-only mount."""
+    vols = dig(compose, "volumes", default={}) or {}
+    g.check(COMPOSE_CA_ROOT_VOLUME in vols, "docker-compose.yml: top-level volumes lack %s (the published root)"
+            % COMPOSE_CA_ROOT_VOLUME)
+    ca = compose_mount_of(svc, MESHD_CA_DIR)
+    if g.check(ca is not None and ca["type"] == "volume" and ca["source"] and not ca["read_only"]
+               and ca["source"] != COMPOSE_CA_ROOT_VOLUME,
+               "docker-compose.yml: %s's CA dir %s must be in a named volume of its own, read-write (generated on "
+               "first start, kept across restarts), is %s" % (MESHD, MESHD_CA_DIR, fmt_mount(ca))):
+        for name, other in sorted(services.items()):
+            if name != MESHD:
+                g.check(not any(m["source"] == ca["source"] for m in compose_volume_list(other or {})),
+                        "docker-compose.yml: %s mounts volume %s, %s's CA key; only %s may"
+                        % (name, ca["source"], MESHD, MESHD))
+    if not g.check(len(publish_root) == 1 and isinstance(publish_root[0], str) and publish_root[0].startswith("/"),
+                   "docker-compose.yml: %s's command needs one --publish-root <absolute file> (the root the "
+                   "workloads mount as MESH_CA_FILE), has %r" % (MESHD, publish_root)):
+        return
+    pr = publish_root[0]
+    m = compose_mount_of(svc, pr)
+    if not g.check(m is not None and m["type"] == "volume" and m["source"] == COMPOSE_CA_ROOT_VOLUME
+                   and not m["read_only"] and m["target"].rstrip("/") != pr.rstrip("/"),
+                   "docker-compose.yml: %s's --publish-root %s must be a file in volume %s mounted read-write by "
+                   "%s, is in %s" % (MESHD, pr, COMPOSE_CA_ROOT_VOLUME, MESHD, fmt_mount(m))):
+        return
+    g.check(not is_under(pr, MESHD_CA_DIR), "docker-compose.yml: %s's --publish-root %s is inside its CA dir %s"
+            % (MESHD, pr, MESHD_CA_DIR))
+    rel = pr[len(m["target"].rstrip("/")):]
+    for name, other in sorted(services.items()):
+        if name == MESHD:
+            continue
+        other = other or {}
+        cf = compose_env(other).get("MESH_CA_FILE")
+        if cf is None:  # (a meshed service's mount is checked with its MESH_CA_FILE)
+            for om in compose_volume_list(other):
+                if om["source"] == COMPOSE_CA_ROOT_VOLUME:
+                    g.check(om["read_only"], "docker-compose.yml: %s mounts volume %s read-write; only %s "
+                            "writes it" % (name, COMPOSE_CA_ROOT_VOLUME, MESHD))
+            continue
+        om = compose_mount_of(other, cf)
+        if om is None or om["source"] != COMPOSE_CA_ROOT_VOLUME:
+            continue  # reported with its MESH_CA_FILE (check_compose_trust)
+        g.check(cf[len(om["target"].rstrip("/")):] == rel,
+                "docker-compose.yml: %s's MESH_CA_FILE %s is not the file %s's --publish-root %s writes (%s in "
+                "volume %s)" % (name, cf, MESHD, pr, rel.lstrip("/"), COMPOSE_CA_ROOT_VOLUME))
+
+
+def check_meshd_image(root, g):
+    """The meshd images' entrypoint gives --ca-dir /var/lib/meshd/ca: where k8s mounts Secret
+    meshd-ca and under compose's CA volume."""
+    for rel in MESHD_DOCKERFILES:
+        path = root / rel
+        if not path.is_file():
+            continue
+        stage, entry = None, None
+        for line in path.read_text().splitlines():
+            mf = re.match(r"\s*FROM\s+\S+(?:\s+AS\s+(\S+))?\s*$", line, re.I)
+            if mf:
+                stage = (mf.group(1) or "").lower()
+            me = re.match(r"\s*ENTRYPOINT\s+(.*)$", line, re.I)
+            if me and stage == MESHD:
+                try:
+                    entry = json.loads(me.group(1))
+                except ValueError:
+                    entry = me.group(1).split()
+        flags = flag_values([as_str(a) for a in entry or []])
+        g.check(flags.get("--ca-dir") == MESHD_CA_DIR,
+                "%s: stage %s's ENTRYPOINT must give --ca-dir %s (where k8s mounts Secret %s), is %r"
+                % (rel, MESHD, MESHD_CA_DIR, MESHD_CA_SECRET, entry))
+
+
 def check_compose(root, docs, mesh, g):
     """docker-compose.yml runs the app in the mesh, so each service is compared with the base
     Deployment plus the k8s/mesh overlay's patch (the effective mesh-mode Deployment), and
@@ -1108,6 +1452,7 @@ def check_compose(root, docs, mesh, g):
     # Services of optional profiles (observability: Jaeger, Prometheus) have no manifests of
     # their own here; k8s/monitoring plays their part.
     services = {n: s for n, s in services.items() if not (s or {}).get("profiles")}
+    check_meshd_image(root, g)
     deployments = {d.name: d for d in docs if d.kind == "Deployment" and d.rel.count("/") == 1}
     effective = mesh.effective if mesh else {}
     want_services = sorted(list(COMPOSE_TO_DEPLOYMENT) + [MESHD, GATEWAY])
@@ -1143,7 +1488,8 @@ def check_compose(root, docs, mesh, g):
         check_otel_names(g, ew, got_env, svc, svc_name)
         got_env = without_otel(got_env)
         want_env = compose_env(svc)
-        for k in sorted(set(want_env) | set(got_env)):
+        check_compose_trust(g, compose, svc_name, svc, want_env, got_env, ew)
+        for k in sorted((set(want_env) | set(got_env)) - set(TRUST_ENV)):
             g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (ew, k, want_env.get(k), svc_name))
             g.check(k in want_env, "%s: env %s not set by compose %s" % (ew, k, svc_name))
             if k in got_env and k in want_env:
@@ -1178,7 +1524,11 @@ def check_compose(root, docs, mesh, g):
         g.check(c.get("image") == svc.get("image"), "%s: image %r differs from compose %s image %r"
                 % (w, c.get("image"), MESHD, svc.get("image")))
         kflags = flag_lists([as_str(a) for a in c.get("args") or []])
-        cflags = flag_lists(compose_command(svc))
+        cflags_all = flag_lists(compose_command(svc))
+        # --publish-root is compose's way to the workloads (a shared volume; see below), which
+        # k8s's meshd must not give (the mesh group says so).
+        cflags = {f: v for f, v in cflags_all.items() if f not in COMPOSE_ONLY_MESHD_FLAGS}
+        kflags = {f: v for f, v in kflags.items() if f not in COMPOSE_ONLY_MESHD_FLAGS}
         for flag in MESHD_FLAGS:
             g.check(kflags.get(flag) and all(kflags[flag]), "%s: args lack %s <dir>" % (w, flag))
             g.check(cflags.get(flag) and all(cflags[flag]), "docker-compose.yml: %s command lacks %s <dir>"
@@ -1208,8 +1558,11 @@ def check_compose(root, docs, mesh, g):
         want_secrets = sorted(dig(compose, "secrets", default={}) or {})
         g.check(msecrets == want_secrets, "docker-compose.yml: %s's secrets %s must be all secrets %s"
                 % (MESHD, msecrets, want_secrets))
-        g.check(not container_env(c) and not compose_env(svc),
-                "%s: meshd takes its settings as flags; neither side should set env" % w)
+        kenv = sorted(set(container_env(c)) - set(MESHD_ENV_FIELDS))
+        g.check(not kenv and not compose_env(svc),
+                "%s: meshd takes its settings as flags; neither side should set env, except %s in k8s (the "
+                "downward API), has k8s %s, compose %s" % (w, sorted(MESHD_ENV_FIELDS), kenv, sorted(compose_env(svc))))
+        check_compose_meshd_ca(g, compose, services, svc, cflags_all.get("--publish-root") or [])
         hc = svc.get("healthcheck") or {}
         g.check(hc.get("test") and not hc.get("disable") and c.get("readinessProbe"),
                 "%s: compose %s healthcheck and the readinessProbe must both exist" % (w, MESHD))
@@ -1229,11 +1582,9 @@ def check_compose(root, docs, mesh, g):
         check_otel_names(g, w, got_env, svc, GATEWAY)
         got_env = without_otel(got_env)
         want_env = compose_env(svc)
-        for k in sorted(want_env):
+        check_compose_trust(g, compose, GATEWAY, svc, want_env, got_env, w)
+        for k in sorted(set(want_env) - set(TRUST_ENV)):
             g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (w, k, want_env[k], GATEWAY))
-        g.check(got_env.get("MESH_CONTROL_PLANE") == want_env.get("MESH_CONTROL_PLANE"),
-                "%s: MESH_CONTROL_PLANE %r, compose %s has %r" % (w, got_env.get("MESH_CONTROL_PLANE"), GATEWAY,
-                                                                  want_env.get("MESH_CONTROL_PLANE")))
         # Different token paths by design; compose's file is the token named <ns>.<sa> of the
         # identity the k8s side sets explicitly (the binary's defaults, which compose relies on).
         ctf = want_env.get("MESH_TOKEN_FILE") or ""
@@ -1297,11 +1648,13 @@ def probe_targets_port(probe, container, port):
     return p == port
 
 
-def check_all_deployments(docs, g):
-    """Rules for every Deployment, app and monitoring alike."""
+def check_all_deployments(docs, g, supplied=()):
+    """Rules for every Deployment, app and monitoring alike. `supplied`: (kind, name) of the
+    objects the user creates before applying (never in the manifests)."""
     by_ns = lambda d: d.namespace or "default"  # noqa: E731
     sas = {(by_ns(d), d.name) for d in docs if d.kind == "ServiceAccount"}
     cms = {(by_ns(d), d.name) for d in docs if d.kind == "ConfigMap"}
+    supplied_cms = {name for kind, name in supplied if kind == "ConfigMap"}
     deps = [d for d in docs if d.kind == "Deployment"]
     for d in deps:
         w = d.where()
@@ -1317,7 +1670,8 @@ def check_all_deployments(docs, g):
         for v in pod.get("volumes") or []:
             if "configMap" in v:
                 cm = v["configMap"].get("name")
-                g.check((by_ns(d), cm) in cms, "%s: volume %s uses undefined ConfigMap %s" % (w, v.get("name"), cm))
+                g.check((by_ns(d), cm) in cms or cm in supplied_cms,
+                        "%s: volume %s uses undefined ConfigMap %s" % (w, v.get("name"), cm))
         pod_nonroot = dig(pod, "securityContext", "runAsNonRoot") is True
         containers = pod.get("containers") or []
         g.check(containers, "%s: no containers" % w)
@@ -1900,7 +2254,7 @@ def main():
     # The same rules for what the overlay deploys: base app + meshd & co. + patched Deployments.
     check_all_deployments([mesh.effective.get(d.name, d) if d.kind == "Deployment" else d
                            for d in docs if d.rel.count("/") == 1 and not is_istio(d)]
-                          + mesh.docs, groups["contract"])
+                          + mesh.docs, groups["contract"], supplied=SUPPLIED)
     check_monitoring(docs, groups["monitoring"])
     check_telemetry(root, docs, mesh, groups["telemetry"])
 

@@ -84,6 +84,9 @@ pub struct MeshOptions {
     /// Where every workload sends its spans (OTLP), and over which protocol (`grpc` or
     /// `http/protobuf`).
     pub otlp: Option<(String, String)>,
+    /// How long a (re)started meshd marks its snapshots incomplete while workloads
+    /// re-register.
+    pub registration_grace: Duration,
 }
 
 /// The dashboard's port by default (Kiali's).
@@ -104,6 +107,7 @@ impl Default for MeshOptions {
             ca: CaSource::Ephemeral,
             meshd_port: mesh::control::DEFAULT_CONTROL_PORT,
             cert_ttl: mesh::identity::ca::DEFAULT_CERT_TTL,
+            registration_grace: mesh::control::server::DEFAULT_REGISTRATION_GRACE,
         }
     }
 }
@@ -238,6 +242,32 @@ impl Running {
         self.meshd.take()
     }
 
+    /// Kills meshd at once and, after `downtime`, starts a new one on the same port with the
+    /// same CA and config (its registry starts empty, as after a crash): the workloads
+    /// reconnect and re-register by themselves, each after its own backoff.
+    pub async fn restart_meshd(&mut self, downtime: Duration) -> Result<(), StartError> {
+        let Some(old) = self.meshd.take() else {
+            return Ok(());
+        };
+        let config = old.restart_config();
+        old.kill();
+        tokio::time::sleep(downtime).await;
+        // The killed server frees its port as its accept loop ends; retry the bind briefly.
+        let deadline = tokio::time::Instant::now() + MESH_READY_TIMEOUT;
+        loop {
+            match daemon::start(config.clone()).await {
+                Ok(meshd) => {
+                    self.meshd = Some(meshd);
+                    return Ok(());
+                }
+                Err(MeshdError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Resolves when `signal` does, then shuts down.
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
         signal.await;
@@ -265,9 +295,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(options) => Some(Server::bind("admin", at(options.admin_port)).await?),
         None => None,
     };
-    let metrics_url = admin
-        .as_ref()
-        .map(|a| format!("http://{}{}", a.local_addr(), mesh::telemetry::METRICS_PATH));
+    let admin_port = admin.as_ref().map(|a| a.local_addr().port());
     let otlp = config.mesh.as_ref().and_then(|o| o.otlp.clone());
     let telemetry = mesh::dataplane::Telemetry {
         access_log: config
@@ -312,6 +340,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let account = format!("bookinfo-{service}");
             let spec = WorkloadSpec {
                 control_plane: meshd.url(),
+                roots: meshd.trust_roots(),
                 token: tokens.get(&account).cloned().unwrap_or_default(),
                 service: service.to_owned(),
                 labels: BTreeMap::from([
@@ -320,7 +349,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 ]),
                 namespace: NAMESPACE.to_owned(),
                 service_account: account,
-                metrics_url: metrics_url.clone(),
+                admin_port,
             };
             let mesh = Mesh::start_with(
                 spec,
@@ -354,12 +383,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let (Some(server), Some(meshd)) = (gateway, &meshd) {
         let spec = WorkloadSpec {
             control_plane: meshd.url(),
+            roots: meshd.trust_roots(),
             token: tokens.get(GATEWAY_ACCOUNT).cloned().unwrap_or_default(),
             service: mesh::gateway::GATEWAY_SERVICE.to_owned(),
             labels: mesh::gateway::labels(),
             namespace: mesh::gateway::GATEWAY_NAMESPACE.to_owned(),
             service_account: mesh::gateway::GATEWAY_SERVICE_ACCOUNT.to_owned(),
-            metrics_url: metrics_url.clone(),
+            admin_port,
         };
         let gateway_mesh = Mesh::start_with(
             spec,
@@ -499,6 +529,11 @@ async fn start_meshd(
         trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
         cert_ttl: options.cert_ttl,
         dashboard: Some(SocketAddr::new(bind, options.dashboard_port)),
+        plane: mesh::control::server::PlaneOptions {
+            registration_grace: options.registration_grace,
+            ..Default::default()
+        },
+        ..MeshdConfig::default()
     })
     .await?;
     Ok((meshd, by_account))

@@ -84,6 +84,7 @@ fn parse_variant(s: &str) -> Result<ratings::Variant, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mesh::logging::init();
+    mesh::nofile::raise_at_start();
     let access_log =
         match mesh::telemetry::AccessLog::parse(&cli.access_log, &cli.access_log_format) {
             Ok(a) => a,
@@ -116,6 +117,7 @@ fn main() -> ExitCode {
                 .clone()
                 .map(|e| (e, cli.otlp_protocol.clone())),
             access_log,
+            ..Default::default()
         }),
     };
     let runtime = match tokio::runtime::Runtime::new() {

@@ -418,3 +418,110 @@ async fn meshd_starts_with_a_bad_file_and_a_policy_added_later_is_enforced() {
     .await;
     app.shutdown().await;
 }
+
+/// What makes a loaded page a failure for a user: anything but 200, or a backend's error text.
+fn page_failure(page: &Page) -> Option<String> {
+    if page.status != StatusCode::OK {
+        return Some(format!("status {}", page.status));
+    }
+    for error in [
+        "Error fetching product details",
+        "Error fetching product reviews",
+        RATINGS_ERROR,
+    ] {
+        if page.body.contains(error) {
+            return Some(error.to_owned());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn meshd_killed_and_restarted_under_steady_page_load_loses_no_page() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut config = bookinfo::Config::ephemeral();
+    // Short, so the window's end (complete snapshots replacing what data planes kept) falls
+    // inside the load too.
+    config.mesh.as_mut().unwrap().registration_grace = Duration::from_secs(2);
+    let mut app = bookinfo::start(config).await.unwrap();
+    let url = app.addrs.page_url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaded = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut loaders = Vec::new();
+    // Four steady clients through the gateway, each loading pages back to back.
+    for _ in 0..4 {
+        let (url, stop, loaded, failures) =
+            (url.clone(), stop.clone(), loaded.clone(), failures.clone());
+        loaders.push(tokio::spawn(async move {
+            let client = Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::get(&url).body(Body::empty()).unwrap();
+                let failure = match client.send(request, PATIENCE).await {
+                    Ok(r) => page_failure(&Page {
+                        status: r.status(),
+                        body: String::from_utf8_lossy(r.body()).into_owned(),
+                    }),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(f) = failure {
+                    failures.lock().unwrap().push(f);
+                }
+                loaded.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let wait_for_pages = |at_least: usize| {
+        let loaded = loaded.clone();
+        async move {
+            let deadline = Instant::now() + PATIENCE;
+            while loaded.load(Ordering::Relaxed) < at_least {
+                assert!(Instant::now() < deadline, "pages stopped loading");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for_pages(100).await;
+    let before = loaded.load(Ordering::Relaxed);
+    // Down long enough that the workloads' reconnect backoffs spread their re-registrations
+    // over about a second, as after a real crash and restart.
+    app.restart_meshd(Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let workloads = app.meshes().len();
+    // Every workload re-registers with the new meshd, and its window ends.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let url = app.meshd_url().unwrap();
+        let meshd = app.meshes()[0].snapshot();
+        let registered = app
+            .meshes()
+            .iter()
+            .all(|m| m.snapshot().endpoints.len() >= workloads && m.snapshot().complete);
+        if registered && meshd.complete {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workloads never re-registered with the restarted meshd at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Load on after the complete snapshots replaced what the data planes had kept.
+    let after = loaded.load(Ordering::Relaxed);
+    wait_for_pages(after + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    for loader in loaders {
+        loader.await.unwrap();
+    }
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    let total = loaded.load(Ordering::Relaxed);
+    eprintln!(
+        "{total} pages ({} during the restart and re-registration), {} failed",
+        after - before,
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed pages: {failures:?}");
+    app.shutdown().await;
+}

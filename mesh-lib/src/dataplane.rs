@@ -115,7 +115,7 @@ impl Mesh {
         addr: SocketAddr,
         telemetry: Telemetry,
     ) -> Result<Self, ControlError> {
-        let channel = client::channel(&spec.control_plane)?;
+        crate::control::connector::check_url(&spec.control_plane)?;
         let identity = SpiffeId::new(trust_domain, &spec.namespace, &spec.service_account);
         let credentials = Credentials::new(identity);
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
@@ -165,8 +165,8 @@ impl Mesh {
             }
         });
         let tasks = vec![
-            client::spawn_certificates(channel.clone(), spec.clone(), credentials.clone()),
-            client::spawn_watch(channel, spec.clone(), addr, snapshot_tx),
+            client::spawn_certificates(spec.clone(), credentials.clone()),
+            client::spawn_watch(spec.clone(), credentials.clone(), addr, snapshot_tx),
             tls_task,
             version_task,
         ];

@@ -6,7 +6,8 @@
 //! so service code does not change when they do.
 //!
 //! - [`server`]: the inbound entry: bind with a clear error, accept loop, TCP_NODELAY,
-//!   keep-alive, graceful shutdown.
+//!   keep-alive, connection and header limits ([`ServerLimits`]), graceful shutdown.
+//! - [`nofile`]: the process's open-file limit, raised at start, that bounds every listener.
 //! - [`outbound`]: the outbound client: per-request endpoint choice, pooled connections,
 //!   per-call timeouts.
 //! - [`propagation`]: which request headers a service forwards on its outbound calls.
@@ -23,6 +24,7 @@ pub mod gateway;
 pub mod identity;
 pub mod io;
 pub mod logging;
+pub mod nofile;
 pub mod normalize;
 pub mod outbound;
 pub mod propagation;
@@ -34,8 +36,9 @@ pub mod telemetry;
 pub mod tls;
 
 pub use dataplane::{Mesh, PeerIdentity};
+pub use nofile::raise_nofile_limit;
 pub use outbound::{Client, Endpoints, OutboundError};
-pub use server::{BindError, Server};
+pub use server::{BindError, Server, ServerLimits};
 
 /// The error type every layer of the mesh stacks returns: boxed, inspected by downcasting.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -38,7 +38,8 @@ pub struct MeshEnv {
 }
 
 impl MeshEnv {
-    /// `MESH_CONTROL_PLANE` (meshd's URL), `MESH_TOKEN_FILE` or `MESH_TOKEN`,
+    /// `MESH_CONTROL_PLANE` (meshd's URL, `https://…`), `MESH_CA_FILE` (meshd's root
+    /// certificate, PEM, read when needed), `MESH_TOKEN_FILE` or `MESH_TOKEN`,
     /// `MESH_NAMESPACE` (default `default`), `MESH_SERVICE_ACCOUNT` (`bookinfo-<name>`),
     /// `MESH_SERVICE` (`<name>`), `SERVICE_VERSION` (label `version`, default `v1`),
     /// `MESH_TRUST_DOMAIN` (`cluster.local`), `MESH_ADMIN_PORT` (15021).
@@ -46,13 +47,20 @@ impl MeshEnv {
         let Some(control_plane) = vars.get("MESH_CONTROL_PLANE").filter(|v| !v.is_empty()) else {
             return Ok(None);
         };
-        if !control_plane.starts_with("http://") {
+        if let Err(e) = crate::control::connector::check_url(&control_plane) {
             return Err(VarError::new(
                 "MESH_CONTROL_PLANE",
                 &control_plane,
-                "expected http://host:port",
+                e.to_string(),
             ));
         }
+        let Some(ca_file) = vars.get("MESH_CA_FILE").filter(|v| !v.is_empty()) else {
+            return Err(VarError::new(
+                "MESH_CA_FILE",
+                "",
+                "joining the mesh needs meshd's root certificate (a file given out of band, e.g. mounted from meshd's --publish-root)",
+            ));
+        };
         let token = match (vars.get("MESH_TOKEN_FILE"), vars.get("MESH_TOKEN")) {
             (Some(path), _) => std::fs::read_to_string(&path)
                 .map_err(|e| VarError::new("MESH_TOKEN_FILE", &path, e.to_string()))?
@@ -82,17 +90,13 @@ impl MeshEnv {
         Ok(Some(Self {
             spec: WorkloadSpec {
                 control_plane,
+                roots: crate::identity::TrustRoots::from_file(ca_file),
                 token,
                 service,
                 labels,
                 namespace: vars.get_or("MESH_NAMESPACE", "default"),
                 service_account: vars.get_or("MESH_SERVICE_ACCOUNT", &format!("bookinfo-{name}")),
-                // The admin listener's host is filled in by meshd from the caller's address.
-                metrics_url: Some(format!(
-                    "http://0.0.0.0:{}{}",
-                    vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?,
-                    crate::telemetry::METRICS_PATH
-                )),
+                admin_port: Some(vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?),
             },
             trust_domain: vars.get_or("MESH_TRUST_DOMAIN", crate::identity::DEFAULT_TRUST_DOMAIN),
             admin_port: vars.parse_or("MESH_ADMIN_PORT", DEFAULT_ADMIN_PORT)?,
@@ -187,6 +191,7 @@ impl Service {
             }
         };
         crate::logging::init();
+        crate::nofile::raise_at_start();
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
             Err(e) => {

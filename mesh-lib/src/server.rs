@@ -1,26 +1,40 @@
-//! The inbound entry of every service: bind, accept, serve HTTP/1.1 and HTTP/2 with keep-alive,
-//! and drain in-flight requests on shutdown.
+//! The inbound entry of every service: bind, accept, serve HTTP/1.1 and HTTP/2 with keep-alive
+//! within the listener's [`ServerLimits`], and drain in-flight requests on shutdown.
 //!
 //! This is the accept loop rather than `axum::serve` because the inbound mesh stack belongs
 //! here: mTLS wraps the accepted socket before HTTP, and authorization and telemetry wrap the
-//! router (see [`inbound_stack`]).
+//! router (see [`inbound_stack`]); and because what a listener accepts (how many connections,
+//! for how long) is decided per connection, before hyper sees it.
+
+mod activity;
+mod admission;
+mod conn;
+mod limits;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
+use tokio::task::JoinSet;
+
+pub use limits::{
+    DEFAULT_CLOSE_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_H2_KEEP_ALIVE_INTERVAL,
+    DEFAULT_H2_KEEP_ALIVE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_HEADERS_BYTES, LimitsError,
+    MIN_REQUEST_HEADERS_BYTES, ServerLimits,
+};
 
 use crate::config::MtlsMode;
-use crate::dataplane::{Mesh, PeerIdentity};
+use crate::dataplane::Mesh;
 use crate::identity::SpiffeId;
 use crate::io::EitherIo;
+use admission::{Admission, PROCESS_CONNECTIONS, REFUSAL_WARNING_INTERVAL, RefusalWarnings};
 use tower_http::trace::TraceLayer;
 
 /// How long shutdown waits for in-flight requests before closing their connections.
@@ -29,6 +43,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the accept loop pauses after a failed accept (usually EMFILE), so it does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
 /// A listening socket that has not started serving yet.
 #[derive(Debug)]
 pub struct Server {
@@ -36,6 +53,7 @@ pub struct Server {
     listener: TcpListener,
     grace: Duration,
     mesh: Option<Mesh>,
+    limits: ServerLimits,
 }
 
 /// The listening socket could not be opened.
@@ -82,6 +100,7 @@ impl Server {
             listener,
             grace: DEFAULT_SHUTDOWN_GRACE,
             mesh: None,
+            limits: ServerLimits::default(),
         }
     }
 
@@ -96,6 +115,17 @@ impl Server {
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
+    }
+
+    /// Replaces the default [`ServerLimits`].
+    pub fn with_limits(mut self, limits: ServerLimits) -> Result<Self, LimitsError> {
+        limits.validate()?;
+        self.limits = limits;
+        Ok(self)
+    }
+
+    pub fn limits(&self) -> &ServerLimits {
+        &self.limits
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -127,10 +157,25 @@ impl Server {
             listener,
             grace: _,
             mesh,
+            limits,
         } = self;
-        let app = inbound_stack(app, mesh.clone());
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
+        let budget = crate::nofile::inbound_connection_budget();
+        let max = limits.max_connections.min(budget);
+        if max < limits.max_connections {
+            tracing::info!(
+                workload = %name,
+                "at most {max} connections: the open-file limit allows no more"
+            );
+        }
+        let admission = Admission::new(max, budget, &PROCESS_CONNECTIONS);
+        let listener_state = Arc::new(conn::Listener {
+            app: inbound_stack(app, mesh.clone()),
+            http: http_builder(&limits),
+            mesh,
+            limits,
+        });
+        let mut refusals = RefusalWarnings::new(REFUSAL_WARNING_INTERVAL);
+        let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         let grace;
         loop {
@@ -140,51 +185,82 @@ impl Server {
                     Err(e) => {
                         // Usually EMFILE: back off instead of spinning on the error.
                         tracing::warn!(workload = %name, "accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                         continue;
                     }
                 },
+                Some(ended) = conns.join_next() => {
+                    if let Err(e) = ended
+                        && e.is_panic()
+                    {
+                        tracing::error!(workload = %name, "a connection task panicked: {e}");
+                    }
+                    continue;
+                }
                 g = &mut shutdown => {
                     grace = g;
                     break;
+                }
+            };
+            let ticket = match admission.admit() {
+                Ok(ticket) => ticket,
+                Err(admission::Refused) => {
+                    if let Some(refused) = refusals.refused(tokio::time::Instant::now()) {
+                        tracing::warn!(
+                            workload = %name,
+                            "refused {refused} connection(s): full (at most {max} here, \
+                             {budget} in the process) and every connection has a request in flight"
+                        );
+                    }
+                    // Closed at once: holding it until a slot frees would hold the descriptor
+                    // the limit is there to save.
+                    drop(stream);
+                    continue;
                 }
             };
             // Small request/response exchanges are latency-bound; Nagle only adds delay.
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
             }
-            let app = app.clone();
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
-            let mesh = mesh.clone();
-            tokio::spawn(async move {
-                let Some((io, peer_identity)) = secure(stream, peer, mesh.as_ref()).await else {
-                    return;
-                };
-                let peer_identity = PeerIdentity(peer_identity.map(std::sync::Arc::new));
-                let service = hyper::service::service_fn(
-                    move |mut req: http::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(peer_identity.clone());
-                        app.clone().oneshot(req)
-                    },
-                );
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, "connection ended with error: {e}");
-                }
-            });
+            conns.spawn(conn::serve(
+                stream,
+                peer,
+                Arc::clone(&listener_state),
+                ticket,
+            ));
         }
         drop(listener);
         tracing::debug!(workload = %name, "draining connections");
-        // Biased: the shutdown signal reaches every connection even with zero grace.
-        tokio::select! {
-            biased;
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(grace) => {
-                tracing::warn!(workload = %name, "shutdown grace of {grace:?} elapsed; closing open connections");
-            }
+        // Every connection hears it before the grace can run out, even a zero grace.
+        admission.close_all();
+        let drained = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(workload = %name, "shutdown grace of {grace:?} elapsed; closing open connections");
+            conns.shutdown().await;
         }
     }
+}
+
+/// hyper's HTTP settings for one listener's limits.
+fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // The connection driver times the head from its first byte; hyper's timer would also
+        // run while a kept-alive connection waits, closing pooled connections early.
+        .header_read_timeout(None)
+        // A partial head that fills the buffer is answered 431.
+        .max_buf_size(limits.max_request_headers_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(
+            u32::try_from(limits.max_request_headers_bytes)
+                .expect("validated ServerLimits fit in u32"),
+        )
+        .keep_alive_interval(limits.h2_keep_alive_interval)
+        .keep_alive_timeout(limits.h2_keep_alive_timeout);
+    builder
 }
 
 /// A connection after the mesh's transport decision: plaintext or terminated TLS.
@@ -193,6 +269,8 @@ type Accepted = EitherIo<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 /// Applies PeerAuthentication to a new connection. TLS (first byte 0x16, a handshake record)
 /// is terminated with the current certificate; plaintext passes unless the mode is STRICT,
 /// where the connection is reset as Istio's sidecar does (curl sees exit 56). `None`: closed.
+/// The connection driver has already waited, within its first-byte timeout, for a byte to
+/// peek at, so the peek here does not wait.
 async fn secure(
     stream: TcpStream,
     peer: SocketAddr,

@@ -77,12 +77,17 @@ async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
         dashboard: None,
+        ..Default::default()
     })
     .await
     .unwrap();
     let (port, admin) = (free_port(), free_port());
+    // The root reaches the workload out of band, as a mounted file.
+    let ca_file = std::env::temp_dir().join(format!("ratings-mesh-root-{port}.pem"));
+    std::fs::write(&ca_file, meshd.root_pem()).unwrap();
     let env = [
         ("MESH_CONTROL_PLANE", meshd.url()),
+        ("MESH_CA_FILE", ca_file.display().to_string()),
         ("MESH_TOKEN", "s3cret".to_owned()),
         ("MESH_ADMIN_PORT", admin.to_string()),
     ];
@@ -163,11 +168,19 @@ async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port
 }
 
 #[test]
-fn joining_the_mesh_without_a_token_is_a_configuration_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ratings"))
-        .env("MESH_CONTROL_PLANE", "http://127.0.0.1:1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bootstrap token"));
+fn joining_the_mesh_without_a_token_or_over_plaintext_is_a_configuration_error() {
+    let run = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ratings"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{env:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let https = ("MESH_CONTROL_PLANE", "https://127.0.0.1:1");
+    let ca = ("MESH_CA_FILE", "/nonexistent/root-cert.pem");
+    assert!(run(&[https, ca]).contains("bootstrap token"));
+    assert!(run(&[https, ("MESH_TOKEN", "t")]).contains("MESH_CA_FILE"));
+    let plain = run(&[("MESH_CONTROL_PLANE", "http://127.0.0.1:1"), ca, ("MESH_TOKEN", "t")]);
+    assert!(plain.contains("meshd serves TLS only"), "{plain}");
 }

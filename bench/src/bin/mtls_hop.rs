@@ -34,9 +34,10 @@ fn app() -> Router {
     )
 }
 
-fn spec(url: &str, service: &str) -> WorkloadSpec {
+fn spec(meshd: &daemon::RunningMeshd, service: &str) -> WorkloadSpec {
     WorkloadSpec {
-        control_plane: url.to_owned(),
+        control_plane: meshd.url(),
+        roots: meshd.trust_roots(),
         token: format!("token-{service}"),
         service: service.to_owned(),
         labels: BTreeMap::from([
@@ -45,7 +46,7 @@ fn spec(url: &str, service: &str) -> WorkloadSpec {
         ]),
         namespace: "default".to_owned(),
         service_account: format!("bookinfo-{service}"),
-        metrics_url: None,
+        admin_port: None,
     }
 }
 
@@ -64,6 +65,7 @@ async fn mesh_pair(base: MeshConfig, telemetry: Telemetry) -> (mesh::Client, dae
         trust_domain: "cluster.local".into(),
         cert_ttl: Duration::from_secs(3600),
         dashboard: None,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -71,7 +73,7 @@ async fn mesh_pair(base: MeshConfig, telemetry: Telemetry) -> (mesh::Client, dae
         .await
         .unwrap();
     let server_mesh = Mesh::start_with(
-        spec(&meshd.url(), "ratings"),
+        spec(&meshd, "ratings"),
         "cluster.local",
         server.local_addr(),
         telemetry.clone(),
@@ -83,7 +85,7 @@ async fn mesh_pair(base: MeshConfig, telemetry: Telemetry) -> (mesh::Client, dae
             .serve(app(), std::future::pending()),
     );
     let client_mesh = Mesh::start_with(
-        spec(&meshd.url(), "reviews"),
+        spec(&meshd, "reviews"),
         "cluster.local",
         "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
         telemetry,

@@ -68,6 +68,7 @@ fn main() -> ExitCode {
             }
         };
     mesh::logging::init();
+    mesh::nofile::raise_at_start();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

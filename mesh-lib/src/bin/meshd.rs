@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use mesh::control::daemon::{self, CaSource, MeshdConfig};
-use mesh::control::server::Tokens;
+use mesh::control::registration::{self, Cidr, RegistrationPolicy};
+use mesh::control::server::{PlaneOptions, Tokens};
 
 /// meshd: the mesh control plane. Signs workload certificates (SPIFFE identities) for callers
-/// that prove their service account with a bootstrap token, keeps the registry of running
-/// workloads, and streams endpoints and Istio-style policies from a watched directory to every
-/// data plane.
+/// that prove their service account with a bootstrap token (first certificate) or their
+/// current certificate (renewals), keeps the registry of running workloads (each may register
+/// only as its own service, at its own address), and streams endpoints and Istio-style
+/// policies from watched directories to every data plane. Its API is TLS 1.3 only, with a
+/// serving certificate from its own CA: give workloads the root (--publish-root) out of band.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -33,7 +36,7 @@ struct Cli {
     #[arg(
         long,
         env = "MESHD_TOKEN_DIR",
-        required_unless_present = "health_check"
+        required_unless_present_any = ["health_check", "init_ca"]
     )]
     token_dir: Option<PathBuf>,
     /// Directory of Istio-style YAML (VirtualService, DestinationRule, Gateway,
@@ -49,6 +52,43 @@ struct Cli {
     /// Where the dashboard (live service graph) listens; "off" for none.
     #[arg(long, env = "MESHD_DASHBOARD", default_value = "0.0.0.0:20001")]
     dashboard: String,
+    /// The namespace meshd runs in; its serving certificate names meshd.<namespace>.svc.
+    #[arg(long, env = "POD_NAMESPACE", default_value = daemon::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// More DNS names or IPs for meshd's serving certificate (besides meshd,
+    /// meshd.<ns>.svc[.cluster.local], localhost, loopback and the --listen address).
+    #[arg(long = "san", env = "MESHD_SAN", value_delimiter = ',')]
+    sans: Vec<String>,
+    /// Write the root certificate (PEM, public) here for workloads to mount as MESH_CA_FILE.
+    #[arg(long, env = "MESHD_PUBLISH_ROOT")]
+    publish_root: Option<PathBuf>,
+    /// Extra service accounts → services a workload may register as (YAML list of
+    /// {namespace, serviceAccount, services}); bookinfo-<service>, <service> and the ingress
+    /// gateway's account need no entry.
+    #[arg(long, env = "MESHD_REGISTRATION_MAP")]
+    registration_map: Option<PathBuf>,
+    /// Address blocks a workload may register although its connection comes from another
+    /// address (NAT), e.g. 10.0.0.0/8; repeat or separate with commas.
+    #[arg(
+        long = "registration-allow",
+        env = "MESHD_REGISTRATION_ALLOW",
+        value_delimiter = ','
+    )]
+    registration_allow: Vec<Cidr>,
+    /// Concurrent registrations one identity may hold.
+    #[arg(long, env = "MESHD_MAX_REGISTRATIONS_PER_IDENTITY", default_value_t = registration::DEFAULT_MAX_PER_IDENTITY)]
+    max_registrations_per_identity: usize,
+    /// After start, how long snapshots are marked incomplete so data planes keep the
+    /// endpoints they knew while workloads re-register (e.g. 10s; 0s to skip).
+    #[arg(long, env = "MESHD_REGISTRATION_GRACE", default_value = "10s", value_parser = mesh::cli::parse_duration)]
+    registration_grace: Duration,
+    /// Connections meshd holds open at most; more are closed at accept.
+    #[arg(long, env = "MESHD_MAX_CONNECTIONS", default_value_t = mesh::control::listener::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Generate the root CA in --ca-dir if it is not there, write --publish-root if given,
+    /// print where they are, and exit (to create a Kubernetes Secret from them).
+    #[arg(long, conflicts_with_all = ["ca_cert", "ca_key", "health_check"])]
+    init_ca: bool,
     /// Instead of serving, check that a meshd already listens on --listen's port (for
     /// container health checks), and exit 0 if so.
     #[arg(long)]
@@ -68,6 +108,10 @@ fn main() -> ExitCode {
         };
     }
     mesh::logging::init();
+    mesh::nofile::raise_at_start();
+    if cli.init_ca {
+        return init_ca(&cli);
+    }
     let token_dir = cli
         .token_dir
         .expect("clap requires --token-dir when serving");
@@ -89,6 +133,22 @@ fn main() -> ExitCode {
         (Some(cert), Some(key)) => CaSource::Files { cert, key },
         _ => CaSource::Dir(cli.ca_dir),
     };
+    let extra = match &cli.registration_map {
+        Some(path) => match registration::load_map(path) {
+            Ok(map) => map,
+            Err(e) => {
+                eprintln!("meshd: {e}");
+                return ExitCode::from(mesh::run::EXIT_CONFIG);
+            }
+        },
+        None => Default::default(),
+    };
+    if cli.max_registrations_per_identity == 0 || cli.max_connections == 0 {
+        eprintln!(
+            "meshd: --max-registrations-per-identity and --max-connections must be at least 1"
+        );
+        return ExitCode::from(mesh::run::EXIT_CONFIG);
+    }
     let config = MeshdConfig {
         listen: cli.listen,
         ca,
@@ -97,6 +157,18 @@ fn main() -> ExitCode {
         config_dirs: cli.config_dirs,
         trust_domain: cli.trust_domain,
         cert_ttl: cli.cert_ttl,
+        namespace: cli.namespace,
+        serving_names: cli.sans,
+        plane: PlaneOptions {
+            registration: RegistrationPolicy {
+                extra,
+                allowed_nets: cli.registration_allow,
+                max_per_identity: cli.max_registrations_per_identity,
+            },
+            registration_grace: cli.registration_grace,
+        },
+        max_connections: cli.max_connections,
+        publish_root: cli.publish_root,
         dashboard: match cli.dashboard.as_str() {
             "off" => None,
             addr => match addr.parse() {
@@ -127,4 +199,32 @@ fn main() -> ExitCode {
         running.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// `--init-ca`: the root in --ca-dir (generated once, never overwritten), and its public copy.
+fn init_ca(cli: &Cli) -> ExitCode {
+    let ca = match mesh::identity::CertificateAuthority::load_or_create(
+        &cli.ca_dir,
+        &cli.trust_domain,
+        cli.cert_ttl,
+    ) {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("meshd: {e}");
+            return ExitCode::from(mesh::run::EXIT_CONFIG);
+        }
+    };
+    if let Some(path) = &cli.publish_root
+        && let Err(e) = std::fs::write(path, ca.root_pem())
+    {
+        eprintln!("meshd: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    let dir = cli.ca_dir.display();
+    println!(
+        "root CA: {dir}/{} (public) and {dir}/{} (secret)",
+        mesh::identity::ca::ROOT_CERT_FILE,
+        mesh::identity::ca::ROOT_KEY_FILE
+    );
+    ExitCode::SUCCESS
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
 
+use super::connector::{self, UrlError};
 use super::{Snapshot, pb};
-use crate::identity::{Certified, Credentials};
+use crate::identity::{Certified, Credentials, TrustRoots};
 
 /// First retry delay after a failed call to meshd.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -22,23 +22,28 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Who this workload is, and how to reach meshd.
 #[derive(Debug, Clone)]
 pub struct WorkloadSpec {
-    /// meshd's URL, e.g. `http://meshd:15012`.
+    /// meshd's URL, e.g. `https://meshd:15012`.
     pub control_plane: String,
-    /// The bootstrap secret proving namespace/service account.
+    /// The roots that verify meshd and every mesh certificate, given out of band.
+    pub roots: TrustRoots,
+    /// The bootstrap secret proving namespace/service account; sent (inside TLS) only while
+    /// the workload has no valid certificate.
     pub token: String,
     pub service: String,
     pub labels: BTreeMap<String, String>,
     pub namespace: String,
     pub service_account: String,
-    /// Where the workload's metrics are scraped (`http://host:port/stats/prometheus`), if any.
-    pub metrics_url: Option<String>,
+    /// The plaintext admin port meshd reads metrics and recent spans from, if any.
+    pub admin_port: Option<u16>,
 }
 
 /// A call to meshd failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("invalid control plane url {0:?}")]
-    Url(String),
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    Roots(#[from] crate::identity::RootsError),
     #[error("meshd refused: {0}")]
     Refused(String),
     #[error("meshd unreachable: {0}")]
@@ -52,52 +57,81 @@ impl From<tonic::Status> for ControlError {
         match status.code() {
             tonic::Code::PermissionDenied
             | tonic::Code::InvalidArgument
+            | tonic::Code::ResourceExhausted
             | tonic::Code::Unauthenticated => Self::Refused(status.message().to_owned()),
-            _ => Self::Unreachable(status.message().to_owned()),
+            _ => {
+                // A failed connect (TLS refused, untrusted meshd) arrives as a transport
+                // error; its cause says why.
+                let mut message = status.message().to_owned();
+                let mut cause = std::error::Error::source(&status);
+                while let Some(e) = cause {
+                    message = format!("{message}: {e}");
+                    cause = e.source();
+                }
+                Self::Unreachable(message)
+            }
         }
     }
 }
 
-/// A channel to meshd that connects on first use and reconnects by itself.
-pub fn channel(url: &str) -> Result<Channel, ControlError> {
-    Ok(GrpcEndpoint::from_shared(url.to_owned())
-        .map_err(|_| ControlError::Url(url.to_owned()))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
-}
-
-/// Asks meshd for a certificate and installs it.
+/// Asks meshd for a certificate and installs it: a renewal over mTLS with the current
+/// certificate while it is valid and still chains to the root this workload trusts, else a
+/// first certificate with the bootstrap token. A renewal that fails on the way (meshd's
+/// handshake refuses the certificate after its CA was replaced, which shows only as a closed
+/// connection) is tried once more with the token: that still travels only inside TLS to a
+/// meshd the root vouches for, so it never reaches anyone else.
 pub async fn certify(
-    channel: Channel,
     spec: &WorkloadSpec,
     credentials: &Credentials,
 ) -> Result<Arc<Certified>, ControlError> {
+    let anchors = spec.roots.load()?;
+    let renewal = credentials
+        .current()
+        .is_some_and(|c| c.is_usable() && c.chains_to(&anchors));
+    match ask(spec, credentials, renewal).await {
+        Err(ControlError::Unreachable(why)) if renewal => {
+            tracing::info!(identity = %credentials.identity(), "renewal over mTLS failed ({why}); asking again with the bootstrap token");
+            ask(spec, credentials, false).await
+        }
+        result => result,
+    }
+}
+
+async fn ask(
+    spec: &WorkloadSpec,
+    credentials: &Credentials,
+    renewal: bool,
+) -> Result<Arc<Certified>, ControlError> {
+    let channel = connector::channel(
+        &spec.control_plane,
+        spec.roots.clone(),
+        renewal.then(|| credentials.clone()),
+    )?;
     let request = credentials.request()?;
     let mut client = pb::mesh_control_client::MeshControlClient::new(channel);
     let response = client
         .certify(pb::CertifyRequest {
-            token: spec.token.clone(),
+            token: if renewal {
+                String::new()
+            } else {
+                spec.token.clone()
+            },
             namespace: spec.namespace.clone(),
             service_account: spec.service_account.clone(),
             csr_pem: request.csr_pem.clone(),
         })
         .await?
         .into_inner();
-    Ok(credentials.install(request, &response.cert_chain_pem, &response.roots_pem)?)
+    let anchors = spec.roots.load()?;
+    Ok(credentials.install(request, &response.cert_chain_pem, &anchors)?)
 }
 
 /// Keeps `credentials` current: certify now, then renew at half of each certificate's life.
-pub fn spawn_certificates(
-    channel: Channel,
-    spec: WorkloadSpec,
-    credentials: Credentials,
-) -> JoinHandle<()> {
+pub fn spawn_certificates(spec: WorkloadSpec, credentials: Credentials) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
         loop {
-            match certify(channel.clone(), &spec, &credentials).await {
+            match certify(&spec, &credentials).await {
                 Ok(certified) => {
                     backoff.reset();
                     tracing::debug!(identity = %certified.identity, "certificate installed");
@@ -117,47 +151,86 @@ pub fn spawn_certificates(
     })
 }
 
+type SnapshotStream = tonic::Streaming<pb::Snapshot>;
+
+/// Registers over a connection that presents the current certificate.
+async fn open_watch(
+    spec: &WorkloadSpec,
+    credentials: &Credentials,
+    addr: SocketAddr,
+) -> Result<SnapshotStream, ControlError> {
+    let channel = connector::channel(
+        &spec.control_plane,
+        spec.roots.clone(),
+        Some(credentials.clone()),
+    )?;
+    let mut client = pb::mesh_control_client::MeshControlClient::new(channel)
+        .max_decoding_message_size(super::server::MAX_SNAPSHOT_BYTES);
+    let request = pb::WatchRequest {
+        workload: Some(pb::Workload {
+            service: spec.service.clone(),
+            labels: spec.labels.clone().into_iter().collect(),
+            namespace: spec.namespace.clone(),
+            service_account: spec.service_account.clone(),
+            address: addr.to_string(),
+            admin_port: spec.admin_port.map_or(0, u32::from),
+        }),
+    };
+    Ok(client.watch(request).await?.into_inner())
+}
+
 /// Registers the workload serving at `addr` and follows snapshots into `snapshots`,
-/// re-registering after every disconnect.
+/// re-registering after every disconnect. The watch is authenticated by the workload's
+/// certificate, so it starts once there is one, and moves to a new connection after every
+/// renewal (the new registration opens before the old one closes, so the endpoint never
+/// leaves the registry).
 pub fn spawn_watch(
-    channel: Channel,
     spec: WorkloadSpec,
+    credentials: Credentials,
     addr: SocketAddr,
     snapshots: watch::Sender<Arc<Snapshot>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
+        let mut certs = credentials.subscribe();
         loop {
-            let mut client = pb::mesh_control_client::MeshControlClient::new(channel.clone());
-            let request = pb::WatchRequest {
-                token: spec.token.clone(),
-                workload: Some(pb::Workload {
-                    service: spec.service.clone(),
-                    labels: spec.labels.clone().into_iter().collect(),
-                    namespace: spec.namespace.clone(),
-                    service_account: spec.service_account.clone(),
-                    address: addr.to_string(),
-                    metrics_url: spec.metrics_url.clone().unwrap_or_default(),
-                }),
-            };
-            let error = match client.watch(request).await {
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        match stream.message().await {
+            if certs
+                .wait_for(|c| c.as_ref().is_some_and(|c| c.is_usable()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            certs.borrow_and_update();
+            let error = match open_watch(&spec, &credentials, addr).await {
+                Ok(mut stream) => loop {
+                    tokio::select! {
+                        message = stream.message() => match message {
                             Ok(Some(pb)) => match Snapshot::try_from(pb) {
                                 Ok(snapshot) => {
                                     backoff.reset();
-                                    snapshots.send_replace(Arc::new(snapshot));
+                                    let merged = snapshot.merged_over(&snapshots.borrow());
+                                    snapshots.send_replace(Arc::new(merged));
                                 }
                                 Err(e) => tracing::warn!("{e}; keeping the last good snapshot"),
                             },
                             Ok(None) => break ControlError::Unreachable("stream ended".into()),
                             Err(status) => break ControlError::from(status),
+                        },
+                        changed = certs.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            // Renewed: register over a connection with the new certificate,
+                            // then let the old registration go.
+                            match open_watch(&spec, &credentials, addr).await {
+                                Ok(fresh) => stream = fresh,
+                                Err(e) => tracing::debug!("re-watching after renewal failed ({e}); keeping the current watch"),
+                            }
                         }
                     }
-                }
-                Err(status) => ControlError::from(status),
+                },
+                Err(e) => e,
             };
             let delay = backoff.next();
             tracing::warn!(service = %spec.service, "lost meshd ({error}); keeping the last snapshot, retrying in {delay:?}");

@@ -1,16 +1,17 @@
 //! meshd as a library: the control plane's gRPC server, its CA, and the watched config
 //! directory. The `meshd` binary and the in-process `bookinfo` launcher both run this.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
-use super::server::{ControlPlane, Tokens};
+use super::listener::{self, ServingNames};
+use super::server::{ControlPlane, PlaneOptions, Tokens};
 use crate::config::{self, ConfigError, MeshConfig};
 use crate::identity::{CaError, CertificateAuthority};
 
@@ -26,6 +27,8 @@ pub enum CaSource {
     Files { cert: PathBuf, key: PathBuf },
     /// A fresh root in memory (lost on exit).
     Ephemeral,
+    /// A CA already loaded (a meshd restarted in the same process keeps its root).
+    Shared(Arc<CertificateAuthority>),
 }
 
 /// How meshd runs.
@@ -44,7 +47,41 @@ pub struct MeshdConfig {
     pub cert_ttl: Duration,
     /// Where the dashboard listens (`None`: no dashboard).
     pub dashboard: Option<SocketAddr>,
+    /// The namespace meshd runs in: its serving certificate names `meshd.<namespace>.svc`.
+    pub namespace: String,
+    /// More names or IPs for the serving certificate (how workloads reach meshd).
+    pub serving_names: Vec<String>,
+    /// Registration rules and the re-registration window.
+    pub plane: PlaneOptions,
+    /// Connections meshd holds open at most.
+    pub max_connections: usize,
+    /// Where to write the root certificate (PEM, public) for workloads to mount as
+    /// `MESH_CA_FILE`, e.g. a volume shared read-only with them.
+    pub publish_root: Option<PathBuf>,
 }
+
+impl Default for MeshdConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], super::DEFAULT_CONTROL_PORT)),
+            ca: CaSource::Ephemeral,
+            tokens: Tokens::default(),
+            base: MeshConfig::default(),
+            config_dirs: Vec::new(),
+            trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            cert_ttl: crate::identity::ca::DEFAULT_CERT_TTL,
+            dashboard: None,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            serving_names: Vec::new(),
+            plane: PlaneOptions::default(),
+            max_connections: listener::DEFAULT_MAX_CONNECTIONS,
+            publish_root: None,
+        }
+    }
+}
+
+/// The namespace meshd assumes it runs in unless told (Kubernetes' `default`).
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// meshd cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +90,12 @@ pub enum MeshdError {
     Ca(#[from] CaError),
     #[error("mesh config: {0}")]
     Config(#[from] ConfigError),
+    #[error("cannot write the root certificate to {path}: {source}")]
+    PublishRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,14 +111,42 @@ pub struct RunningMeshd {
     /// The dashboard's address, when it runs.
     pub dashboard: Option<SocketAddr>,
     pub plane: ControlPlane,
+    /// The configuration it runs with, to start it again (tests restart meshd on its port).
+    pub config: MeshdConfig,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningMeshd {
-    /// The URL data planes use.
+    /// The URL data planes use (loopback when meshd listens on every interface).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("https://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// The configuration to start this meshd again with: same port, same CA (as a restarted
+    /// meshd with a persistent CA directory), empty registry.
+    pub fn restart_config(&self) -> MeshdConfig {
+        MeshdConfig {
+            listen: self.addr,
+            ca: CaSource::Shared(self.plane.ca().clone()),
+            dashboard: self.dashboard,
+            ..self.config.clone()
+        }
+    }
+
+    /// The root workloads must trust, PEM (public).
+    pub fn root_pem(&self) -> &str {
+        self.plane.ca().root_pem()
+    }
+
+    /// [`root_pem`](Self::root_pem) as trust roots for a workload in this process.
+    pub fn trust_roots(&self) -> crate::identity::TrustRoots {
+        crate::identity::TrustRoots::from_pem(self.root_pem()).expect("the CA's own root parses")
     }
 
     /// Stops serving and watching; registered workloads keep their last snapshot.
@@ -98,17 +169,37 @@ impl RunningMeshd {
 /// Loads the CA and the config, binds, and serves.
 pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     let ca = match &config.ca {
-        CaSource::Dir(dir) => {
-            CertificateAuthority::load_or_create(dir, &config.trust_domain, config.cert_ttl)?
-        }
-        CaSource::Files { cert, key } => {
-            CertificateAuthority::from_files(cert, key, config.cert_ttl)?
-        }
-        CaSource::Ephemeral => {
-            CertificateAuthority::generate(&config.trust_domain, config.cert_ttl)?
-        }
+        CaSource::Dir(dir) => Arc::new(CertificateAuthority::load_or_create(
+            dir,
+            &config.trust_domain,
+            config.cert_ttl,
+        )?),
+        CaSource::Files { cert, key } => Arc::new(CertificateAuthority::from_files(
+            cert,
+            key,
+            config.cert_ttl,
+        )?),
+        CaSource::Ephemeral => Arc::new(CertificateAuthority::generate(
+            &config.trust_domain,
+            config.cert_ttl,
+        )?),
+        CaSource::Shared(ca) => ca.clone(),
     };
-    let plane = ControlPlane::new(ca, config.tokens.clone(), &config.trust_domain);
+    if let Some(path) = &config.publish_root {
+        publish_root(path, ca.root_pem()).map_err(|source| MeshdError::PublishRoot {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let names =
+        ServingNames::for_meshd(&config.namespace, config.listen.ip(), &config.serving_names);
+    let tls = listener::server_config(ca.clone(), names)?;
+    let plane = ControlPlane::new(
+        ca,
+        config.tokens.clone(),
+        &config.trust_domain,
+        config.plane.clone(),
+    );
     let mut tasks = Vec::new();
     let (stop, stopped) = watch::channel(false);
     let watched = load(&config.base, &config.config_dirs)?;
@@ -116,6 +207,16 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     if !config.config_dirs.is_empty() {
         tasks.push(spawn_config_watch(watched, plane.clone(), stopped.clone()));
     }
+    // The snapshot that ends the re-registration window: from then on data planes replace
+    // what they know instead of adding to it.
+    let grace_plane = plane.clone();
+    let mut grace_stopped = stopped.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(grace_plane.grace_ends()) => grace_plane.publish(),
+            _ = grace_stopped.wait_for(|s| *s) => {}
+        }
+    }));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| MeshdError::Bind {
@@ -127,6 +228,7 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
         source,
     })?;
     let service = plane.clone().service();
+    let incoming = listener::incoming(listener, tls, config.max_connections, stopped.clone());
     let mut stopped_grpc = stopped;
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -134,8 +236,9 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
             // and deregistered.
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .concurrency_limit_per_connection(64)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped_grpc.wait_for(|s| *s).await;
             })
             .await;
@@ -170,14 +273,26 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
         }
         None => None,
     };
-    tracing::info!("meshd listening on {addr}");
+    tracing::info!("meshd listening on {addr} (TLS 1.3)");
     Ok(RunningMeshd {
         addr,
         dashboard,
         plane,
+        config,
         stop,
         tasks,
     })
+}
+
+/// Writes the root certificate through a temporary file and a rename, so a workload reading
+/// it never sees half a file.
+fn publish_root(path: &Path, pem: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|current| current == pem) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, pem)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `base` with every directory merged over it, in order. A bad file is logged and left out

@@ -4,10 +4,18 @@
 //! meshd signs certificates for proven identities, keeps the registry of running workloads,
 //! and streams snapshots (endpoints + policies) to every data plane. A data plane keeps the
 //! last good snapshot when meshd is away and reconnects with backoff.
+//!
+//! The API runs over TLS 1.3 only ([`listener`] on meshd's side, [`connector`] on the data
+//! plane's): workloads verify meshd against a root they were given out of band before a
+//! token leaves them, and after their first certificate they authenticate with it. What a
+//! registration may claim is decided in [`registration`].
 
 pub mod client;
+pub mod connector;
 pub mod daemon;
 pub mod dashboard;
+pub mod listener;
+pub mod registration;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -43,12 +51,37 @@ pub struct Snapshot {
     /// Shared, so a request's metrics and spans name their endpoint without copying it.
     pub endpoints: Vec<Arc<Endpoint>>,
     pub config: MeshConfig,
+    /// False while a restarted meshd is still collecting re-registrations: the endpoints may
+    /// be only part of the mesh.
+    pub complete: bool,
 }
 
 impl Snapshot {
     /// The endpoints of `service`.
     pub fn endpoints_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Arc<Endpoint>> {
         self.endpoints.iter().filter(move |e| e.service == service)
+    }
+
+    /// This snapshot, or — when it is incomplete — it with every endpoint of `previous` at an
+    /// address it does not list yet, so endpoints are not lost while workloads re-register
+    /// with a restarted meshd (as Istio keeps the last good config).
+    pub fn merged_over(mut self, previous: &Snapshot) -> Self {
+        if !self.complete {
+            let listed: std::collections::HashSet<(&str, SocketAddr)> = self
+                .endpoints
+                .iter()
+                .map(|e| (e.service.as_str(), e.addr))
+                .collect();
+            let kept: Vec<Arc<Endpoint>> = previous
+                .endpoints
+                .iter()
+                .filter(|e| !listed.contains(&(e.service.as_str(), e.addr)))
+                .cloned()
+                .collect();
+            drop(listed);
+            self.endpoints.extend(kept);
+        }
+        self
     }
 
     /// The endpoint serving at `addr`, if it is in the mesh.
@@ -92,6 +125,66 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             version: pb.version,
             endpoints,
             config,
+            complete: pb.complete,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(service: &str, port: u16) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            service: service.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            labels: BTreeMap::new(),
+            namespace: "default".into(),
+            identity: SpiffeId::new("cluster.local", "default", service),
+        })
+    }
+
+    #[test]
+    fn an_incomplete_snapshot_adds_to_what_was_known_and_a_complete_one_replaces_it() {
+        let known = Snapshot {
+            version: 7,
+            endpoints: vec![
+                endpoint("details", 1),
+                endpoint("reviews", 2),
+                endpoint("reviews", 3),
+            ],
+            complete: true,
+            ..Default::default()
+        };
+        let partial = Snapshot {
+            version: 1,
+            endpoints: vec![endpoint("reviews", 3), endpoint("ratings", 4)],
+            complete: false,
+            ..Default::default()
+        };
+        let merged = partial.merged_over(&known);
+        let mut seen: Vec<(String, u16)> = merged
+            .endpoints
+            .iter()
+            .map(|e| (e.service.clone(), e.addr.port()))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("details", 1),
+                ("ratings", 4),
+                ("reviews", 2),
+                ("reviews", 3)
+            ]
+            .map(|(s, p)| (s.to_owned(), p))
+        );
+        let full = Snapshot {
+            version: 2,
+            endpoints: vec![endpoint("ratings", 4)],
+            complete: true,
+            ..Default::default()
+        };
+        assert_eq!(full.merged_over(&merged).endpoints.len(), 1);
     }
 }

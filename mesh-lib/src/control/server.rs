@@ -7,12 +7,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::listener::ControlPeer;
 use super::pb;
+use super::registration::{self, MAX_REGISTRATIONS, Refused, RegistrationPolicy};
 use crate::config::MeshConfig;
 use crate::identity::{CertificateAuthority, SpiffeId};
 
@@ -116,6 +119,9 @@ fn read_token(path: &Path) -> Result<String, TokensError> {
 struct Registered {
     service: String,
     addr: SocketAddr,
+    /// Where meshd reads the workload's metrics: derived from the proven address and the
+    /// admin port, never taken as sent (a URL from the workload would let it make meshd fetch
+    /// anything).
     metrics_url: Option<String>,
     labels: BTreeMap<String, String>,
     identity: SpiffeId,
@@ -125,6 +131,29 @@ struct Registered {
 struct Registry {
     next_id: u64,
     workloads: BTreeMap<u64, Registered>,
+    per_identity: HashMap<SpiffeId, usize>,
+}
+
+/// How meshd treats registrations and restarts.
+#[derive(Debug, Clone)]
+pub struct PlaneOptions {
+    pub registration: RegistrationPolicy,
+    /// After start, how long snapshots are marked incomplete: workloads that were registered
+    /// with the previous meshd re-register within their reconnect backoff, and until then data
+    /// planes keep the endpoints they knew instead of losing them.
+    pub registration_grace: Duration,
+}
+
+/// The re-registration window by default: twice the data plane's longest reconnect backoff.
+pub const DEFAULT_REGISTRATION_GRACE: Duration = Duration::from_secs(10);
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        Self {
+            registration: RegistrationPolicy::default(),
+            registration_grace: DEFAULT_REGISTRATION_GRACE,
+        }
+    }
 }
 
 /// The control plane's state, shared by every call.
@@ -133,6 +162,8 @@ pub struct ControlPlane {
     ca: Arc<CertificateAuthority>,
     tokens: Arc<Tokens>,
     trust_domain: String,
+    options: Arc<PlaneOptions>,
+    started: tokio::time::Instant,
     registry: Arc<Mutex<Registry>>,
     config: Arc<Mutex<Arc<MeshConfig>>>,
     snapshots: Arc<watch::Sender<Arc<pb::Snapshot>>>,
@@ -149,16 +180,28 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn new(ca: CertificateAuthority, tokens: Tokens, trust_domain: impl Into<String>) -> Self {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        tokens: Tokens,
+        trust_domain: impl Into<String>,
+        options: PlaneOptions,
+    ) -> Self {
         Self {
-            ca: Arc::new(ca),
+            ca,
             tokens: Arc::new(tokens),
             trust_domain: trust_domain.into(),
+            options: Arc::new(options),
+            started: tokio::time::Instant::now(),
             registry: Arc::default(),
             config: Arc::default(),
             snapshots: Arc::new(watch::Sender::new(Arc::new(pb::Snapshot::default()))),
             closing: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// The CA that signs workload certificates and meshd's own.
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
     }
 
     /// Ends every watch stream (meshd is stopping).
@@ -175,6 +218,8 @@ impl ControlPlane {
     /// The gRPC service to add to a tonic server.
     pub fn service(self) -> pb::mesh_control_server::MeshControlServer<Self> {
         pb::mesh_control_server::MeshControlServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_SNAPSHOT_BYTES)
     }
 
     /// The distinct metrics URLs of the registered workloads.
@@ -198,6 +243,16 @@ impl ControlPlane {
         self.snapshots.borrow().version
     }
 
+    /// Whether the latest snapshot lists every workload (the re-registration window is over).
+    pub fn is_complete(&self) -> bool {
+        self.snapshots.borrow().complete
+    }
+
+    /// When the re-registration window ends; a snapshot is published then.
+    pub fn grace_ends(&self) -> tokio::time::Instant {
+        self.started + self.options.registration_grace
+    }
+
     /// The policies and routes in force.
     pub fn config(&self) -> Arc<MeshConfig> {
         self.config
@@ -215,12 +270,30 @@ impl ControlPlane {
             .len()
     }
 
+    /// The identity a call speaks for: the connection's valid mesh certificate, else the
+    /// bootstrap token for namespace/service_account. A call naming an account other than
+    /// its certificate's is refused.
     fn prove(
         &self,
+        peer: Option<&ControlPeer>,
         token: &str,
         namespace: &str,
         service_account: &str,
     ) -> Result<SpiffeId, Status> {
+        if let Some(id) = peer
+            .and_then(|p| p.identity.as_ref())
+            .and_then(|c| c.valid_id())
+        {
+            let names_other = (!namespace.is_empty() && namespace != id.namespace)
+                || (!service_account.is_empty() && service_account != id.service_account);
+            if names_other {
+                tracing::warn!(%id, %namespace, %service_account, "refused: a certificate speaks only for its own identity");
+                return Err(Status::permission_denied(format!(
+                    "the connection's certificate is {id}, not {namespace}/{service_account}"
+                )));
+            }
+            return Ok(id.clone());
+        }
         if self.tokens.verify(namespace, service_account, token) {
             Ok(SpiffeId::new(
                 &self.trust_domain,
@@ -238,16 +311,20 @@ impl ControlPlane {
     /// Pushes a snapshot of the registry and config as they are now. The snapshot is built
     /// inside the watch's update, so concurrent publishes cannot overtake each other with a
     /// stale registry (the last one always reflects every registration before it).
-    fn publish(&self) {
+    pub fn publish(&self) {
+        let complete = tokio::time::Instant::now() >= self.grace_ends();
         self.snapshots.send_modify(|current| {
             let endpoints = {
                 let registry = self
                     .registry
                     .lock()
                     .expect("registry lock is never poisoned");
+                // A workload re-watching holds two registrations for a moment: one endpoint.
+                let mut seen = std::collections::HashSet::new();
                 registry
                     .workloads
                     .values()
+                    .filter(|w| seen.insert((w.service.as_str(), w.addr)))
                     .map(|w| pb::Endpoint {
                         service: w.service.clone(),
                         address: w.addr.to_string(),
@@ -267,16 +344,39 @@ impl ControlPlane {
                 version: current.version + 1,
                 endpoints,
                 config_json,
+                complete,
             });
         });
     }
 
-    fn register(&self, workload: Registered) -> Deregister {
+    fn register(&self, workload: Registered) -> Result<Deregister, Status> {
         let id = {
             let mut registry = self
                 .registry
                 .lock()
                 .expect("registry lock is never poisoned");
+            if registry.workloads.len() >= MAX_REGISTRATIONS {
+                return Err(Status::resource_exhausted(format!(
+                    "meshd holds {MAX_REGISTRATIONS} registrations"
+                )));
+            }
+            let held = registry
+                .per_identity
+                .get(&workload.identity)
+                .copied()
+                .unwrap_or(0);
+            let limit = self.options.registration.max_per_identity;
+            if held >= limit {
+                tracing::warn!(identity = %workload.identity, "refused: {held} registrations already (limit {limit})");
+                return Err(Status::resource_exhausted(format!(
+                    "{} already holds {held} registrations (limit {limit})",
+                    workload.identity
+                )));
+            }
+            *registry
+                .per_identity
+                .entry(workload.identity.clone())
+                .or_default() += 1;
             registry.next_id += 1;
             let id = registry.next_id;
             tracing::info!(service = %workload.service, addr = %workload.addr, identity = %workload.identity, "workload registered");
@@ -284,12 +384,19 @@ impl ControlPlane {
             id
         };
         self.publish();
-        Deregister {
+        Ok(Deregister {
             plane: self.clone(),
             id,
-        }
+        })
     }
 }
+
+/// The largest request meshd decodes (a CSR or a registration is a few KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+/// The largest snapshot meshd sends and data planes accept: the config is bounded by
+/// [`crate::config::MAX_CONFIG_JSON_BYTES`], the endpoints by [`MAX_REGISTRATIONS`] of
+/// bounded names and labels.
+pub const MAX_SNAPSHOT_BYTES: usize = 8 << 20;
 
 /// Removes a workload from the registry when its watch stream ends.
 struct Deregister {
@@ -299,13 +406,23 @@ struct Deregister {
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        let removed = self
-            .plane
-            .registry
-            .lock()
-            .expect("registry lock is never poisoned")
-            .workloads
-            .remove(&self.id);
+        let removed = {
+            let mut registry = self
+                .plane
+                .registry
+                .lock()
+                .expect("registry lock is never poisoned");
+            let removed = registry.workloads.remove(&self.id);
+            if let Some(w) = &removed
+                && let Some(held) = registry.per_identity.get_mut(&w.identity)
+            {
+                *held -= 1;
+                if *held == 0 {
+                    registry.per_identity.remove(&w.identity);
+                }
+            }
+            removed
+        };
         // While meshd stops, every stream ends at once: publishing the shrinking registry
         // would only hand the last data planes a snapshot without their peers.
         if let Some(w) = removed
@@ -319,14 +436,28 @@ impl Drop for Deregister {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::Snapshot, Status>> + Send>>;
 
+fn refused(e: Refused) -> Status {
+    tracing::warn!("refused a registration: {e}");
+    match e {
+        Refused::Invalid(_) => Status::invalid_argument(e.to_string()),
+        _ => Status::permission_denied(e.to_string()),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::mesh_control_server::MeshControl for ControlPlane {
     async fn certify(
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let peer = request.extensions().get::<ControlPeer>().cloned();
         let req = request.into_inner();
-        let identity = self.prove(&req.token, &req.namespace, &req.service_account)?;
+        let identity = self.prove(
+            peer.as_ref(),
+            &req.token,
+            &req.namespace,
+            &req.service_account,
+        )?;
         let cert = self.ca.sign(&req.csr_pem, &identity).map_err(|e| {
             tracing::warn!(%identity, "refused to sign: {e}");
             Status::permission_denied(e.to_string())
@@ -334,7 +465,6 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
         tracing::debug!(%identity, "signed a workload certificate");
         Ok(Response::new(pb::CertifyResponse {
             cert_chain_pem: cert,
-            roots_pem: self.ca.root_pem().to_owned(),
         }))
     }
 
@@ -344,38 +474,67 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = request.remote_addr();
-        let req = request.into_inner();
-        let workload = req
+        let peer = request
+            .extensions()
+            .get::<ControlPeer>()
+            .cloned()
+            .ok_or_else(|| Status::internal("no connection info"))?;
+        let certificate = peer
+            .identity
+            .clone()
+            .filter(|c| c.valid_id().is_some())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "a watch needs the workload's mesh certificate on the connection",
+                )
+            })?;
+        let workload = request
+            .into_inner()
             .workload
             .ok_or_else(|| Status::invalid_argument("a watch names its workload"))?;
-        let identity = self.prove(&req.token, &workload.namespace, &workload.service_account)?;
-        let mut addr: SocketAddr = workload.address.parse().map_err(|e| {
-            Status::invalid_argument(format!("address {:?}: {e}", workload.address))
-        })?;
-        if addr.ip().is_unspecified() {
-            let caller = caller.ok_or_else(|| {
-                Status::invalid_argument("an unspecified address needs a caller address")
-            })?;
-            addr.set_ip(caller.ip());
+        let identity = self.prove(
+            Some(&peer),
+            "",
+            &workload.namespace,
+            &workload.service_account,
+        )?;
+        let labels: BTreeMap<String, String> = workload.labels.into_iter().collect();
+        registration::check_names(&workload.service, &labels).map_err(refused)?;
+        let policy = &self.options.registration;
+        if !policy.may_register(&identity, &workload.service) {
+            return Err(refused(Refused::Service {
+                identity: identity.to_string(),
+                service: workload.service,
+            }));
         }
-        let metrics_url = (!workload.metrics_url.is_empty()).then(|| {
-            match (caller, workload.metrics_url.contains("://0.0.0.0:")) {
-                (Some(caller), true) => workload
-                    .metrics_url
-                    .replace("0.0.0.0", &caller.ip().to_string()),
-                _ => workload.metrics_url.clone(),
-            }
-        });
+        let addr = policy
+            .address(&identity, &workload.address, peer.addr.ip())
+            .map_err(refused)?;
+        let metrics_url = u16::try_from(workload.admin_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .map(|port| {
+                format!(
+                    "http://{}{}",
+                    SocketAddr::new(addr.ip(), port),
+                    crate::telemetry::METRICS_PATH
+                )
+            });
         let guard = self.register(Registered {
             service: workload.service,
             addr,
             metrics_url,
-            labels: workload.labels.into_iter().collect(),
+            labels,
             identity,
-        });
-        // A task per stream forwards snapshots until the caller goes away (the send fails)
-        // or meshd closes; the registration lives exactly as long as that task.
+        })?;
+        // A task per stream forwards snapshots until the caller goes away (the send fails),
+        // meshd closes, or the certificate that authenticated the stream expires (the
+        // workload re-watches with its renewed one); the registration lives exactly as long.
+        let expires = tokio::time::Instant::now()
+            + certificate
+                .not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
         let mut closing = self.closing.subscribe();
         let mut snapshots = self.snapshots.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -386,10 +545,16 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
                 if tx.send(Ok(snapshot)).await.is_err() {
                     return;
                 }
-                tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { return },
+                let expired = tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return } else { false },
                     _ = closing.wait_for(|c| *c) => return,
                     () = tx.closed() => return,
+                    () = tokio::time::sleep_until(expires) => true,
+                };
+                if expired {
+                    let status = Status::unauthenticated("the certificate of this watch expired");
+                    let _ = tx.send(Err(status)).await;
+                    return;
                 }
             }
         });
@@ -404,23 +569,12 @@ mod tests {
 
     #[test]
     fn the_last_snapshot_lists_every_concurrent_registration() {
-        let ca =
-            CertificateAuthority::generate("cluster.local", std::time::Duration::from_secs(60))
-                .unwrap();
-        let plane = ControlPlane::new(ca, Tokens::default(), "cluster.local");
+        let plane = plane(64);
         let guards: Vec<Deregister> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..64u16)
                 .map(|i| {
                     let plane = plane.clone();
-                    scope.spawn(move || {
-                        plane.register(Registered {
-                            service: "reviews".into(),
-                            addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i)),
-                            metrics_url: None,
-                            labels: BTreeMap::new(),
-                            identity: SpiffeId::new("cluster.local", "default", "bookinfo-reviews"),
-                        })
-                    })
+                    scope.spawn(move || plane.register(reviews(10_000 + i)).unwrap())
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -428,6 +582,57 @@ mod tests {
         assert_eq!(plane.snapshots.borrow().endpoints.len(), 64);
         drop(guards);
         assert!(plane.snapshots.borrow().endpoints.is_empty());
+    }
+
+    fn plane(max_per_identity: usize) -> ControlPlane {
+        let ca =
+            CertificateAuthority::generate("cluster.local", std::time::Duration::from_secs(60))
+                .unwrap();
+        let options = PlaneOptions {
+            registration: RegistrationPolicy {
+                max_per_identity,
+                ..Default::default()
+            },
+            registration_grace: Duration::ZERO,
+        };
+        ControlPlane::new(Arc::new(ca), Tokens::default(), "cluster.local", options)
+    }
+
+    fn reviews(port: u16) -> Registered {
+        Registered {
+            service: "reviews".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            metrics_url: None,
+            labels: BTreeMap::new(),
+            identity: SpiffeId::new("cluster.local", "default", "bookinfo-reviews"),
+        }
+    }
+
+    #[test]
+    fn an_identity_holds_at_most_its_limit_of_registrations() {
+        let plane = plane(3);
+        let mut held: Vec<Deregister> = (0..3)
+            .map(|i| plane.register(reviews(9000 + i)).unwrap())
+            .collect();
+        let err = plane.register(reviews(9100)).err().unwrap();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+        assert!(err.message().contains("limit 3"), "{err}");
+        let mut other = reviews(9200);
+        other.identity = SpiffeId::new("cluster.local", "default", "bookinfo-ratings");
+        assert!(plane.register(other).is_ok(), "the limit is per identity");
+        held.pop();
+        held.push(plane.register(reviews(9100)).unwrap());
+        assert_eq!(plane.registered(), 3);
+    }
+
+    #[test]
+    fn a_workload_watching_twice_is_one_endpoint() {
+        let plane = plane(8);
+        let _a = plane.register(reviews(9000)).unwrap();
+        let _b = plane.register(reviews(9000)).unwrap();
+        assert_eq!(plane.registered(), 2);
+        assert_eq!(plane.snapshots.borrow().endpoints.len(), 1);
+        assert!(plane.snapshots.borrow().complete, "no grace configured");
     }
 
     #[test]

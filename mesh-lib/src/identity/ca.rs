@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +24,8 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// How far back certificates are valid, for clocks that disagree a little.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// How long meshd's own serving certificate is valid; meshd re-issues it at half-life.
+pub const SERVING_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// File names in the CA directory.
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 pub const ROOT_KEY_FILE: &str = "root-key.pem";
@@ -235,6 +238,66 @@ impl CertificateAuthority {
     }
 }
 
+/// A server certificate for meshd's own API and its private key, both PEM.
+pub struct ServingCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// A fresh key and a server-only certificate for `dns_names` and `ips`, valid for
+    /// [`SERVING_CERT_TTL`]. It carries no SPIFFE id and no client-auth usage, so it can never
+    /// pass as a workload; workload certificates carry no DNS or IP name, so none can pass as
+    /// meshd.
+    pub fn sign_serving(
+        &self,
+        dns_names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<ServingCert, CaError> {
+        let sign_err = |e: rcgen::Error| CaError::Sign(e.to_string());
+        let key = KeyPair::generate().map_err(sign_err)?;
+        let mut params = CertificateParams::default();
+        let mut names = Vec::new();
+        for name in dns_names {
+            names.push(SanType::DnsName(
+                name.as_str().try_into().map_err(sign_err)?,
+            ));
+        }
+        names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names = names;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "meshd");
+        params.distinguished_name = dn;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        let not_after = now + SERVING_CERT_TTL;
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &fastrand::u64(..).to_be_bytes(),
+        ));
+        let cert = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
+        Ok(ServingCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+}
+
 fn new_root(trust_domain: &str) -> Result<(String, KeyPair), CaError> {
     let sign_err = |e: rcgen::Error| CaError::Sign(e.to_string());
     let key = KeyPair::generate().map_err(sign_err)?;
@@ -273,6 +336,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
 mod tests {
     use super::*;
     use crate::identity::Credentials;
+    use rustls_pki_types::pem::PemObject;
 
     fn id(sa: &str) -> SpiffeId {
         SpiffeId::new("cluster.local", "default", sa)
@@ -290,13 +354,54 @@ mod tests {
         let creds = Credentials::new(id("bookinfo-details"));
         let request = creds.request().unwrap();
         let cert = ca.sign(&request.csr_pem, &id("bookinfo-details")).unwrap();
-        let certified = creds.install(request, &cert, ca.root_pem()).unwrap();
+        let anchors = crate::identity::TrustRoots::from_pem(ca.root_pem())
+            .unwrap()
+            .load()
+            .unwrap();
+        let certified = creds.install(request, &cert, &anchors).unwrap();
         assert_eq!(certified.identity, id("bookinfo-details"));
         let life = certified
             .not_after
             .duration_since(SystemTime::now())
             .unwrap();
         assert!(life > DEFAULT_CERT_TTL - Duration::from_secs(60) && life <= DEFAULT_CERT_TTL);
+    }
+
+    #[test]
+    fn a_certificate_from_a_root_the_workload_was_not_given_is_not_installed() {
+        let ours = CertificateAuthority::generate("cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let impostor = CertificateAuthority::generate("cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let creds = Credentials::new(id("bookinfo-details"));
+        let request = creds.request().unwrap();
+        let cert = impostor
+            .sign(&request.csr_pem, &id("bookinfo-details"))
+            .unwrap();
+        let anchors = crate::identity::TrustRoots::from_pem(ours.root_pem())
+            .unwrap()
+            .load()
+            .unwrap();
+        let err = creds.install(request, &cert, &anchors).unwrap_err();
+        assert!(
+            err.to_string().contains("does not chain to the mesh root"),
+            "{err}"
+        );
+        assert!(creds.current().is_none());
+    }
+
+    #[test]
+    fn the_serving_certificate_names_meshd_and_cannot_pass_as_a_workload() {
+        let ca = CertificateAuthority::generate("cluster.local", DEFAULT_CERT_TTL).unwrap();
+        let serving = ca
+            .sign_serving(&["meshd".to_owned()], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let der =
+            rustls_pki_types::CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).unwrap();
+        assert!(crate::tls::spiffe_id_of(&der).is_err(), "no SPIFFE id");
+        let root =
+            rustls_pki_types::CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap();
+        let err = crate::tls::verify_chain(&der, &[], &[root], rustls_pki_types::UnixTime::now())
+            .unwrap_err();
+        assert!(err.to_string().contains("RequiredEkuNotFound"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 
 use super::SpiffeId;
+use super::roots::Anchors;
 
 /// A certificate meshd issued for this workload, with its key and the roots to trust.
 #[derive(Debug)]
@@ -32,6 +33,31 @@ impl Certified {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
 
+    /// Whether it can still authenticate a connection: not expired, nor about to be (a tenth
+    /// of its life, at most [`EXPIRY_MARGIN`], before the end), so a peer does not refuse it
+    /// mid-handshake.
+    pub fn is_usable(&self) -> bool {
+        // From arrival, not `not_before`, which the CA back-dates for clock skew.
+        let life = self
+            .not_after
+            .duration_since(self.installed_at)
+            .unwrap_or_default();
+        self.not_after > SystemTime::now() + (life / 10).min(EXPIRY_MARGIN)
+    }
+
+    /// Whether it chains to `anchors` (after a root rotation, an old certificate does not).
+    pub fn chains_to(&self, anchors: &Anchors) -> bool {
+        self.chain.first().is_some_and(|leaf| {
+            crate::tls::verify_chain(
+                leaf,
+                &self.chain[1..],
+                &anchors.ders,
+                rustls_pki_types::UnixTime::now(),
+            )
+            .is_ok()
+        })
+    }
+
     /// When to ask for the next certificate: half-way through the time it had left when it
     /// arrived (Istio renews at half-life; the CA back-dates `not_before` for clock skew, so
     /// the arrival time is the better start).
@@ -44,6 +70,9 @@ impl Certified {
     }
 }
 
+/// How close to its expiry a certificate stops being presented, at most.
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
 /// A certificate meshd sent that this workload cannot use.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -53,6 +82,8 @@ pub enum CredentialError {
     WrongIdentity { expected: SpiffeId, got: String },
     #[error("the CA's certificate does not match the key of the request")]
     WrongKey,
+    #[error("the certificate does not chain to the mesh root this workload trusts: {0}")]
+    Untrusted(String),
 }
 
 /// A key pair and certificate signing request for one renewal.
@@ -103,12 +134,13 @@ impl Credentials {
         Ok(Request { key, csr_pem })
     }
 
-    /// Checks what the CA sent for `request` and makes it the current certificate.
+    /// Checks what the CA sent for `request` (our key, our identity, a chain to the roots we
+    /// were given out of band) and makes it the current certificate.
     pub fn install(
         &self,
         request: Request,
         cert_pem: &str,
-        roots_pem: &str,
+        anchors: &Anchors,
     ) -> Result<Arc<Certified>, CredentialError> {
         let invalid = |e: &dyn std::fmt::Display| CredentialError::Invalid(e.to_string());
         let chain: Vec<CertificateDer<'static>> =
@@ -127,26 +159,28 @@ impl Credentials {
                 got: got.to_string(),
             });
         }
-        let root_ders: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(roots_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| invalid(&e))?;
-        let mut roots = RootCertStore::empty();
-        for root in &root_ders {
-            roots.add(root.clone()).map_err(|e| invalid(&e))?;
-        }
         let to_system = |t: x509_parser::time::ASN1Time| {
             SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
         };
         let not_before = to_system(parsed.validity().not_before);
         let not_after = to_system(parsed.validity().not_after);
         drop(parsed);
+        // Who signed it, judged inside its own validity: whether it is still valid is for
+        // every peer to judge at every handshake (and an expired one is renewed at once).
+        let midpoint = not_before + not_after.duration_since(not_before).unwrap_or_default() / 2;
+        let at = rustls_pki_types::UnixTime::since_unix_epoch(
+            midpoint
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        crate::tls::verify_chain(leaf, &chain[1..], &anchors.ders, at)
+            .map_err(|e| CredentialError::Untrusted(e.to_string()))?;
         let certified = Arc::new(Certified {
             identity: got,
             chain,
             key_der: request.key.serialize_der(),
-            roots: Arc::new(roots),
-            root_ders,
+            roots: anchors.store.clone(),
+            root_ders: anchors.ders.clone(),
             not_before,
             not_after,
             installed_at: SystemTime::now(),

@@ -7,12 +7,14 @@
 
 pub mod ca;
 pub mod credentials;
+pub mod roots;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use ca::{CaError, CertificateAuthority};
 pub use credentials::{Certified, Credentials};
+pub use roots::{Anchors, RootsError, TrustRoots};
 
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";

@@ -46,6 +46,42 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, PeerIdError> 
     Err(PeerIdError::NoSpiffeId)
 }
 
+/// The webpki trust anchors of `roots`.
+fn trust_anchors(roots: &[CertificateDer<'_>]) -> Result<Vec<TrustAnchor<'static>>, rustls::Error> {
+    roots
+        .iter()
+        .map(|der| {
+            webpki::anchor_from_trusted_cert(der)
+                .map(|a| a.to_owned())
+                .map_err(|e| rustls::Error::General(e.to_string()))
+        })
+        .collect()
+}
+
+/// Checks that `leaf` (with `intermediates`) chains to one of `roots` and may authenticate a
+/// client, as of `at`.
+pub fn verify_chain(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    at: UnixTime,
+) -> Result<(), rustls::Error> {
+    let anchors = trust_anchors(roots)?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| rustls::Error::General(format!("invalid certificate: {e}")))?;
+    cert.verify_for_usage(
+        provider().signature_verification_algorithms.all,
+        &anchors,
+        intermediates,
+        at,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| rustls::Error::General(e.to_string()))
+}
+
 /// The inbound config: our certificate, and any client certificate our roots signed.
 pub fn server_config(certified: &Certified) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = provider();
@@ -67,15 +103,7 @@ pub fn client_config(
     expected: SpiffeId,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = provider();
-    let anchors = certified
-        .root_ders
-        .iter()
-        .map(|der| {
-            webpki::anchor_from_trusted_cert(der)
-                .map(|a| a.to_owned())
-                .map_err(|e| rustls::Error::General(e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let anchors = trust_anchors(&certified.root_ders)?;
     let verifier = SpiffeServerVerifier {
         provider: provider.clone(),
         anchors,

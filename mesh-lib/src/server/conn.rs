@@ -1,0 +1,155 @@
+//! Drives one accepted connection from its first byte to its close: waits a bounded time for
+//! the client to speak, applies the mesh's transport decision, serves HTTP/1.1 or HTTP/2, and
+//! closes it when a request head stalls, when it stays idle, when the listener evicts it or
+//! when the server shuts down.
+//!
+//! The timers sit here, around hyper's connection, rather than in hyper's builder because
+//! hyper has no idle timeout and its HTTP/1 header timer also covers the keep-alive wait (see
+//! [`super::activity`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tower::ServiceExt;
+
+use super::ServerLimits;
+use super::activity::{Expiry, InFlightBody, Watched};
+use super::admission::Ticket;
+use crate::dataplane::{Mesh, PeerIdentity};
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub(super) app: Router,
+    pub(super) http: auto::Builder<TokioExecutor>,
+    pub(super) mesh: Option<Mesh>,
+    pub(super) limits: ServerLimits,
+}
+
+/// Serves one connection until it is closed; the ticket keeps its place in the listener's
+/// table until then.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    ticket: Ticket,
+) {
+    let activity = Arc::clone(ticket.activity());
+    let limits = &listener.limits;
+
+    let mut first = [0u8; 1];
+    tokio::select! {
+        biased;
+        () = activity.close_requested() => return,
+        waited = timeout(limits.first_byte_timeout, stream.peek(&mut first)) => match waited {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "connection failed before its first byte: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no data within {:?}: closing", limits.first_byte_timeout);
+                return;
+            }
+        },
+    }
+
+    let secured = tokio::select! {
+        biased;
+        () = activity.close_requested() => return,
+        secured = super::secure(stream, peer, listener.mesh.as_ref()) => secured,
+    };
+    let Some((io, peer_identity)) = secured else {
+        return;
+    };
+
+    let peer_identity = PeerIdentity(peer_identity.map(Arc::new));
+    let service = {
+        let activity = Arc::clone(&activity);
+        let app = listener.app.clone();
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let in_flight = activity.begin_request();
+            req.extensions_mut().insert(peer_identity.clone());
+            let response = app.clone().oneshot(req);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
+            }
+        })
+    };
+    let conn = listener.http.serve_connection_with_upgrades(
+        TokioIo::new(Watched::new(io, Arc::clone(&activity))),
+        service,
+    );
+    tokio::pin!(conn);
+
+    loop {
+        let next = activity.next_expiry(limits.header_read_timeout, limits.idle_timeout);
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, "connection ended with error: {e}");
+                }
+                return;
+            }
+            () = activity.close_requested() => break,
+            () = activity.changed() => {}
+            () = sleep_until(next.map_or_else(Instant::now, |(at, _)| at)), if next.is_some() => {
+                // Recomputed: a request may have begun since, without waking this loop.
+                match activity.next_expiry(limits.header_read_timeout, limits.idle_timeout) {
+                    Some((at, Expiry::HeaderRead)) if at <= Instant::now() => {
+                        tracing::debug!(
+                            %peer,
+                            "request head not complete within {:?}: closing",
+                            limits.header_read_timeout
+                        );
+                        return;
+                    }
+                    Some((at, Expiry::Idle)) if at <= Instant::now() => {
+                        tracing::debug!(%peer, "idle for {:?}: closing", limits.idle_timeout);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // HTTP/1 closes at once when idle, or after the request in flight; HTTP/2 sends GOAWAY,
+    // finishes its streams and waits for the PING that confirms the client saw it.
+    conn.as_mut().graceful_shutdown();
+    let closing = Instant::now();
+    let close_timeout = limits.close_timeout;
+    loop {
+        let deadline = activity
+            .idle_since()
+            .map(|idle| idle.max(closing) + close_timeout);
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, "connection ended with error while closing: {e}");
+                }
+                return;
+            }
+            () = activity.changed() => {}
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let overdue = activity
+                    .idle_since()
+                    .is_some_and(|idle| idle.max(closing) + close_timeout <= Instant::now());
+                if overdue {
+                    tracing::debug!(%peer, "graceful close took over {close_timeout:?}: dropping");
+                    return;
+                }
+            }
+        }
+    }
+}
