@@ -181,6 +181,10 @@ fn joining_the_mesh_without_a_token_or_over_plaintext_is_a_configuration_error()
     let ca = ("MESH_CA_FILE", "/nonexistent/root-cert.pem");
     assert!(run(&[https, ca]).contains("bootstrap token"));
     assert!(run(&[https, ("MESH_TOKEN", "t")]).contains("MESH_CA_FILE"));
-    let plain = run(&[("MESH_CONTROL_PLANE", "http://127.0.0.1:1"), ca, ("MESH_TOKEN", "t")]);
+    let plain = run(&[
+        ("MESH_CONTROL_PLANE", "http://127.0.0.1:1"),
+        ca,
+        ("MESH_TOKEN", "t"),
+    ]);
     assert!(plain.contains("meshd serves TLS only"), "{plain}");
 }

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             Ok(Some(m)) => m,
             Ok(None) => {
                 eprintln!(
-                    "mesh-proxy: MESH_CONTROL_PLANE must name meshd (e.g. http://meshd:15012)"
+                    "mesh-proxy: MESH_CONTROL_PLANE must name meshd (e.g. https://meshd:15012)"
                 );
                 return ExitCode::from(mesh::run::EXIT_CONFIG);
             }
