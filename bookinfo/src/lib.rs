@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use axum::Router;
 use mesh::control::client::WorkloadSpec;
-use mesh::control::daemon::{self, CaSource, MeshdConfig, MeshdError, RunningMeshd};
-use mesh::control::server::Tokens;
 use mesh::identity::DEFAULT_TRUST_DOMAIN;
+use mesh::outbound::proxy::Proxy;
+use mesh::workload::WorkloadBuilder;
 use mesh::{BindError, Client, Endpoints, Mesh, Server};
+use meshd::daemon::{self, CaSource, MeshdConfig, MeshdError, RunningMeshd};
+use meshd::server::Tokens;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -49,6 +51,32 @@ pub struct Config {
     pub ratings_variant: ratings::Variant,
     /// `None` runs plain HTTP between the services, with no control plane.
     pub mesh: Option<MeshOptions>,
+    /// How the workloads meet the mesh (when it is on).
+    pub mode: Mode,
+    /// In sidecar mode: productpage is an application this process does not run (upstream's
+    /// Python one, say), and only its sidecar runs here.
+    pub productpage_beside: Option<AppBeside>,
+}
+
+/// How each workload meets the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The service's server and client are the mesh's (mesh-lib linked in).
+    #[default]
+    Embedded,
+    /// Each service runs plain on its own loopback port, with a sidecar
+    /// ([`mesh::sidecar`], what `mesh-proxy sidecar` runs) at the workload's address: the mesh
+    /// reaches the service through the sidecar's inbound listener, the service calls out
+    /// through the sidecar's outbound HTTP proxy.
+    Sidecar,
+}
+
+/// An application beside a sidecar of this process: it listens on `127.0.0.1:app_port` and
+/// calls out through the HTTP proxy the sidecar opens on `127.0.0.1:proxy_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppBeside {
+    pub app_port: u16,
+    pub proxy_port: u16,
 }
 
 /// The resources the tutorial applies before anything else, always in force under the config
@@ -106,8 +134,8 @@ impl Default for MeshOptions {
             config_dir: None,
             ca: CaSource::Ephemeral,
             meshd_port: mesh::control::DEFAULT_CONTROL_PORT,
-            cert_ttl: mesh::identity::ca::DEFAULT_CERT_TTL,
-            registration_grace: mesh::control::server::DEFAULT_REGISTRATION_GRACE,
+            cert_ttl: meshd::ca::DEFAULT_CERT_TTL,
+            registration_grace: meshd::server::DEFAULT_REGISTRATION_GRACE,
         }
     }
 }
@@ -137,6 +165,8 @@ impl Default for Config {
             ratings_port: DEFAULT_RATINGS_PORT,
             ratings_variant: ratings::Variant::V1,
             mesh: Some(MeshOptions::default()),
+            mode: Mode::Embedded,
+            productpage_beside: None,
         }
     }
 }
@@ -329,74 +359,113 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         None => (None, HashMap::new()),
     };
-    let mut meshes = Vec::new();
-    // Joins the mesh as `service`/`version`, or stays plain; returns the server and the
-    // client the workload calls out with.
-    let mut join =
-        |server: Server, service: &str, version: &str| -> Result<(Server, Client), StartError> {
-            let Some(meshd) = &meshd else {
-                return Ok((server, plain_client.clone()));
-            };
-            let account = format!("bookinfo-{service}");
-            let spec = WorkloadSpec {
-                control_plane: meshd.url(),
-                roots: meshd.trust_roots(),
-                token: tokens.get(&account).cloned().unwrap_or_default(),
-                service: service.to_owned(),
-                labels: BTreeMap::from([
-                    ("app".to_owned(), service.to_owned()),
-                    ("version".to_owned(), version.to_owned()),
-                ]),
-                namespace: NAMESPACE.to_owned(),
-                service_account: account,
-                admin_port,
-            };
-            let mesh = Mesh::start_with(
-                spec,
-                DEFAULT_TRUST_DOMAIN,
-                server.local_addr(),
-                traced(&telemetry, otlp.as_ref(), service)?,
-            )
-            .map_err(|e| StartError::Mesh(e.to_string()))?;
-            let client = mesh.client();
-            meshes.push(mesh.clone());
-            Ok((server.with_mesh(mesh), client))
+    // One workload of the mesh: its spec and token, the shared metrics and access log, and
+    // spans to OTLP when an endpoint is given, else into the ring the dashboard reads.
+    let workload = |meshd: &RunningMeshd,
+                    service: &str,
+                    labels: BTreeMap<String, String>,
+                    namespace: &str,
+                    account: &str|
+     -> Result<WorkloadBuilder, StartError> {
+        let spec = WorkloadSpec {
+            control_plane: meshd.url(),
+            roots: meshd.trust_roots(),
+            token: tokens.get(account).cloned().unwrap_or_default(),
+            service: service.to_owned(),
+            labels,
+            namespace: namespace.to_owned(),
+            service_account: account.to_owned(),
+            admin_port,
         };
-
+        let builder = WorkloadBuilder::new(spec)
+            .trust_domain(DEFAULT_TRUST_DOMAIN)
+            .telemetry(telemetry.clone());
+        match &otlp {
+            Some((endpoint, protocol)) => builder
+                .tracing_otlp(endpoint, protocol)
+                .map_err(|e| StartError::Mesh(e.to_string())),
+            None => Ok(builder.tracing_to_ring()),
+        }
+    };
+    let mut meshes = Vec::new();
     let mut apps: Vec<(Server, Router)> = Vec::new();
-    let (server, _) = join(details, "details", "v1")?;
+    let mode = config.mode;
+    // Joins the mesh as `service`/`version` at `server`'s address; returns the mesh.
+    let mut join_as = |server: &Server, service: &str, version: &str| -> Result<Mesh, StartError> {
+        let meshd = meshd.as_ref().expect("only called with the mesh on");
+        let labels = BTreeMap::from([
+            ("app".to_owned(), service.to_owned()),
+            ("version".to_owned(), version.to_owned()),
+        ]);
+        let account = format!("bookinfo-{service}");
+        let mesh = workload(meshd, service, labels, NAMESPACE, &account)?
+            .start(server.local_addr())
+            .map_err(|e| StartError::Mesh(e.to_string()))?;
+        meshes.push(mesh.clone());
+        Ok(mesh)
+    };
+    // Joins the mesh as `service`/`version`, or stays plain; returns the server the service
+    // serves on and the client it calls out with. In sidecar mode the service gets a plain
+    // loopback port of its own and its sidecar's listeners join `apps`.
+    let mut join = |server: Server,
+                    service: &str,
+                    version: &str,
+                    apps: &mut Vec<(Server, Router)>|
+     -> Result<(Server, Client), StartError> {
+        if meshd.is_none() {
+            return Ok((server, plain_client.clone()));
+        }
+        let mesh = join_as(&server, service, version)?;
+        match mode {
+            Mode::Embedded => Ok((server.with_mesh(mesh.clone()), mesh.client())),
+            Mode::Sidecar => {
+                let app = loopback(&format!("{} app", server.name()), 0)?;
+                let outbound = loopback(&format!("{} sidecar outbound", server.name()), 0)?;
+                let client = Client::builder()
+                    .proxy(Some(Proxy::new(outbound.local_addr())))
+                    .build();
+                let beside = mesh::sidecar::App::on_loopback(app.local_addr().port());
+                apps.extend(mesh::sidecar::listeners(&mesh, &beside, server, outbound));
+                Ok((app, client))
+            }
+        }
+    };
+
+    let (server, _) = join(details, "details", "v1", &mut apps)?;
     apps.push((server, details::app(details::Config::default())));
-    let (server, _) = join(ratings, "ratings", "v1")?;
+    let (server, _) = join(ratings, "ratings", "v1", &mut apps)?;
     let state = ratings::State::new(ratings::Config {
         variant: config.ratings_variant,
         ..Default::default()
     });
     apps.push((server, ratings::app(state)));
     for (server, version) in reviews.into_iter().zip(["v1", "v2", "v3"]) {
-        let (server, client) = join(server, "reviews", version)?;
+        let (server, client) = join(server, "reviews", version, &mut apps)?;
         let config = reviews::Config::version(version, "http://ratings:9080");
         apps.push((server, reviews::app(reviews::State { config, client })));
     }
-    let (server, client) = join(productpage, "productpage", "v1")?;
-    let state = productpage::State::new(productpage::Config::default(), client);
-    apps.push((server, productpage::app(state)));
+    match config.productpage_beside.filter(|_| meshd.is_some()) {
+        Some(beside) => {
+            let mesh = join_as(&productpage, "productpage", "v1")?;
+            let outbound = loopback("productpage sidecar outbound", beside.proxy_port)?;
+            let app = mesh::sidecar::App::on_loopback(beside.app_port);
+            apps.extend(mesh::sidecar::listeners(&mesh, &app, productpage, outbound));
+        }
+        None => {
+            let (server, client) = join(productpage, "productpage", "v1", &mut apps)?;
+            let state = productpage::State::new(productpage::Config::default(), client);
+            apps.push((server, productpage::app(state)));
+        }
+    }
     if let (Some(server), Some(meshd)) = (gateway, &meshd) {
-        let spec = WorkloadSpec {
-            control_plane: meshd.url(),
-            roots: meshd.trust_roots(),
-            token: tokens.get(GATEWAY_ACCOUNT).cloned().unwrap_or_default(),
-            service: mesh::gateway::GATEWAY_SERVICE.to_owned(),
-            labels: mesh::gateway::labels(),
-            namespace: mesh::gateway::GATEWAY_NAMESPACE.to_owned(),
-            service_account: mesh::gateway::GATEWAY_SERVICE_ACCOUNT.to_owned(),
-            admin_port,
-        };
-        let gateway_mesh = Mesh::start_with(
-            spec,
-            DEFAULT_TRUST_DOMAIN,
-            server.local_addr(),
-            traced(&telemetry, otlp.as_ref(), mesh::gateway::GATEWAY_SERVICE)?,
-        )
+        let gateway_mesh = workload(
+            meshd,
+            mesh::gateway::GATEWAY_SERVICE,
+            mesh::gateway::labels(),
+            mesh::gateway::GATEWAY_NAMESPACE,
+            GATEWAY_ACCOUNT,
+        )?
+        .start(server.local_addr())
         .map_err(|e| StartError::Mesh(e.to_string()))?;
         meshes.push(gateway_mesh.clone());
         // The Gateway resource names port 8080; whichever port this listener got (tests use
@@ -474,28 +543,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// `telemetry` with a tracer of its own for `service`: spans to OTLP when an endpoint is given,
-/// else into the process's ring of recent spans (the dashboard's traces).
-fn traced(
-    telemetry: &mesh::dataplane::Telemetry,
-    otlp: Option<&(String, String)>,
-    service: &str,
-) -> Result<mesh::dataplane::Telemetry, StartError> {
-    use mesh::telemetry::tracing::{Sampler, Tracing};
-    let mut telemetry = telemetry.clone();
-    telemetry.tracing = Some(match otlp {
-        Some((endpoint, protocol)) => Tracing::otlp(
-            endpoint,
-            protocol,
-            service,
-            Sampler::default(),
-            Default::default(),
-            &telemetry.metrics,
-        )
-        .map_err(|e| StartError::Mesh(e.to_string()))?,
-        None => Tracing::ring(telemetry.recent_spans.clone(), service, Sampler::default()),
-    });
-    Ok(telemetry)
+/// A plain listener on `127.0.0.1:port` (a sidecar's application or outbound proxy).
+fn loopback(name: &str, port: u16) -> Result<Server, StartError> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let bound = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std);
+    match bound {
+        Ok(listener) => Ok(Server::from_listener(name, listener)),
+        Err(e) => Err(StartError::Mesh(format!(
+            "{name} cannot listen on {addr}: {e}"
+        ))),
+    }
 }
 
 /// meshd in this process, with a fresh bootstrap token per service account.
@@ -529,7 +588,7 @@ async fn start_meshd(
         trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
         cert_ttl: options.cert_ttl,
         dashboard: Some(SocketAddr::new(bind, options.dashboard_port)),
-        plane: mesh::control::server::PlaneOptions {
+        plane: meshd::server::PlaneOptions {
             registration_grace: options.registration_grace,
             ..Default::default()
         },

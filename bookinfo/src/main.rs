@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mesh::control::daemon::CaSource;
+use meshd::daemon::CaSource;
 
 /// Runs the whole Bookinfo app on this machine: productpage, details, reviews v1/v2/v3 and
 /// ratings, each on its own port. Refreshing the page cycles through reviews v1 (no stars),
@@ -39,6 +39,15 @@ struct Cli {
     /// Run without the mesh: plain HTTP between the services, no meshd.
     #[arg(long)]
     no_mesh: bool,
+    /// How the services meet the mesh: embedded (mesh-lib in each service) or sidecar (each
+    /// service plain on loopback behind a sidecar, the code `mesh-proxy sidecar` runs).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "embedded",
+        conflicts_with = "no_mesh"
+    )]
+    mode: Mode,
     /// Directory of Istio-style YAML (PeerAuthentication, AuthorizationPolicy), watched live.
     #[arg(long, env = "BOOKINFO_CONFIG_DIR", conflicts_with = "no_mesh")]
     config_dir: Option<PathBuf>,
@@ -73,6 +82,12 @@ struct Cli {
     /// Lifetime of workload certificates (renewed at half-life), e.g. 24h, 10m, 30s.
     #[arg(long, default_value = "24h", value_parser = mesh::cli::parse_duration)]
     cert_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Embedded,
+    Sidecar,
 }
 
 fn parse_variant(s: &str) -> Result<ratings::Variant, String> {
@@ -119,6 +134,11 @@ fn main() -> ExitCode {
             access_log,
             ..Default::default()
         }),
+        mode: match cli.mode {
+            Mode::Embedded => bookinfo::Mode::Embedded,
+            Mode::Sidecar => bookinfo::Mode::Sidecar,
+        },
+        productpage_beside: None,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -149,6 +169,9 @@ fn main() -> ExitCode {
         match running.meshd_url() {
             Some(url) => {
                 println!("  meshd        {url}  (mTLS between the services; PERMISSIVE unless a PeerAuthentication says otherwise)");
+                if matches!(cli.mode, Mode::Sidecar) {
+                    println!("  mode         sidecar (each service plain on loopback; the addresses above are its sidecar's)");
+                }
                 if let Some(dir) = &cli.config_dir {
                     println!("  mesh config  {} (watched)", dir.display());
                 }

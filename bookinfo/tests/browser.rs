@@ -6,8 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-
 fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()
@@ -58,7 +56,8 @@ fn tempdir(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_renders_in_chromium_with_each_reviews_version() {
-    let Some(browser) = common::required(chromium(), "chromium", "apt-get install chromium") else {
+    let Some(browser) = test_support::required(chromium(), "chromium", "apt-get install chromium")
+    else {
         return;
     };
     let app = bookinfo::start(bookinfo::Config::ephemeral())
@@ -134,7 +133,8 @@ async fn the_page_renders_in_chromium_with_each_reviews_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_the_edges_that_carried_traffic() {
-    let Some(browser) = common::required(chromium(), "chromium", "apt-get install chromium") else {
+    let Some(browser) = test_support::required(chromium(), "chromium", "apt-get install chromium")
+    else {
         return;
     };
     let app = bookinfo::start(bookinfo::Config::ephemeral())

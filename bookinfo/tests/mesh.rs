@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use bookinfo::Mode;
 use http::{Request, StatusCode};
 use mesh::Client;
 
@@ -18,8 +19,13 @@ fn tempdir(name: &str) -> PathBuf {
 }
 
 async fn start(config_dir: &std::path::Path) -> bookinfo::Running {
+    start_in(config_dir, Mode::Embedded).await
+}
+
+async fn start_in(config_dir: &std::path::Path, mode: Mode) -> bookinfo::Running {
     let mut config = bookinfo::Config::ephemeral();
     config.mesh.as_mut().unwrap().config_dir = Some(config_dir.to_owned());
+    config.mode = mode;
     bookinfo::start(config).await.unwrap()
 }
 
@@ -77,10 +83,9 @@ fn policy(name: &str, selector: Option<&str>, rule: &str) -> String {
 const STAR: &str = "glyphicon glyphicon-star";
 const RATINGS_ERROR: &str = "Ratings service is currently unavailable";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn istio_authorization_task_produces_the_documented_page_at_each_step() {
+async fn istio_authorization_task_produces_the_documented_page_at_each_step(mode: Mode) {
     let dir = tempdir("authz");
-    let app = start(&dir).await;
+    let app = start_in(&dir, mode).await;
     let url = app.addrs.page_url();
     eventually(&url, "baseline", |p| {
         p.iter()
@@ -203,10 +208,9 @@ async fn istio_authorization_task_produces_the_documented_page_at_each_step() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn strict_on_details_resets_plaintext_but_the_page_still_gets_details_over_mtls() {
+async fn strict_on_details_resets_plaintext_but_the_page_still_gets_details_over_mtls(mode: Mode) {
     let dir = tempdir("strict");
-    let app = start(&dir).await;
+    let app = start_in(&dir, mode).await;
     std::fs::write(
         dir.join("details-strict.yaml"),
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: details-strict\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: details\n  mtls:\n    mode: STRICT\n",
@@ -239,10 +243,9 @@ async fn strict_on_details_resets_plaintext_but_the_page_still_gets_details_over
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_workload_has_its_upstream_service_account_identity() {
+async fn every_workload_has_its_upstream_service_account_identity(mode: Mode) {
     let dir = tempdir("ids");
-    let app = start(&dir).await;
+    let app = start_in(&dir, mode).await;
     let mut ids: Vec<String> = app
         .meshes()
         .iter()
@@ -339,10 +342,9 @@ async fn raw_get(addr: std::net::SocketAddr, target: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_deny_on_a_path_covers_every_spelling_of_that_path() {
+async fn a_deny_on_a_path_covers_every_spelling_of_that_path(mode: Mode) {
     let dir = tempdir("normalize");
-    let app = start(&dir).await;
+    let app = start_in(&dir, mode).await;
     let details = app.addrs.details;
     // The application gets the normalised path: details serves `/%64etails/1` as `/details/1`.
     let (status, body) = raw_get(details, "/%64etails/x/../1").await;
@@ -525,3 +527,10 @@ async fn meshd_killed_and_restarted_under_steady_page_load_loses_no_page() {
     assert!(failures.is_empty(), "failed pages: {failures:?}");
     app.shutdown().await;
 }
+
+test_support::in_both_modes!(
+    istio_authorization_task_produces_the_documented_page_at_each_step,
+    strict_on_details_resets_plaintext_but_the_page_still_gets_details_over_mtls,
+    every_workload_has_its_upstream_service_account_identity,
+    a_deny_on_a_path_covers_every_spelling_of_that_path,
+);

@@ -10,8 +10,7 @@ use http::{HeaderMap, StatusCode};
 use mesh::Client;
 use serde_json::Value;
 
-mod common;
-use common::{Killed, free_port};
+use test_support::{Killed, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -32,7 +31,7 @@ async fn get(url: &str) -> Option<(StatusCode, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_sees_istio_metrics_for_every_edge_including_5xx_under_a_fault() {
     let found = Command::new("prometheus").arg("--version").output().ok();
-    if common::required(found, "prometheus", "apt-get install prometheus").is_none() {
+    if test_support::required(found, "prometheus", "apt-get install prometheus").is_none() {
         return;
     }
     let config_dir = tempdir("obs-config");

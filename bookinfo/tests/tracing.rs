@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use http::Request;
 
-mod common;
-use common::{Killed, free_port};
+use test_support::{Killed, free_port};
 
 fn rotel() -> Option<PathBuf> {
     let out = Command::new("python3")
@@ -82,7 +81,8 @@ fn parse(log: &str) -> Vec<Span> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_crosses_gateway_productpage_reviews_and_ratings_with_a_retried_attempt() {
-    let Some(rotel) = common::required(rotel(), "rotel collector", "pip install rotel") else {
+    let Some(rotel) = test_support::required(rotel(), "rotel collector", "pip install rotel")
+    else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("bookinfo-traces-{}", fastrand::u64(..)));

@@ -1,10 +1,13 @@
 //! Istio's traffic-management tasks through the ingress gateway, over real sockets, with the
 //! project's own copies of the tutorial's YAML written into the launcher's watched directory.
+//! Every task runs twice: with the mesh embedded in the services and with the services plain
+//! behind sidecars.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use bookinfo::Mode;
 use http::{HeaderMap, Request, StatusCode, header};
 use mesh::Client;
 
@@ -25,11 +28,12 @@ struct App {
 }
 
 impl App {
-    async fn start() -> Self {
+    async fn start(mode: Mode) -> Self {
         let dir = std::env::temp_dir().join(format!("bookinfo-traffic-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = bookinfo::Config::ephemeral();
         config.mesh.as_mut().unwrap().config_dir = Some(dir.clone());
+        config.mode = mode;
         let running = bookinfo::start(config).await.unwrap();
         Self { running, dir }
     }
@@ -116,9 +120,8 @@ impl App {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_gateway_routes_the_tutorials_paths_and_nothing_else() {
-    let app = App::start().await;
+async fn the_gateway_routes_the_tutorials_paths_and_nothing_else(mode: Mode) {
+    let app = App::start(mode).await;
     for (path, status) in [
         ("/productpage?u=normal", StatusCode::OK),
         ("/static/css/bookinfo.css", StatusCode::OK),
@@ -140,9 +143,8 @@ async fn the_gateway_routes_the_tutorials_paths_and_nothing_else() {
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn request_routing_all_v1_then_jason_gets_black_stars() {
-    let app = App::start().await;
+async fn request_routing_all_v1_then_jason_gets_black_stars(mode: Mode) {
+    let app = App::start(mode).await;
     app.apply(&["virtual-service-all-v1.yaml"]).await;
     assert_eq!(
         app.starred(10, None).await,
@@ -166,9 +168,8 @@ async fn request_routing_all_v1_then_jason_gets_black_stars() {
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn traffic_shifting_lands_within_ten_of_the_weights_over_100_loads() {
-    let app = App::start().await;
+async fn traffic_shifting_lands_within_ten_of_the_weights_over_100_loads(mode: Mode) {
+    let app = App::start(mode).await;
     app.apply(&["virtual-service-all-v1.yaml"]).await;
     let none = app.starred(100, None).await;
     app.apply(&["virtual-service-reviews-50-v3.yaml"]).await;
@@ -182,9 +183,8 @@ async fn traffic_shifting_lands_within_ten_of_the_weights_over_100_loads() {
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_7s_ratings_delay_for_jason_gives_the_reviews_error_after_about_6s() {
-    let app = App::start().await;
+async fn a_7s_ratings_delay_for_jason_gives_the_reviews_error_after_about_6s(mode: Mode) {
+    let app = App::start(mode).await;
     app.apply(&[
         "virtual-service-all-v1.yaml",
         "virtual-service-reviews-test-v2.yaml",
@@ -208,9 +208,8 @@ async fn a_7s_ratings_delay_for_jason_gives_the_reviews_error_after_about_6s() {
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_ratings_abort_for_jason_shows_the_ratings_error_for_jason_only() {
-    let app = App::start().await;
+async fn a_ratings_abort_for_jason_shows_the_ratings_error_for_jason_only(mode: Mode) {
+    let app = App::start(mode).await;
     app.apply(&[
         "virtual-service-all-v1.yaml",
         "virtual-service-reviews-test-v2.yaml",
@@ -231,9 +230,8 @@ async fn a_ratings_abort_for_jason_shows_the_ratings_error_for_jason_only() {
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_half_second_reviews_timeout_and_2s_ratings_delay_fail_after_about_1s() {
-    let app = App::start().await;
+async fn a_half_second_reviews_timeout_and_2s_ratings_delay_fail_after_about_1s(mode: Mode) {
+    let app = App::start(mode).await;
     app.apply(&[
         "virtual-service-ratings-delay-2s.yaml",
         "virtual-service-reviews-timeout.yaml",
@@ -251,9 +249,8 @@ async fn a_half_second_reviews_timeout_and_2s_ratings_delay_fail_after_about_1s(
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn connection_pool_limits_give_both_200s_and_503s_under_concurrency() {
-    let app = App::start().await;
+async fn connection_pool_limits_give_both_200s_and_503s_under_concurrency(mode: Mode) {
+    let app = App::start(mode).await;
     // Reviews v2/v3 wait 2 s on ratings, so requests stay in flight long enough to overlap.
     app.apply(&[
         "destination-rule-reviews-circuit-breaker.yaml",
@@ -298,9 +295,8 @@ async fn connection_pool_limits_give_both_200s_and_503s_under_concurrency() {
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_crashed_reviews_instance_is_ejected_and_pages_keep_rendering() {
-    let app = App::start().await;
+async fn a_crashed_reviews_instance_is_ejected_and_pages_keep_rendering(mode: Mode) {
+    let app = App::start(mode).await;
     std::fs::write(
         app.dir.join("reviews-outlier.yaml"),
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 3m\n      maxEjectionPercent: 100\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n",
@@ -382,9 +378,8 @@ async fn a_crashed_reviews_instance_is_ejected_and_pages_keep_rendering() {
     app.running.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn local_rate_limiting_answers_429_after_four_requests_a_minute() {
-    let app = App::start().await;
+async fn local_rate_limiting_answers_429_after_four_requests_a_minute(mode: Mode) {
+    let app = App::start(mode).await;
     app.apply(&["local-rate-limit-productpage.yaml"]).await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
@@ -400,3 +395,15 @@ async fn local_rate_limiting_answers_429_after_four_requests_a_minute() {
     assert_eq!(statuses, [200, 200, 200, 200, 429]);
     app.running.shutdown().await;
 }
+
+test_support::in_both_modes!(
+    the_gateway_routes_the_tutorials_paths_and_nothing_else,
+    request_routing_all_v1_then_jason_gets_black_stars,
+    traffic_shifting_lands_within_ten_of_the_weights_over_100_loads,
+    a_7s_ratings_delay_for_jason_gives_the_reviews_error_after_about_6s,
+    a_ratings_abort_for_jason_shows_the_ratings_error_for_jason_only,
+    a_half_second_reviews_timeout_and_2s_ratings_delay_fail_after_about_1s,
+    connection_pool_limits_give_both_200s_and_503s_under_concurrency,
+    a_crashed_reviews_instance_is_ejected_and_pages_keep_rendering,
+    local_rate_limiting_answers_429_after_four_requests_a_minute,
+);

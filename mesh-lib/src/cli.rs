@@ -29,6 +29,14 @@ impl ServeArgs {
         SocketAddr::new(self.bind, self.port)
     }
 
+    /// The loopback address of the bind address's family.
+    pub fn bind_loopback(&self) -> IpAddr {
+        match self.bind {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        }
+    }
+
     /// Where `--health-check` finds the service: loopback when it binds every interface.
     pub fn probe_addr(&self) -> SocketAddr {
         let ip = match self.bind {

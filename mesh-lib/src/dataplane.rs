@@ -99,17 +99,9 @@ impl std::fmt::Debug for Mesh {
 
 impl Mesh {
     /// Joins the mesh as the workload serving at `addr`: certificate and snapshot loops start
-    /// in the background. Until a certificate arrives, mTLS fails closed.
-    pub fn start(
-        spec: WorkloadSpec,
-        trust_domain: &str,
-        addr: SocketAddr,
-    ) -> Result<Self, ControlError> {
-        Self::start_with(spec, trust_domain, addr, Telemetry::default())
-    }
-
-    /// [`start`](Self::start) with the given metrics registry and access log.
-    pub fn start_with(
+    /// in the background. Until a certificate arrives, mTLS fails closed. Every workload
+    /// starts through [`crate::workload::WorkloadBuilder`].
+    pub(crate) fn start(
         spec: WorkloadSpec,
         trust_domain: &str,
         addr: SocketAddr,

@@ -5,18 +5,16 @@
 //! plain HTTP to it; it speaks mTLS to the mesh with its own identity.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 
 use crate::dataplane::Mesh;
+use crate::forward;
+use crate::outbound::Client;
 use crate::outbound::routing::{self, GatewayContext};
-use crate::outbound::{Client, MAX_REQUEST_BODY, OutboundError};
 
 /// The gateway's port, as Istio's ingress gateway (its Service maps 80 → 8080).
 pub const DEFAULT_GATEWAY_PORT: u16 = 8080;
@@ -25,9 +23,7 @@ pub const DEFAULT_GATEWAY_PORT: u16 = 8080;
 pub const GATEWAY_NAMESPACE: &str = "istio-system";
 pub const GATEWAY_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
 pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
-/// How long the gateway waits for an upstream answer (Istio sets no route timeout by default;
-/// this only bounds a request nobody answers).
-pub const UPSTREAM_DEADLINE: Duration = Duration::from_secs(120);
+pub use crate::forward::UPSTREAM_DEADLINE;
 
 /// The labels Gateway resources select the ingress gateway by.
 pub fn labels() -> BTreeMap<String, String> {
@@ -51,17 +47,10 @@ pub fn router(mesh: Mesh, port: u16) -> Router {
     Router::new()
         .fallback(handle)
         .with_state(Gateway { mesh, client, port })
-        .layer(axum::middleware::from_fn(crate::normalize::normalize))
+        .layer(axum::middleware::from_fn(
+            crate::inbound::normalize::normalize,
+        ))
 }
-
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-];
 
 async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
     let snapshot = gw.mesh.snapshot();
@@ -71,17 +60,10 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         .iter()
         .map(|g| format!("{}/{}", g.metadata.namespace, g.metadata.name))
         .collect();
-    let (mut parts, body) = request.into_parts();
-    let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+    let (mut parts, body) = match forward::buffer(request).await {
+        Ok(buffered) => buffered,
+        Err(refused) => return refused,
     };
-    for name in HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
     if !parts.headers.contains_key("x-request-id") {
         let id = format!("{:032x}", fastrand::u128(..));
         parts.headers.insert(
@@ -132,34 +114,9 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
             }
         })
     });
-    let sent = gw
-        .client
-        .send(
-            http::Request::from_parts(parts, Body::from(body)),
-            UPSTREAM_DEADLINE,
-        )
-        .await;
+    let response = forward::send(&gw.client, parts, body, UPSTREAM_DEADLINE).await;
     if let Some(span) = span {
-        span.finish(sent.as_ref().map_or(0, |r| r.status().as_u16()), None);
+        span.finish(response.status().as_u16(), None);
     }
-    match sent {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            for name in HOP_BY_HOP {
-                parts.headers.remove(name);
-            }
-            Response::from_parts(parts, Body::from(body))
-        }
-        Err(OutboundError::Timeout(_)) => {
-            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout").into_response()
-        }
-        Err(e) => {
-            tracing::warn!("gateway: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers",
-            )
-                .into_response()
-        }
-    }
+    response
 }

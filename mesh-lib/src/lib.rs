@@ -14,26 +14,27 @@
 //! - [`env`], [`cli`], [`logging`], [`shutdown`], [`run`]: what every service binary shares.
 #![forbid(unsafe_code)]
 
-pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod env;
+pub(crate) mod forward;
 pub mod gateway;
 pub mod identity;
+pub mod inbound;
 pub mod io;
 pub mod logging;
 pub mod nofile;
-pub mod normalize;
 pub mod outbound;
 pub mod propagation;
-pub mod ratelimit;
 pub mod run;
 pub mod server;
 pub mod shutdown;
+pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
+pub mod workload;
 
 pub use dataplane::{Mesh, PeerIdentity};
 pub use nofile::raise_nofile_limit;

@@ -3,7 +3,7 @@
 //!
 //! This is the accept loop rather than `axum::serve` because the inbound mesh stack belongs
 //! here: mTLS wraps the accepted socket before HTTP, and authorization and telemetry wrap the
-//! router (see [`inbound_stack`]); and because what a listener accepts (how many connections,
+//! router (see [`crate::inbound::stack`]); and because what a listener accepts (how many connections,
 //! for how long) is decided per connection, before hyper sees it.
 
 mod activity;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use limits::{
@@ -30,18 +30,13 @@ pub use limits::{
     MIN_REQUEST_HEADERS_BYTES, ServerLimits,
 };
 
-use crate::config::MtlsMode;
 use crate::dataplane::Mesh;
-use crate::identity::SpiffeId;
-use crate::io::EitherIo;
 use admission::{Admission, PROCESS_CONNECTIONS, REFUSAL_WARNING_INTERVAL, RefusalWarnings};
-use tower_http::trace::TraceLayer;
 
 /// How long shutdown waits for in-flight requests before closing their connections.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// How long a client may take to complete the TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::inbound::TLS_HANDSHAKE_TIMEOUT;
 
 /// How long the accept loop pauses after a failed accept (usually EMFILE), so it does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -169,7 +164,7 @@ impl Server {
         }
         let admission = Admission::new(max, budget, &PROCESS_CONNECTIONS);
         let listener_state = Arc::new(conn::Listener {
-            app: inbound_stack(app, mesh.clone()),
+            app: crate::inbound::stack(app, mesh.clone()),
             http: http_builder(&limits),
             mesh,
             limits,
@@ -261,101 +256,6 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(limits.h2_keep_alive_interval)
         .keep_alive_timeout(limits.h2_keep_alive_timeout);
     builder
-}
-
-/// A connection after the mesh's transport decision: plaintext or terminated TLS.
-type Accepted = EitherIo<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
-
-/// Applies PeerAuthentication to a new connection. TLS (first byte 0x16, a handshake record)
-/// is terminated with the current certificate; plaintext passes unless the mode is STRICT,
-/// where the connection is reset as Istio's sidecar does (curl sees exit 56). `None`: closed.
-/// The connection driver has already waited, within its first-byte timeout, for a byte to
-/// peek at, so the peek here does not wait.
-async fn secure(
-    stream: TcpStream,
-    peer: SocketAddr,
-    mesh: Option<&Mesh>,
-) -> Option<(Accepted, Option<SpiffeId>)> {
-    let Some(mesh) = mesh else {
-        return Some((EitherIo::Left(stream), None));
-    };
-    let mut first = [0u8; 1];
-    let is_tls = matches!(stream.peek(&mut first).await, Ok(1)) && first[0] == 0x16;
-    match (is_tls, mesh.mtls_mode()) {
-        (true, MtlsMode::Strict | MtlsMode::Permissive) => {
-            let Some(config) = mesh.server_tls() else {
-                tracing::warn!(%peer, "TLS before this workload has a certificate: closing");
-                reset(stream);
-                return None;
-            };
-            let accepting = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accepting).await {
-                Ok(Ok(tls)) => {
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(|cert| crate::tls::spiffe_id_of(cert).ok());
-                    Some((EitherIo::Right(tls), identity))
-                }
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, "TLS handshake refused: {e}");
-                    None
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "TLS handshake timed out");
-                    None
-                }
-            }
-        }
-        (false, MtlsMode::Strict) => {
-            tracing::info!(%peer, "plaintext connection under STRICT mTLS: reset");
-            reset(stream);
-            None
-        }
-        _ => Some((EitherIo::Left(stream), None)),
-    }
-}
-
-/// Closes with a TCP reset instead of a FIN.
-fn reset(stream: TcpStream) {
-    if let Err(e) = stream.set_zero_linger() {
-        tracing::debug!("cannot set SO_LINGER: {e}");
-    }
-    drop(stream);
-}
-
-/// The inbound stack around a service's router, outermost first: request spans and access
-/// logs at `debug`, then (in the mesh) Istio metrics and the access log, path normalisation
-/// (so policies and the service see one form of each path, and a refused path is still
-/// recorded), local rate limiting and authorization, so neither a flood nor a denied request
-/// reaches the service.
-pub fn inbound_stack(app: Router, mesh: Option<Mesh>) -> Router {
-    let app = match mesh {
-        Some(mesh) => {
-            let app = app
-                .layer(axum::middleware::from_fn_with_state(
-                    mesh.clone(),
-                    crate::authz::authorize,
-                ))
-                .layer(axum::middleware::from_fn_with_state(
-                    crate::ratelimit::Limiter::new(mesh.clone()),
-                    crate::ratelimit::limit,
-                ));
-            // A router's own layers run after it has matched the route, so the rewrite wraps
-            // the service's router from outside: it routes on the normalised path too.
-            Router::new()
-                .fallback_service(app)
-                .layer(axum::middleware::from_fn(crate::normalize::normalize))
-                .layer(axum::middleware::from_fn_with_state(
-                    mesh,
-                    crate::telemetry::inbound::record,
-                ))
-        }
-        None => app,
-    };
-    app.layer(TraceLayer::new_for_http())
 }
 
 #[cfg(test)]

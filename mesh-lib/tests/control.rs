@@ -4,20 +4,19 @@
 //! authenticated by the workload's certificate, and a registration is bound to what that
 //! certificate proves (service, address, count).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use mesh::control::client::{self, ControlError, WorkloadSpec};
-use mesh::control::daemon::{self, CaSource, MeshdConfig, RunningMeshd};
 use mesh::control::pb::mesh_control_client::MeshControlClient;
-use mesh::control::registration::RegistrationPolicy;
-use mesh::control::server::{PlaneOptions, Tokens};
 use mesh::control::{connector, pb};
-use mesh::identity::{CertificateAuthority, Credentials, TrustRoots};
+use mesh::identity::{Credentials, TrustRoots};
+use meshd::CertificateAuthority;
+use meshd::daemon::{self, CaSource, MeshdConfig, RunningMeshd};
+use meshd::registration::RegistrationPolicy;
+use meshd::server::{PlaneOptions, Tokens};
+use test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -160,13 +159,13 @@ async fn a_plaintext_grpc_client_is_refused() {
         ("MESH_TOKEN", "x"),
         ("MESH_CA_FILE", "/run/root.pem"),
     ];
-    let err = mesh::run::MeshEnv::from_env(&env, "ratings").unwrap_err();
+    let err = mesh::workload::WorkloadEnv::from_env(&env, "ratings").unwrap_err();
     assert!(err.to_string().contains("meshd serves TLS only"), "{err}");
     let env = [
         ("MESH_CONTROL_PLANE", "https://meshd:15012"),
         ("MESH_TOKEN", "x"),
     ];
-    let err = mesh::run::MeshEnv::from_env(&env, "ratings").unwrap_err();
+    let err = mesh::workload::WorkloadEnv::from_env(&env, "ratings").unwrap_err();
     assert!(err.to_string().contains("MESH_CA_FILE"), "{err}");
 }
 
@@ -216,13 +215,9 @@ async fn the_token_never_leaves_before_tls_and_never_to_an_impostor() {
     // A TLS server with a certificate from another CA (an on-path impostor) completes no
     // handshake, so it never decrypts a byte of the request.
     let impostor_ca = CertificateAuthority::generate(TD, Duration::from_secs(3600)).unwrap();
-    let impostor = mesh::control::listener::server_config(
+    let impostor = meshd::listener::server_config(
         Arc::new(impostor_ca),
-        mesh::control::listener::ServingNames::for_meshd(
-            "default",
-            "127.0.0.1".parse().unwrap(),
-            &[],
-        ),
+        meshd::listener::ServingNames::for_meshd("default", "127.0.0.1".parse().unwrap(), &[]),
     )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

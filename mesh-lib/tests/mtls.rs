@@ -2,18 +2,17 @@
 //! connection, PeerAuthentication, refusal of foreign, expired and mismatched certificates,
 //! rotation under traffic, and meshd outages.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
-use common::*;
 use mesh::Client;
-use mesh::control::daemon::{self, CaSource};
 use mesh::control::pb;
-use mesh::identity::{CertificateAuthority, Credentials, SpiffeId};
+use mesh::identity::{Credentials, SpiffeId};
+use meshd::CertificateAuthority;
+use meshd::daemon::{self, CaSource};
 use rustls_pki_types::ServerName;
+use test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,16 +1,10 @@
 //! The ratings binary's `--health-check`, which container health checks run (no shell or curl
 //! in a FROM-scratch image). Every service binary shares it through mesh-lib.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use test_support::{Killed, free_port};
 
 fn health_check(port: u16) -> ExitStatus {
     Command::new(env!("CARGO_BIN_EXE_ratings"))
@@ -18,15 +12,6 @@ fn health_check(port: u16) -> ExitStatus {
         .stderr(Stdio::null())
         .status()
         .unwrap()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -65,8 +50,8 @@ fn an_unsupported_variant_is_a_configuration_error_with_exit_64() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port() {
-    use mesh::control::daemon::{self, CaSource, MeshdConfig};
-    let mut tokens = mesh::control::server::Tokens::default();
+    use meshd::daemon::{self, CaSource, MeshdConfig};
+    let mut tokens = meshd::server::Tokens::default();
     tokens.insert("default", "bookinfo-ratings", "s3cret");
     let meshd = daemon::start(MeshdConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

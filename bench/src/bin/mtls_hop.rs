@@ -8,7 +8,6 @@
 //!
 //! `cargo run --release -p bench --bin mtls-hop [-- ROUNDS REQUESTS_PER_ROUND [ONLY]]`
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -19,13 +18,12 @@ use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
+use mesh::Server;
 use mesh::config::MeshConfig;
-use mesh::control::client::WorkloadSpec;
-use mesh::control::daemon::{self, CaSource, MeshdConfig};
-use mesh::control::server::Tokens;
 use mesh::dataplane::Telemetry;
 use mesh::telemetry::tracing::{Propagators, Sampler, Tracing};
-use mesh::{Mesh, Server};
+use mesh::workload::WorkloadBuilder;
+use meshd::daemon::{self, CaSource, MeshdConfig};
 
 fn app() -> Router {
     Router::new().route(
@@ -34,28 +32,9 @@ fn app() -> Router {
     )
 }
 
-fn spec(meshd: &daemon::RunningMeshd, service: &str) -> WorkloadSpec {
-    WorkloadSpec {
-        control_plane: meshd.url(),
-        roots: meshd.trust_roots(),
-        token: format!("token-{service}"),
-        service: service.to_owned(),
-        labels: BTreeMap::from([
-            ("app".to_owned(), service.to_owned()),
-            ("version".to_owned(), "v1".to_owned()),
-        ]),
-        namespace: "default".to_owned(),
-        service_account: format!("bookinfo-{service}"),
-        admin_port: None,
-    }
-}
-
 /// meshd with `base` config, a server workload and a client workload; the client's stack.
 async fn mesh_pair(base: MeshConfig, telemetry: Telemetry) -> (mesh::Client, daemon::RunningMeshd) {
-    let mut tokens = Tokens::default();
-    for s in ["ratings", "reviews"] {
-        tokens.insert("default", &format!("bookinfo-{s}"), &format!("token-{s}"));
-    }
+    let tokens = test_support::tokens_for(&["bookinfo-ratings", "bookinfo-reviews"]);
     let meshd = daemon::start(MeshdConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ca: CaSource::Ephemeral,
@@ -72,25 +51,21 @@ async fn mesh_pair(base: MeshConfig, telemetry: Telemetry) -> (mesh::Client, dae
     let server = Server::bind("ratings", "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let server_mesh = Mesh::start_with(
-        spec(&meshd, "ratings"),
-        "cluster.local",
-        server.local_addr(),
-        telemetry.clone(),
-    )
-    .unwrap();
+    let server_mesh =
+        WorkloadBuilder::new(test_support::spec(&meshd, "ratings", "bookinfo-ratings"))
+            .telemetry(telemetry.clone())
+            .start(server.local_addr())
+            .unwrap();
     tokio::spawn(
         server
             .with_mesh(server_mesh.clone())
             .serve(app(), std::future::pending()),
     );
-    let client_mesh = Mesh::start_with(
-        spec(&meshd, "reviews"),
-        "cluster.local",
-        "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
-        telemetry,
-    )
-    .unwrap();
+    let client_mesh =
+        WorkloadBuilder::new(test_support::spec(&meshd, "reviews", "bookinfo-reviews"))
+            .telemetry(telemetry)
+            .start("127.0.0.1:1".parse::<SocketAddr>().unwrap())
+            .unwrap();
     assert!(
         server_mesh.ready(Duration::from_secs(10)).await
             && client_mesh.ready(Duration::from_secs(10)).await
@@ -101,14 +76,6 @@ async fn mesh_pair(base: MeshConfig, telemetry: Telemetry) -> (mesh::Client, dae
     // The meshes live as long as the process; the client keeps its own handle.
     std::mem::forget(server_mesh);
     (client_mesh.client(), meshd)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Requests in a row to one configuration before the next one's turn.
@@ -160,7 +127,7 @@ async fn main() {
         let telemetry = Telemetry::default();
         let tracing = if otlp {
             Tracing::otlp(
-                &format!("http://127.0.0.1:{}", free_port()),
+                &format!("http://127.0.0.1:{}", test_support::free_port()),
                 "grpc",
                 "bench",
                 sampler,

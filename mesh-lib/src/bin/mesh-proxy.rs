@@ -1,12 +1,13 @@
-//! mesh-proxy: the mesh's proxies built from mesh-lib's layers. Today: the ingress gateway.
+//! mesh-proxy: the mesh's proxies built from mesh-lib's layers: the ingress gateway and the
+//! sidecar.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mesh::env::{ProcessEnv, Vars};
-use mesh::gateway;
-use mesh::{Mesh, Server};
+use mesh::workload::{Readiness, WorkloadEnv};
+use mesh::{Server, gateway, sidecar};
 
 /// mesh-proxy: proxies for the Bookinfo mesh, built from the same tower layers as the
 /// embedded data plane.
@@ -20,8 +21,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Mode {
     /// The ingress gateway: applies Istio Gateway + VirtualService resources bound to it and
-    /// forwards over mTLS. Joins the mesh from MESH_CONTROL_PLANE and MESH_TOKEN_FILE (or
-    /// MESH_TOKEN); its identity is istio-system/istio-ingressgateway-service-account.
+    /// forwards over mTLS. Joins the mesh from MESH_CONTROL_PLANE, MESH_CA_FILE and
+    /// MESH_TOKEN_FILE (or MESH_TOKEN); its identity is
+    /// istio-system/istio-ingressgateway-service-account.
     Gateway {
         /// Port to listen on.
         #[arg(long, default_value_t = gateway::DEFAULT_GATEWAY_PORT)]
@@ -33,109 +35,222 @@ enum Mode {
         #[arg(long)]
         health_check: bool,
     },
+    /// The sidecar: the mesh for an application beside it that does not link mesh-lib. Mesh
+    /// traffic arrives on --inbound-port (mTLS, policies, telemetry) and goes on in plaintext
+    /// to the application on 127.0.0.1:--app-port; the application calls its backends through
+    /// the HTTP proxy on 127.0.0.1:--outbound-port (HTTP_PROXY=http://127.0.0.1:15001), which
+    /// routes, retries, balances and connects with mTLS. It joins meshd as the application's
+    /// workload from the same environment an embedded service reads (MESH_CONTROL_PLANE,
+    /// MESH_CA_FILE, MESH_TOKEN_FILE, SERVICE_VERSION, MESH_NAMESPACE, MESH_SERVICE_ACCOUNT,
+    /// MESH_ADMIN_PORT, OTEL_*).
+    Sidecar {
+        /// The application's service name (details, reviews, …): its registration and, by
+        /// default, its service account bookinfo-<service>.
+        #[arg(long, env = "MESH_SERVICE")]
+        service: String,
+        /// The application's plaintext port on 127.0.0.1.
+        #[arg(long, env = "MESH_APP_PORT", default_value_t = sidecar::DEFAULT_APP_PORT)]
+        app_port: u16,
+        /// What readiness asks of the application (200 expected).
+        #[arg(long, default_value = sidecar::DEFAULT_APP_HEALTH_PATH)]
+        app_health_path: String,
+        /// Port for the mesh's traffic to the application (mTLS).
+        #[arg(long, env = "MESH_INBOUND_PORT", default_value_t = sidecar::DEFAULT_INBOUND_PORT)]
+        inbound_port: u16,
+        /// Address the inbound port binds.
+        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+        bind: IpAddr,
+        /// The application's HTTP proxy port, on 127.0.0.1 only.
+        #[arg(long, env = "MESH_OUTBOUND_PORT", default_value_t = sidecar::DEFAULT_OUTBOUND_PORT)]
+        outbound_port: u16,
+        /// Instead of serving, check that the sidecar running beside this one is ready
+        /// (certificate, config and the application's health), for health checks.
+        #[arg(long)]
+        health_check: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    let Mode::Gateway {
-        port,
-        bind,
-        health_check,
-    } = Cli::parse().mode;
-    if health_check {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        return match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
-        {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("mesh-proxy: nothing answers on {addr}: {e}");
-                ExitCode::FAILURE
+    match Cli::parse().mode {
+        Mode::Gateway {
+            port,
+            bind,
+            health_check,
+        } => {
+            if health_check {
+                return answers(SocketAddr::from(([127, 0, 0, 1], port)));
             }
-        };
+            let env = match join_env(&GatewayDefaults(&ProcessEnv), gateway::GATEWAY_SERVICE) {
+                Ok(env) => env,
+                Err(code) => return code,
+            };
+            run(gateway_main(env, SocketAddr::new(bind, port)))
+        }
+        Mode::Sidecar {
+            service,
+            app_port,
+            app_health_path,
+            inbound_port,
+            bind,
+            outbound_port,
+            health_check,
+        } => {
+            let env = match join_env(&ProcessEnv, &service) {
+                Ok(env) => env,
+                Err(code) => return code,
+            };
+            if health_check {
+                return ready(env.admin_port);
+            }
+            let app = sidecar::App {
+                health_path: app_health_path,
+                ..sidecar::App::on_loopback(app_port)
+            };
+            let inbound = SocketAddr::new(bind, inbound_port);
+            let outbound = SocketAddr::from(([127, 0, 0, 1], outbound_port));
+            run(sidecar_main(env, app, inbound, outbound))
+        }
     }
-    let env = ProcessEnv;
-    let mesh_env =
-        match mesh::run::MeshEnv::from_env(&GatewayDefaults(&env), gateway::GATEWAY_SERVICE) {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                eprintln!(
-                    "mesh-proxy: MESH_CONTROL_PLANE must name meshd (e.g. https://meshd:15012)"
-                );
-                return ExitCode::from(mesh::run::EXIT_CONFIG);
-            }
-            Err(e) => {
-                eprintln!("mesh-proxy: invalid configuration: {e}");
-                return ExitCode::from(mesh::run::EXIT_CONFIG);
-            }
-        };
+}
+
+/// The mesh environment a proxy joins from; it cannot run without one.
+fn join_env(vars: &impl Vars, service: &str) -> Result<WorkloadEnv, ExitCode> {
+    match WorkloadEnv::from_env(vars, service) {
+        Ok(Some(env)) => Ok(env),
+        Ok(None) => {
+            eprintln!(
+                "mesh-proxy: MESH_CONTROL_PLANE must name meshd (e.g. https://meshd:15012); \
+                 a proxy only runs in the mesh"
+            );
+            Err(ExitCode::from(mesh::run::EXIT_CONFIG))
+        }
+        Err(e) => {
+            eprintln!("mesh-proxy: invalid configuration: {e}");
+            Err(ExitCode::from(mesh::run::EXIT_CONFIG))
+        }
+    }
+}
+
+fn run(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     mesh::logging::init();
     mesh::nofile::raise_at_start();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(main),
         Err(e) => {
             eprintln!("mesh-proxy: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(async move {
-        let server = match Server::bind("istio-ingressgateway", SocketAddr::new(bind, port)).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let admin = match Server::bind(
-            "istio-ingressgateway admin",
-            SocketAddr::new(bind, mesh_env.admin_port),
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let mut spec = mesh_env.spec;
-        spec.labels = gateway::labels();
-        let mut telemetry = mesh::dataplane::Telemetry {
-            access_log: mesh_env.access_log,
-            ..Default::default()
-        };
-        telemetry.tracing = match mesh::telemetry::tracing::Tracing::from_env(
-            &ProcessEnv,
-            gateway::GATEWAY_SERVICE,
-            &telemetry.metrics,
-            &telemetry.recent_spans,
-        ) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("mesh-proxy: invalid configuration: {e}");
-                return ExitCode::from(mesh::run::EXIT_CONFIG);
-            }
-        };
-        let admin_router = mesh::telemetry::admin_router(&telemetry);
-        let tracing = telemetry.tracing.clone();
-        let mesh =
-            match Mesh::start_with(spec, &mesh_env.trust_domain, server.local_addr(), telemetry) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("mesh-proxy: {e}");
-                    return ExitCode::from(mesh::run::EXIT_CONFIG);
-                }
-            };
-        tracing::info!(
-            "ingress gateway listening on {} as {}",
-            server.local_addr(),
-            mesh.identity()
-        );
-        tokio::spawn(admin.serve(admin_router, mesh::shutdown::signal()));
-        server
-            .serve(gateway::router(mesh, port), mesh::shutdown::signal())
-            .await;
-        mesh::telemetry::tracing::flush_at_exit(tracing.as_ref()).await;
-        ExitCode::SUCCESS
+    }
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<Server, ExitCode> {
+    Server::bind(name, addr).await.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
     })
+}
+
+/// Joins the mesh as `env`'s workload, serving at `serving`.
+fn start(env: WorkloadEnv, serving: SocketAddr) -> Result<mesh::Mesh, ExitCode> {
+    env.builder(&ProcessEnv)
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.start(serving).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            eprintln!("mesh-proxy: invalid configuration: {e}");
+            ExitCode::from(mesh::run::EXIT_CONFIG)
+        })
+}
+
+async fn gateway_main(mut env: WorkloadEnv, addr: SocketAddr) -> ExitCode {
+    let name = gateway::GATEWAY_SERVICE;
+    let admin_addr = SocketAddr::new(addr.ip(), env.admin_port);
+    let (server, admin) = match (
+        bind(name, addr).await,
+        bind(&format!("{name} admin"), admin_addr).await,
+    ) {
+        (Ok(s), Ok(a)) => (s, a),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    env.spec.labels = gateway::labels();
+    let mesh = match start(env, server.local_addr()) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    tracing::info!(
+        "ingress gateway listening on {} as {}",
+        server.local_addr(),
+        mesh.identity()
+    );
+    // The way in from outside: plain HTTP, its mesh work is in the router (routes, then the
+    // outbound stack).
+    let router = gateway::router(mesh.clone(), addr.port());
+    mesh::workload::serve(
+        mesh,
+        vec![(server, router)],
+        Some((admin, Readiness::Mesh)),
+        mesh::shutdown::signal(),
+    )
+    .await;
+    ExitCode::SUCCESS
+}
+
+async fn sidecar_main(
+    env: WorkloadEnv,
+    app: sidecar::App,
+    inbound: SocketAddr,
+    outbound: SocketAddr,
+) -> ExitCode {
+    let name = env.spec.service.clone();
+    let admin_addr = SocketAddr::new(inbound.ip(), env.admin_port);
+    let (inbound, outbound, admin) = match (
+        bind(&format!("{name} sidecar inbound"), inbound).await,
+        bind(&format!("{name} sidecar outbound"), outbound).await,
+        bind(&format!("{name} sidecar admin"), admin_addr).await,
+    ) {
+        (Ok(i), Ok(o), Ok(a)) => (i, o, a),
+        (Err(code), _, _) | (_, Err(code), _) | (_, _, Err(code)) => return code,
+    };
+    let mesh = match start(env, inbound.local_addr()) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    tracing::info!(
+        "sidecar for {name} as {}: mesh → {} → app http://{}; app → proxy http://{} → mesh; \
+         readiness on http://{}/healthz/ready",
+        mesh.identity(),
+        inbound.local_addr(),
+        app.addr,
+        outbound.local_addr(),
+        admin.local_addr()
+    );
+    let listeners = sidecar::listeners(&mesh, &app, inbound, outbound);
+    mesh::workload::serve(
+        mesh,
+        listeners,
+        Some((admin, app.readiness())),
+        mesh::shutdown::signal(),
+    )
+    .await;
+    ExitCode::SUCCESS
+}
+
+/// 0 when something accepts connections on `addr`.
+fn answers(addr: SocketAddr) -> ExitCode {
+    match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-proxy: nothing answers on {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// 0 when the admin port on loopback says ready.
+fn ready(admin_port: u16) -> ExitCode {
+    mesh::run::probe(
+        "mesh-proxy",
+        &format!("http://127.0.0.1:{admin_port}/healthz/ready"),
+    )
 }
 
 /// The gateway's identity unless the environment says otherwise.

@@ -165,7 +165,7 @@ async fn open_watch(
         Some(credentials.clone()),
     )?;
     let mut client = pb::mesh_control_client::MeshControlClient::new(channel)
-        .max_decoding_message_size(super::server::MAX_SNAPSHOT_BYTES);
+        .max_decoding_message_size(super::MAX_SNAPSHOT_BYTES);
     let request = pb::WatchRequest {
         workload: Some(pb::Workload {
             service: spec.service.clone(),

@@ -12,11 +12,6 @@
 
 pub mod client;
 pub mod connector;
-pub mod daemon;
-pub mod dashboard;
-pub mod listener;
-pub mod registration;
-pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +25,11 @@ use crate::identity::SpiffeId;
 pub mod pb {
     tonic::include_proto!("bookinfo.mesh.v1");
 }
+
+/// The largest snapshot meshd sends and data planes accept: the config is bounded by
+/// [`crate::config::MAX_CONFIG_JSON_BYTES`], the endpoints by meshd's registration limits on
+/// count, names and labels.
+pub const MAX_SNAPSHOT_BYTES: usize = 8 << 20;
 
 /// Where meshd listens for data planes by default (Istio's istiod uses 15012 for the same).
 pub const DEFAULT_CONTROL_PORT: u16 = 15012;

@@ -5,14 +5,12 @@
 //! Authorization policies name it without the scheme (`cluster.local/ns/default/sa/x`): the
 //! [`SpiffeId::principal`] form.
 
-pub mod ca;
 pub mod credentials;
 pub mod roots;
 
 use std::fmt;
 use std::str::FromStr;
 
-pub use ca::{CaError, CertificateAuthority};
 pub use credentials::{Certified, Credentials};
 pub use roots::{Anchors, RootsError, TrustRoots};
 

@@ -105,15 +105,15 @@ fn parse(pem: &str, what: &str) -> Result<Anchors, RootsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::CertificateAuthority;
 
     #[test]
     fn roots_come_from_pem_or_a_file_read_when_needed() {
-        let ca =
-            CertificateAuthority::generate("cluster.local", std::time::Duration::from_secs(60))
-                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root_pem = params.self_signed(&key).unwrap().pem();
         assert_eq!(
-            TrustRoots::from_pem(ca.root_pem())
+            TrustRoots::from_pem(&root_pem)
                 .unwrap()
                 .load()
                 .unwrap()
@@ -131,7 +131,7 @@ mod tests {
         std::fs::write(&path, "not pem").unwrap();
         let err = roots.load().unwrap_err();
         assert!(err.to_string().contains("no usable root"), "{err}");
-        std::fs::write(&path, ca.root_pem()).unwrap();
+        std::fs::write(&path, &root_pem).unwrap();
         assert_eq!(roots.load().unwrap().ders.len(), 1);
         std::fs::remove_file(path).unwrap();
     }

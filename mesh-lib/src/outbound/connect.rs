@@ -1,6 +1,8 @@
 //! Opening connections: TCP (TCP_NODELAY, connect timeout), then mTLS when the address is a
 //! mesh endpoint, requiring the identity the registry gives that endpoint. Without a current
-//! certificate a connection to a mesh endpoint fails: mTLS fails closed.
+//! certificate a connection to a mesh endpoint fails: mTLS fails closed. Outside the mesh,
+//! behind a sidecar, every connection goes to the HTTP proxy instead (`HTTP_PROXY`), which
+//! then receives absolute-form requests.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,9 +20,12 @@ use crate::BoxError;
 use crate::dataplane::Mesh;
 use crate::io::EitherIo;
 
-/// A connection to a backend: plaintext or mTLS.
+/// A connection to a backend: plaintext or mTLS, or plaintext to the HTTP proxy.
 #[derive(Debug)]
-pub struct MeshStream(TokioIo<EitherIo<TcpStream, TlsStream<TcpStream>>>);
+pub struct MeshStream {
+    io: TokioIo<EitherIo<TcpStream, TlsStream<TcpStream>>>,
+    via_proxy: bool,
+}
 
 /// The destination is a mesh endpoint but this workload has no certificate yet.
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +37,33 @@ pub struct NoCertificate;
 pub struct MeshConnector {
     http: HttpConnector,
     mesh: Option<Mesh>,
+    proxy: Option<Uri>,
 }
 
 impl MeshConnector {
     pub fn new(http: HttpConnector, mesh: Option<Mesh>) -> Self {
-        Self { http, mesh }
+        Self {
+            http,
+            mesh,
+            proxy: None,
+        }
+    }
+
+    /// Connects every request to the HTTP proxy at `proxy` (no mesh: a sidecar's outbound
+    /// listener does the mesh's work).
+    pub fn via_proxy(http: HttpConnector, proxy: std::net::SocketAddr) -> Self {
+        Self {
+            http,
+            mesh: None,
+            proxy: Some(
+                Uri::builder()
+                    .scheme("http")
+                    .authority(proxy.to_string())
+                    .path_and_query("/")
+                    .build()
+                    .expect("a socket address is a valid authority"),
+            ),
+        }
     }
 }
 
@@ -50,16 +77,26 @@ impl Service<Uri> for MeshConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri);
+        let via_proxy = self.proxy.is_some();
+        let connecting = self.http.call(self.proxy.clone().unwrap_or(uri));
         let mesh = self.mesh.clone();
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
+            if via_proxy {
+                return Ok(MeshStream {
+                    io: TokioIo::new(EitherIo::Left(tcp)),
+                    via_proxy,
+                });
+            }
             let expected = match &mesh {
                 Some(mesh) => mesh.tls_target(tcp.peer_addr()?),
                 None => None,
             };
             let Some(expected) = expected else {
-                return Ok(MeshStream(TokioIo::new(EitherIo::Left(tcp))));
+                return Ok(MeshStream {
+                    io: TokioIo::new(EitherIo::Left(tcp)),
+                    via_proxy,
+                });
             };
             let mesh = mesh.expect("a TLS target comes from the mesh");
             let certified = mesh.certified().ok_or(NoCertificate)?;
@@ -70,14 +107,18 @@ impl Service<Uri> for MeshConnector {
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await?;
-            Ok(MeshStream(TokioIo::new(EitherIo::Right(tls))))
+            Ok(MeshStream {
+                io: TokioIo::new(EitherIo::Right(tls)),
+                via_proxy,
+            })
         })
     }
 }
 
 impl Connection for MeshStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        // A proxied connection makes hyper keep the absolute-form request line.
+        Connected::new().proxy(self.via_proxy)
     }
 }
 
@@ -87,7 +128,7 @@ impl hyper::rt::Read for MeshStream {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -97,15 +138,15 @@ impl hyper::rt::Write for MeshStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -113,10 +154,10 @@ impl hyper::rt::Write for MeshStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }

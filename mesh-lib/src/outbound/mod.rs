@@ -6,7 +6,8 @@
 //! per request) → [`balance`] (load balancer over the subset's endpoints, outlier ejection) →
 //! [`breaker`] (connectionPool limits) → [`connect`] (TCP_NODELAY, mTLS with the expected
 //! identity) and a pooled HTTP/1.1 connection. Without a mesh only balancing and the
-//! connection remain. Service code only ever sees [`Client::get`] and [`Client::send`].
+//! connection remain; behind a sidecar ([`proxy`]) every call goes to the sidecar's outbound
+//! listener instead. Service code only ever sees [`Client::get`] and [`Client::send`].
 
 pub mod balance;
 pub mod breaker;
@@ -16,6 +17,7 @@ pub mod dns;
 pub mod fault;
 pub mod health;
 pub mod plan;
+pub mod proxy;
 pub mod rescue;
 pub mod retry;
 pub mod route;
@@ -202,6 +204,7 @@ impl Client {
 pub struct ClientBuilder {
     endpoints: Option<Arc<Endpoints>>,
     mesh: Option<crate::dataplane::Mesh>,
+    proxy: Option<proxy::Proxy>,
 }
 
 impl ClientBuilder {
@@ -219,23 +222,25 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends calls through the HTTP proxy `proxy` (a sidecar's outbound listener) instead of
+    /// connecting to backends; ignored in the mesh.
+    pub fn proxy(mut self, proxy: Option<proxy::Proxy>) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
     pub fn build(self) -> Client {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
-        let connector = connect::MeshConnector::new(http, self.mesh.clone());
-        let transport = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(DEFAULT_POOL_IDLE_TIMEOUT)
-            .build::<_, Full<Bytes>>(connector)
-            .map_request(|r: Request<Bytes>| r.map(Full::new))
-            .map_response(|r| r.map(Body::new))
-            .map_err(|e: hyper_util::client::legacy::Error| -> BoxError {
-                if e.is_connect() {
-                    Box::new(classify::ConnectError(Box::new(e)))
-                } else {
-                    Box::new(e)
-                }
-            });
+        let proxied = match (&self.proxy, &self.mesh) {
+            (Some(p), None) => Some((
+                p.clone(),
+                transport(connect::MeshConnector::via_proxy(http.clone(), p.addr)),
+            )),
+            _ => None,
+        };
+        let transport = transport(connect::MeshConnector::new(http, self.mesh.clone()));
         let health = Arc::new(health::Health::default());
         let balance = BalanceLayer::new(self.endpoints.unwrap_or_default())
             .with_mesh(self.mesh.clone())
@@ -250,10 +255,17 @@ impl ClientBuilder {
             .layer(balance)
             .layer(breaker::BreakerLayer::new(health))
             .service(transport);
-        let stack = BoxCloneSyncService::new(stack);
+        let direct = BoxCloneSyncService::new(stack);
         // Bodies are buffered once at the top so any attempt below can resend them.
         Client::from_service(tower::service_fn(move |req: Request<Body>| {
-            let stack = stack.clone();
+            let stack = match &proxied {
+                Some((proxy, via_proxy))
+                    if req.uri().host().is_some_and(|h| proxy.applies_to(h)) =>
+                {
+                    via_proxy.clone()
+                }
+                _ => direct.clone(),
+            };
             async move {
                 let (parts, body) = req.into_parts();
                 let body = http_body_util::Limited::new(body, MAX_REQUEST_BODY)
@@ -264,6 +276,26 @@ impl ClientBuilder {
             }
         }))
     }
+}
+
+/// The bottom of the stack: pooled HTTP/1.1 connections from `connector`, connection failures
+/// marked as such for the classifier.
+fn transport(
+    connector: connect::MeshConnector,
+) -> BoxCloneSyncService<Request<Bytes>, Response<Body>, BoxError> {
+    let client = HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(DEFAULT_POOL_IDLE_TIMEOUT)
+        .build::<_, Full<Bytes>>(connector)
+        .map_request(|r: Request<Bytes>| r.map(Full::new))
+        .map_response(|r| r.map(Body::new))
+        .map_err(|e: hyper_util::client::legacy::Error| -> BoxError {
+            if e.is_connect() {
+                Box::new(classify::ConnectError(Box::new(e)))
+            } else {
+                Box::new(e)
+            }
+        });
+    BoxCloneSyncService::new(client)
 }
 
 #[cfg(test)]
@@ -312,6 +344,55 @@ mod tests {
                 .starts_with(&format!("request to 127.0.0.1:{port} failed")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn behind_a_proxy_every_call_is_absolute_form_to_the_proxy_but_no_proxy_hosts() {
+        let seen = |tag: &'static str| {
+            axum::Router::new().fallback(move |req: Request<Body>| async move {
+                let host = req.headers()[http::header::HOST]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                format!("{tag} {} host={host}", req.uri())
+            })
+        };
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let direct = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (proxy_addr, direct_addr) = (proxy.local_addr().unwrap(), direct.local_addr().unwrap());
+        tokio::spawn(axum::serve(proxy, seen("proxy")).into_future());
+        tokio::spawn(axum::serve(direct, seen("direct")).into_future());
+        let vars = std::collections::HashMap::from([
+            ("HTTP_PROXY", format!("http://{proxy_addr}")),
+            ("NO_PROXY", "localhost,127.0.0.1".to_owned()),
+        ]);
+        let vars: std::collections::HashMap<&str, &str> =
+            vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let client = Client::builder()
+            .proxy(proxy::Proxy::from_env(&vars, None).unwrap())
+            .build();
+        let body = |r: Response<Bytes>| String::from_utf8(r.into_body().to_vec()).unwrap();
+        let via = client
+            .get(
+                "http://details:9080/details/0?x=1",
+                HeaderMap::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            body(via),
+            "proxy http://details:9080/details/0?x=1 host=details:9080"
+        );
+        let bypass = client
+            .get(
+                &format!("http://{direct_addr}/health"),
+                HeaderMap::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(body(bypass), format!("direct /health host={direct_addr}"));
     }
 
     #[tokio::test]

@@ -64,7 +64,7 @@ pub(super) async fn serve(
     let secured = tokio::select! {
         biased;
         () = activity.close_requested() => return,
-        secured = super::secure(stream, peer, listener.mesh.as_ref()) => secured,
+        secured = crate::inbound::transport::secure(stream, peer, listener.mesh.as_ref()) => secured,
     };
     let Some((io, peer_identity)) = secured else {
         return;

@@ -4,7 +4,6 @@
 //! of their own; [`admin_router`] serves them on a workload's admin port.
 
 pub mod access_log;
-pub(crate) mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod spans;

@@ -10,10 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::listener::{self, ServingNames};
-use super::server::{ControlPlane, PlaneOptions, Tokens};
-use crate::config::{self, ConfigError, MeshConfig};
-use crate::identity::{CaError, CertificateAuthority};
+use crate::ca::{CaError, CertificateAuthority};
+use crate::listener::{self, ServingNames};
+use crate::server::{ControlPlane, PlaneOptions, Tokens};
+use mesh::config::{self, ConfigError, MeshConfig};
 
 /// How often the config directory is checked for changes.
 pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -63,13 +63,13 @@ pub struct MeshdConfig {
 impl Default for MeshdConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], super::DEFAULT_CONTROL_PORT)),
+            listen: SocketAddr::from(([0, 0, 0, 0], mesh::control::DEFAULT_CONTROL_PORT)),
             ca: CaSource::Ephemeral,
             tokens: Tokens::default(),
             base: MeshConfig::default(),
             config_dirs: Vec::new(),
-            trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
-            cert_ttl: crate::identity::ca::DEFAULT_CERT_TTL,
+            trust_domain: mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            cert_ttl: crate::ca::DEFAULT_CERT_TTL,
             dashboard: None,
             namespace: DEFAULT_NAMESPACE.to_owned(),
             serving_names: Vec::new(),
@@ -145,8 +145,8 @@ impl RunningMeshd {
     }
 
     /// [`root_pem`](Self::root_pem) as trust roots for a workload in this process.
-    pub fn trust_roots(&self) -> crate::identity::TrustRoots {
-        crate::identity::TrustRoots::from_pem(self.root_pem()).expect("the CA's own root parses")
+    pub fn trust_roots(&self) -> mesh::identity::TrustRoots {
+        mesh::identity::TrustRoots::from_pem(self.root_pem()).expect("the CA's own root parses")
     }
 
     /// Stops serving and watching; registered workloads keep their last snapshot.
@@ -254,7 +254,7 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
             let dashboard_addr = listener
                 .local_addr()
                 .map_err(|source| MeshdError::Bind { addr: at, source })?;
-            let dashboard = super::dashboard::Dashboard::new(plane.clone());
+            let dashboard = crate::dashboard::Dashboard::new(plane.clone());
             let scraper = tokio::spawn(dashboard.clone().scrape_forever());
             let mut stopped_http = stop.subscribe();
             tasks.push(tokio::spawn(async move {

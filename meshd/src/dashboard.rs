@@ -18,9 +18,9 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::server::ControlPlane;
-use crate::Client;
-use crate::telemetry::spans::RecentSpan;
+use crate::server::ControlPlane;
+use mesh::Client;
+use mesh::telemetry::spans::RecentSpan;
 
 /// How often workloads are scraped.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
@@ -88,10 +88,10 @@ impl Dashboard {
                     parse_into(&String::from_utf8_lossy(&body), &mut totals);
                 }
                 // The recent spans sit beside the metrics on the workload's admin port.
-                let Some(admin) = url.strip_suffix(crate::telemetry::METRICS_PATH) else {
+                let Some(admin) = url.strip_suffix(mesh::telemetry::METRICS_PATH) else {
                     continue;
                 };
-                let url = format!("{admin}{}", crate::telemetry::SPANS_PATH);
+                let url = format!("{admin}{}", mesh::telemetry::SPANS_PATH);
                 if let Some(body) = fetch(&client, &url).await {
                     match serde_json::from_slice::<Vec<RecentSpan>>(&body) {
                         Ok(s) => spans.extend(s),

@@ -11,11 +11,11 @@ use http::header;
 use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
 
-use super::access_log::Entry;
-use super::metrics::IstioLabels;
-use super::tracing::SpanInfo;
-use super::{PEER_HEADER, WorkloadName};
 use crate::dataplane::{Mesh, PeerIdentity};
+use crate::telemetry::access_log::Entry;
+use crate::telemetry::metrics::IstioLabels;
+use crate::telemetry::tracing::SpanInfo;
+use crate::telemetry::{PEER_HEADER, WorkloadName};
 
 /// The request's fields an access-log line shows.
 struct Logged {
@@ -89,7 +89,7 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
         let (trust_domain, namespace, account) = peer.as_ref().map_or((&none, &none, &none), |p| {
             (&p.trust_domain, &p.namespace, &p.service_account)
         });
-        let key = super::metrics::series_key(&[
+        let key = crate::telemetry::metrics::series_key(&[
             "d",
             &me.workload,
             peer_header

@@ -16,7 +16,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use super::SpiffeId;
+use mesh::identity::SpiffeId;
 
 /// How long a workload certificate is valid unless configured otherwise (Istio's default).
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -335,7 +335,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Credentials;
+    use mesh::identity::Credentials;
     use rustls_pki_types::pem::PemObject;
 
     fn id(sa: &str) -> SpiffeId {
@@ -354,7 +354,7 @@ mod tests {
         let creds = Credentials::new(id("bookinfo-details"));
         let request = creds.request().unwrap();
         let cert = ca.sign(&request.csr_pem, &id("bookinfo-details")).unwrap();
-        let anchors = crate::identity::TrustRoots::from_pem(ca.root_pem())
+        let anchors = mesh::identity::TrustRoots::from_pem(ca.root_pem())
             .unwrap()
             .load()
             .unwrap();
@@ -376,7 +376,7 @@ mod tests {
         let cert = impostor
             .sign(&request.csr_pem, &id("bookinfo-details"))
             .unwrap();
-        let anchors = crate::identity::TrustRoots::from_pem(ours.root_pem())
+        let anchors = mesh::identity::TrustRoots::from_pem(ours.root_pem())
             .unwrap()
             .load()
             .unwrap();
@@ -396,10 +396,10 @@ mod tests {
             .unwrap();
         let der =
             rustls_pki_types::CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).unwrap();
-        assert!(crate::tls::spiffe_id_of(&der).is_err(), "no SPIFFE id");
+        assert!(mesh::tls::spiffe_id_of(&der).is_err(), "no SPIFFE id");
         let root =
             rustls_pki_types::CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap();
-        let err = crate::tls::verify_chain(&der, &[], &[root], rustls_pki_types::UnixTime::now())
+        let err = mesh::tls::verify_chain(&der, &[], &[root], rustls_pki_types::UnixTime::now())
             .unwrap_err();
         assert!(err.to_string().contains("RequiredEkuNotFound"), "{err}");
     }

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mesh::control::daemon::{self, CaSource, MeshdConfig};
-use mesh::control::registration::{self, Cidr, RegistrationPolicy};
-use mesh::control::server::{PlaneOptions, Tokens};
+use meshd::daemon::{self, CaSource, MeshdConfig};
+use meshd::registration::{self, Cidr, RegistrationPolicy};
+use meshd::server::{PlaneOptions, Tokens};
 
 /// meshd: the mesh control plane. Signs workload certificates (SPIFFE identities) for callers
 /// that prove their service account with a bootstrap token (first certificate) or their
@@ -83,7 +83,7 @@ struct Cli {
     #[arg(long, env = "MESHD_REGISTRATION_GRACE", default_value = "10s", value_parser = mesh::cli::parse_duration)]
     registration_grace: Duration,
     /// Connections meshd holds open at most; more are closed at accept.
-    #[arg(long, env = "MESHD_MAX_CONNECTIONS", default_value_t = mesh::control::listener::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "MESHD_MAX_CONNECTIONS", default_value_t = meshd::listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Generate the root CA in --ca-dir if it is not there, write --publish-root if given,
     /// print where they are, and exit (to create a Kubernetes Secret from them).
@@ -203,7 +203,7 @@ fn main() -> ExitCode {
 
 /// `--init-ca`: the root in --ca-dir (generated once, never overwritten), and its public copy.
 fn init_ca(cli: &Cli) -> ExitCode {
-    let ca = match mesh::identity::CertificateAuthority::load_or_create(
+    let ca = match meshd::ca::CertificateAuthority::load_or_create(
         &cli.ca_dir,
         &cli.trust_domain,
         cli.cert_ttl,
@@ -223,8 +223,8 @@ fn init_ca(cli: &Cli) -> ExitCode {
     let dir = cli.ca_dir.display();
     println!(
         "root CA: {dir}/{} (public) and {dir}/{} (secret)",
-        mesh::identity::ca::ROOT_CERT_FILE,
-        mesh::identity::ca::ROOT_KEY_FILE
+        meshd::ca::ROOT_CERT_FILE,
+        meshd::ca::ROOT_KEY_FILE
     );
     ExitCode::SUCCESS
 }

@@ -13,11 +13,12 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::listener::ControlPeer;
-use super::pb;
-use super::registration::{self, MAX_REGISTRATIONS, Refused, RegistrationPolicy};
-use crate::config::MeshConfig;
-use crate::identity::{CertificateAuthority, SpiffeId};
+use crate::ca::CertificateAuthority;
+use crate::listener::ControlPeer;
+use crate::registration::{self, MAX_REGISTRATIONS, Refused, RegistrationPolicy};
+use mesh::config::MeshConfig;
+use mesh::control::pb;
+use mesh::identity::SpiffeId;
 
 /// The bootstrap secrets that prove identities: one per namespace/service account.
 #[derive(Debug, Default, Clone)]
@@ -219,7 +220,7 @@ impl ControlPlane {
     pub fn service(self) -> pb::mesh_control_server::MeshControlServer<Self> {
         pb::mesh_control_server::MeshControlServer::new(self)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(MAX_SNAPSHOT_BYTES)
+            .max_encoding_message_size(mesh::control::MAX_SNAPSHOT_BYTES)
     }
 
     /// The distinct metrics URLs of the registered workloads.
@@ -393,11 +394,6 @@ impl ControlPlane {
 
 /// The largest request meshd decodes (a CSR or a registration is a few KiB).
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
-/// The largest snapshot meshd sends and data planes accept: the config is bounded by
-/// [`crate::config::MAX_CONFIG_JSON_BYTES`], the endpoints by [`MAX_REGISTRATIONS`] of
-/// bounded names and labels.
-pub const MAX_SNAPSHOT_BYTES: usize = 8 << 20;
-
 /// Removes a workload from the registry when its watch stream ends.
 struct Deregister {
     plane: ControlPlane,
@@ -517,7 +513,7 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
                 format!(
                     "http://{}{}",
                     SocketAddr::new(addr.ip(), port),
-                    crate::telemetry::METRICS_PATH
+                    mesh::telemetry::METRICS_PATH
                 )
             });
         let guard = self.register(Registered {

@@ -1,6 +1,8 @@
-//! What the socket tests share: a meshd on a free port with tokens for a few test accounts,
-//! workloads that answer with their caller's identity, and waiting on the registry.
-#![allow(dead_code, unreachable_pub)]
+//! What the tests and benchmarks share, so each states only what it checks: a meshd on a
+//! free loopback port with tokens for test accounts, workload specs and workloads that answer
+//! with their caller's identity, PKI fixtures, waiting on the registry, and the skip-or-fail
+//! rule for tools a test needs (a skip on a developer's machine, a failure in CI).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,32 +14,44 @@ use axum::extract::Extension;
 use axum::routing::get;
 use http::{HeaderMap, StatusCode};
 use mesh::control::client::WorkloadSpec;
-use mesh::control::daemon::{self, CaSource, MeshdConfig, RunningMeshd};
-use mesh::control::server::Tokens;
-use mesh::identity::{CertificateAuthority, SpiffeId};
+use mesh::identity::SpiffeId;
+use mesh::workload::WorkloadBuilder;
 use mesh::{Client, Mesh, PeerIdentity, Server};
+use meshd::CertificateAuthority;
+use meshd::daemon::{self, CaSource, MeshdConfig, RunningMeshd};
+use meshd::server::Tokens;
 
+/// How long a test waits for something that should happen at once.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 pub const TD: &str = "cluster.local";
 
+/// The identity of account `sa` in namespace `default`.
 pub fn id(sa: &str) -> SpiffeId {
     SpiffeId::new(TD, "default", sa)
 }
 
+/// A fresh directory under the system's temporary one.
 pub fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mesh-test-{name}-{}", fastrand::u64(..)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-pub fn tokens() -> Tokens {
+/// Bootstrap tokens `token-<sa>` for the accounts `accounts` in namespace `default`.
+pub fn tokens_for(accounts: &[&str]) -> Tokens {
     let mut t = Tokens::default();
-    for sa in ["alpha", "beta", "gamma"] {
+    for sa in accounts {
         t.insert("default", sa, &format!("token-{sa}"));
     }
     t
 }
 
+/// [`tokens_for`] the test accounts `alpha`, `beta` and `gamma`.
+pub fn tokens() -> Tokens {
+    tokens_for(&["alpha", "beta", "gamma"])
+}
+
+/// meshd on `listen` with the test tokens, watching `config_dir`.
 pub fn meshd_config(
     config_dir: &Path,
     ca: CaSource,
@@ -57,6 +71,7 @@ pub fn meshd_config(
     }
 }
 
+/// meshd on a free loopback port with an ephemeral CA, the test tokens and `config_dir`.
 pub async fn meshd(config_dir: &Path, ttl: Duration) -> RunningMeshd {
     daemon::start(meshd_config(
         config_dir,
@@ -68,6 +83,8 @@ pub async fn meshd(config_dir: &Path, ttl: Duration) -> RunningMeshd {
     .unwrap()
 }
 
+/// The spec of a workload of `meshd`: `service` (version v1) as account `sa`, with the token
+/// [`tokens_for`] gives it and the root handed over in process.
 pub fn spec(meshd: &RunningMeshd, service: &str, sa: &str) -> WorkloadSpec {
     WorkloadSpec {
         control_plane: meshd.url(),
@@ -84,6 +101,7 @@ pub fn spec(meshd: &RunningMeshd, service: &str, sa: &str) -> WorkloadSpec {
     }
 }
 
+/// `ca`'s root as trust anchors.
 pub fn anchors(ca: &CertificateAuthority) -> std::sync::Arc<mesh::identity::Anchors> {
     mesh::identity::TrustRoots::from_pem(ca.root_pem())
         .unwrap()
@@ -97,7 +115,9 @@ pub async fn workload(meshd: &RunningMeshd, service: &str, sa: &str) -> (SocketA
         .await
         .unwrap();
     let addr = server.local_addr();
-    let mesh = Mesh::start(spec(meshd, service, sa), TD, addr).unwrap();
+    let mesh = WorkloadBuilder::new(spec(meshd, service, sa))
+        .start(addr)
+        .unwrap();
     let app = Router::new().route(
         "/whoami",
         get(|Extension(peer): Extension<PeerIdentity>| async move {
@@ -125,6 +145,7 @@ pub async fn sees(mesh: &Mesh, service: &str) {
     }
 }
 
+/// The body of a GET of `url` through `client`, when it is a 200.
 pub async fn whoami(client: &Client, url: &str) -> Result<String, String> {
     let response = client
         .get(url, HeaderMap::new(), Duration::from_secs(5))
@@ -142,9 +163,63 @@ pub fn has_openssl() -> bool {
         .arg("version")
         .output()
         .is_ok();
-    if !here {
-        assert!(std::env::var("CI").is_err(), "CI must have openssl");
-        eprintln!("skipping: no openssl");
+    required(here.then_some(()), "openssl", "apt-get install openssl").is_some()
+}
+
+/// `found`, or `None` after saying why the test is skipped: a missing tool skips the test on a
+/// developer's machine and fails it in CI, which installs it.
+pub fn required<T>(found: Option<T>, what: &str, install: &str) -> Option<T> {
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have {what} ({install})"
+        );
+        eprintln!("skipping: no {what} on this machine ({install})");
     }
-    here
+    found
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+#[derive(Debug)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs each named `async fn(bookinfo::Mode)` as two tests, `embedded::<name>` and
+/// `sidecar::<name>`: the same traffic and security samples must pass whether the services
+/// link the mesh or sit behind sidecars.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    super::$test(bookinfo::Mode::Embedded).await
+                }
+            )*
+        }
+        mod sidecar {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    super::$test(bookinfo::Mode::Sidecar).await
+                }
+            )*
+        }
+    };
 }

@@ -24,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::identity::{CaError, CertificateAuthority, SpiffeId};
+use crate::ca::{CaError, CertificateAuthority};
+use mesh::identity::SpiffeId;
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,7 +182,7 @@ fn issue(
     ];
     let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
         .map_err(|e| bad(e.to_string()))?;
-    let key = crate::tls::provider()
+    let key = mesh::tls::provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| bad(e.to_string()))?;
@@ -216,7 +217,7 @@ pub fn server_config(
     ca: Arc<CertificateAuthority>,
     names: ServingNames,
 ) -> Result<Arc<ServerConfig>, CaError> {
-    let provider = crate::tls::provider();
+    let provider = mesh::tls::provider();
     let bad = |e: String| CaError::Sign(e);
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -314,7 +315,7 @@ pub fn incoming(
 }
 
 fn peer_certificate(cert: &CertificateDer<'_>) -> Option<Arc<PeerCertificate>> {
-    let id = crate::tls::spiffe_id_of(cert).ok()?;
+    let id = mesh::tls::spiffe_id_of(cert).ok()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
     let secs = parsed.validity().not_after.timestamp().max(0) as u64;
     Some(Arc::new(PeerCertificate {

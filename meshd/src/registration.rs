@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::identity::SpiffeId;
+use mesh::identity::SpiffeId;
 
 /// Concurrent registrations one identity may hold by default (replicas of one service account
 /// each hold one, and a restarting watch briefly holds two).
@@ -71,9 +71,9 @@ impl RegistrationPolicy {
         let account = identity.service_account.as_str();
         let by_convention = account == service
             || account.strip_prefix("bookinfo-") == Some(service)
-            || (identity.namespace == crate::gateway::GATEWAY_NAMESPACE
-                && account == crate::gateway::GATEWAY_SERVICE_ACCOUNT
-                && service == crate::gateway::GATEWAY_SERVICE);
+            || (identity.namespace == mesh::gateway::GATEWAY_NAMESPACE
+                && account == mesh::gateway::GATEWAY_SERVICE_ACCOUNT
+                && service == mesh::gateway::GATEWAY_SERVICE);
         by_convention
             || self
                 .extra

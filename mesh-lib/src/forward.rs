@@ -1,0 +1,131 @@
+//! Passing one request on through a [`Client`]: what every proxy listener shares (the ingress
+//! gateway, the sidecar's inbound and outbound listeners). The body is buffered within the
+//! outbound limit (so attempts can be retried), hop-by-hop headers stay on their hop, and a
+//! failure with no response becomes Envoy's answer for it.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use crate::outbound::{Client, MAX_REQUEST_BODY, OutboundError};
+
+/// How long a proxy waits for an upstream answer (Istio sets no route timeout by default;
+/// this only bounds a request nobody answers).
+pub const UPSTREAM_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Headers that describe one hop (RFC 9110 §7.6.1, plus the proxy-only ones) and are never
+/// passed on.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too.
+    let listed: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+}
+
+/// The request's head with its hop-by-hop headers gone, and its whole body; 413 beyond the
+/// outbound limit.
+pub(crate) async fn buffer(
+    request: axum::extract::Request,
+) -> Result<(http::request::Parts, Bytes), Response> {
+    let (mut parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response());
+        }
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    Ok((parts, body))
+}
+
+/// Sends the request (an absolute `http://` URI) through `client` and answers with what came
+/// back, or with Envoy's 504/503 when nothing did.
+pub(crate) async fn send(
+    client: &Client,
+    parts: http::request::Parts,
+    body: Bytes,
+    deadline: Duration,
+) -> Response {
+    match client
+        .send(http::Request::from_parts(parts, Body::from(body)), deadline)
+        .await
+    {
+        Ok(response) => respond(response),
+        Err(e) => failure(&e),
+    }
+}
+
+/// A response as it goes back down this hop.
+pub(crate) fn respond(response: http::Response<Bytes>) -> Response {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Envoy's answer for a request that got no response.
+pub(crate) fn failure(error: &OutboundError) -> Response {
+    match error {
+        OutboundError::Timeout(_) => {
+            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout").into_response()
+        }
+        e => {
+            tracing::warn!("proxy: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_stay_behind() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Hop"),
+            ("x-hop", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("te", "trailers"),
+            ("x-request-id", "abc"),
+            ("end-user", "jason"),
+        ] {
+            headers.insert(k, v.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["end-user", "x-request-id"]);
+    }
+}

@@ -1,0 +1,220 @@
+//! `mesh-proxy sidecar`, the binary, beside a plain application over real sockets: the mesh
+//! reaches the application through the sidecar's inbound listener (mTLS), the application
+//! calls the mesh through the sidecar's outbound HTTP proxy, and readiness includes the
+//! application's health.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use http::StatusCode;
+use mesh::Client;
+use mesh::outbound::proxy::Proxy;
+use test_support::{Killed, PATIENCE, free_port, tempdir, whoami};
+
+const SIDECAR: &str = env!("CARGO_BIN_EXE_mesh-proxy");
+
+#[derive(Clone)]
+struct App {
+    healthy: Arc<AtomicBool>,
+    client: Client,
+}
+
+/// The application beside the sidecar: plain, on loopback, calling out through the proxy.
+async fn start_app(proxy: SocketAddr) -> (u16, Arc<AtomicBool>) {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let state = App {
+        healthy: healthy.clone(),
+        client: Client::builder().proxy(Some(Proxy::new(proxy))).build(),
+    };
+    let app = Router::new()
+        .route(
+            "/health",
+            get(|State(app): State<App>| async move {
+                if app.healthy.load(Ordering::SeqCst) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        )
+        .route(
+            "/hello",
+            get(|headers: http::HeaderMap| async move {
+                format!(
+                    "hello from the app, host {}",
+                    headers[http::header::HOST].to_str().unwrap()
+                )
+            }),
+        )
+        .route(
+            "/call-beta",
+            get(|State(app): State<App>| async move {
+                whoami(&app.client, "http://beta:9080/whoami")
+                    .await
+                    .unwrap_or_else(|e| format!("failed: {e}"))
+            }),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (port, healthy)
+}
+
+struct Ports {
+    app: u16,
+    inbound: u16,
+    outbound: u16,
+    admin: u16,
+}
+
+fn sidecar(meshd: &meshd::daemon::RunningMeshd, root: &std::path::Path, p: &Ports) -> Command {
+    let mut command = Command::new(SIDECAR);
+    command
+        .args(["sidecar", "--service", "alpha", "--bind", "127.0.0.1"])
+        .args(["--app-port", &p.app.to_string()])
+        .args(["--inbound-port", &p.inbound.to_string()])
+        .args(["--outbound-port", &p.outbound.to_string()])
+        .env("MESH_CONTROL_PLANE", meshd.url())
+        .env("MESH_CA_FILE", root)
+        .env("MESH_TOKEN", "token-alpha")
+        .env("MESH_SERVICE_ACCOUNT", "alpha")
+        .env("MESH_ADMIN_PORT", p.admin.to_string())
+        .env_remove("HTTP_PROXY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    command
+}
+
+async fn readiness(admin: u16) -> (u16, String) {
+    match Client::new()
+        .get(
+            &format!("http://127.0.0.1:{admin}/healthz/ready"),
+            Default::default(),
+            PATIENCE,
+        )
+        .await
+    {
+        Ok(r) => (
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body()).into_owned(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+async fn until_ready_is(admin: u16, want: u16) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = readiness(admin).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never {want}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
+    let dir = tempdir("sidecar-binary");
+    let meshd = test_support::meshd(&dir, Duration::from_secs(3600)).await;
+    let root = dir.join("root-cert.pem");
+    std::fs::write(&root, meshd.root_pem()).unwrap();
+    let (_, _beta) = test_support::workload(&meshd, "beta", "beta").await;
+    let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
+
+    let outbound = free_port();
+    let (app, healthy) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
+    let ports = Ports {
+        app,
+        inbound: free_port(),
+        outbound,
+        admin: free_port(),
+    };
+    let _sidecar = Killed(sidecar(&meshd, &root, &ports).spawn().unwrap());
+    until_ready_is(ports.admin, 200).await;
+    test_support::sees(&gamma, "alpha").await;
+    let registered: Vec<SocketAddr> = gamma.endpoints_of("alpha").iter().map(|e| e.addr).collect();
+    assert_eq!(
+        registered,
+        [SocketAddr::from(([127, 0, 0, 1], ports.inbound))],
+        "the app is registered at the sidecar's inbound address"
+    );
+
+    // Mesh → sidecar (mTLS) → app, with the Host the caller named.
+    let client = gamma.client();
+    assert_eq!(
+        whoami(&client, "http://alpha:9080/hello").await.unwrap(),
+        "hello from the app, host alpha:9080"
+    );
+    // App → sidecar's proxy → beta over mTLS, as alpha's identity.
+    assert_eq!(
+        whoami(&client, "http://alpha:9080/call-beta")
+            .await
+            .unwrap(),
+        "cluster.local/ns/default/sa/alpha"
+    );
+
+    // A failing application makes the sidecar unready, with the reason.
+    healthy.store(false, Ordering::SeqCst);
+    let body = until_ready_is(ports.admin, 503).await;
+    assert!(body.contains("application"), "{body}");
+    let check = sidecar(&meshd, &root, &ports)
+        .arg("--health-check")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!check.success(), "--health-check fails while the app does");
+    healthy.store(true, Ordering::SeqCst);
+    until_ready_is(ports.admin, 200).await;
+    let check = sidecar(&meshd, &root, &ports)
+        .arg("--health-check")
+        .status()
+        .unwrap();
+    assert!(check.success(), "--health-check passes once the app does");
+
+    // Requests the proxy cannot pass on are answered, not dropped.
+    let proxy = format!("http://127.0.0.1:{}", ports.outbound);
+    let looped = Client::builder()
+        .proxy(Some(Proxy::new(SocketAddr::from((
+            [127, 0, 0, 1],
+            ports.outbound,
+        )))))
+        .build()
+        .get(&format!("{proxy}/x"), Default::default(), PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(looped.status(), StatusCode::LOOP_DETECTED);
+    meshd.shutdown().await;
+}
+
+#[test]
+fn without_a_control_plane_the_sidecar_says_what_it_needs_and_exits_64() {
+    let out = Command::new(SIDECAR)
+        .args(["sidecar", "--service", "details"])
+        .env_remove("MESH_CONTROL_PLANE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MESH_CONTROL_PLANE must name meshd"),
+        "{stderr}"
+    );
+    let out = Command::new(SIDECAR)
+        .arg("sidecar")
+        .env_remove("MESH_SERVICE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--service"));
+}

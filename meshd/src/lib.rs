@@ -1,0 +1,20 @@
+//! meshd, the mesh's control plane, as a library: the `meshd` binary and the in-process
+//! `bookinfo` launcher both run it. Services never link it: they only need the data plane's
+//! side of the API (`mesh::control`).
+//!
+//! - [`ca`]: the root that signs workload certificates and meshd's own serving certificate.
+//! - [`listener`]: the API's TLS 1.3 transport and the caller's proven identity.
+//! - [`registration`]: which registrations an identity may make.
+//! - [`server`]: the gRPC service: certificates, the registry, the snapshot stream.
+//! - [`daemon`]: all of it started together with the watched config directories.
+//! - [`dashboard`]: the live service graph and recent traces.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod daemon;
+pub mod dashboard;
+pub mod listener;
+pub mod registration;
+pub mod server;
+
+pub use ca::{CaError, CertificateAuthority};
