@@ -58,6 +58,27 @@ pub struct MeshdConfig {
     /// Where to write the root certificate (PEM, public) for workloads to mount as
     /// `MESH_CA_FILE`, e.g. a volume shared read-only with them.
     pub publish_root: Option<PathBuf>,
+    /// The Kubernetes API server as a config source and token reviewer.
+    pub kubernetes: Option<KubernetesOptions>,
+}
+
+/// What meshd takes from the Kubernetes API server.
+#[derive(Clone)]
+pub struct KubernetesOptions {
+    pub client: kube::Client,
+    /// Read the mesh's resources (merged after the config directories).
+    pub config: bool,
+    /// Accept ServiceAccount tokens for this audience as bootstrap tokens (TokenReview).
+    pub token_audience: Option<String>,
+}
+
+impl std::fmt::Debug for KubernetesOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesOptions")
+            .field("config", &self.config)
+            .field("token_audience", &self.token_audience)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MeshdConfig {
@@ -76,6 +97,7 @@ impl Default for MeshdConfig {
             plane: PlaneOptions::default(),
             max_connections: listener::DEFAULT_MAX_CONNECTIONS,
             publish_root: None,
+            kubernetes: None,
         }
     }
 }
@@ -194,7 +216,7 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     let names =
         ServingNames::for_meshd(&config.namespace, config.listen.ip(), &config.serving_names);
     let tls = listener::server_config(ca.clone(), names)?;
-    let plane = ControlPlane::new(
+    let mut plane = ControlPlane::new(
         ca,
         config.tokens.clone(),
         &config.trust_domain,
@@ -202,9 +224,29 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
     );
     let mut tasks = Vec::new();
     let (stop, stopped) = watch::channel(false);
-    let watched = load(&config.base, &config.config_dirs)?;
+    let mut documents = Vec::new();
+    if let Some(kube) = &config.kubernetes {
+        if let Some(audience) = &kube.token_audience {
+            plane = plane.with_token_review(crate::kubernetes::TokenReviewer::new(
+                kube.client.clone(),
+                audience.clone(),
+            ));
+        }
+        if kube.config {
+            let source = crate::kubernetes::ConfigSource::new(
+                kube.client.clone(),
+                mesh::config::Documents::default(),
+            );
+            documents.push((
+                crate::kubernetes::config_source::LABEL.to_owned(),
+                source.documents().clone(),
+            ));
+            tasks.extend(source.spawn(stopped.clone()));
+        }
+    }
+    let watched = load(&config.base, &config.config_dirs, documents)?;
     plane.set_config(watched.config().clone());
-    if !config.config_dirs.is_empty() {
+    if !config.config_dirs.is_empty() || config.kubernetes.as_ref().is_some_and(|k| k.config) {
         tasks.push(spawn_config_watch(watched, plane.clone(), stopped.clone()));
     }
     // The snapshot that ends the re-registration window: from then on data planes replace
@@ -298,8 +340,12 @@ fn publish_root(path: &Path, pem: &str) -> std::io::Result<()> {
 /// `base` with every directory merged over it, in order. A bad file is logged and left out
 /// (meshd serves the rest); only a directory that cannot be listed stops the start, as that
 /// is almost always a mistyped path.
-fn load(base: &MeshConfig, dirs: &[PathBuf]) -> Result<config::Watched, ConfigError> {
-    let (watched, first) = config::Watched::open(base.clone(), dirs.to_vec())?;
+fn load(
+    base: &MeshConfig,
+    dirs: &[PathBuf],
+    documents: Vec<(String, config::Documents)>,
+) -> Result<config::Watched, ConfigError> {
+    let (watched, first) = config::Watched::open_with(base.clone(), dirs.to_vec(), documents)?;
     log_reload(&first);
     Ok(watched)
 }

@@ -13,6 +13,7 @@
 pub mod ca;
 pub mod daemon;
 pub mod dashboard;
+pub mod kubernetes;
 pub mod listener;
 pub mod registration;
 pub mod server;

@@ -36,9 +36,27 @@ struct Cli {
     #[arg(
         long,
         env = "MESHD_TOKEN_DIR",
-        required_unless_present_any = ["health_check", "init_ca"]
+        required_unless_present_any = ["health_check", "init_ca", "token_review"]
     )]
     token_dir: Option<PathBuf>,
+    /// Where the mesh's resources come from: `dir` (the --config-dir directories) and/or
+    /// `kubernetes` (the API server: VirtualService, DestinationRule, Gateway,
+    /// PeerAuthentication, AuthorizationPolicy, LocalRateLimit objects, merged after the
+    /// directories); repeat or separate with commas.
+    #[arg(
+        long = "config-source",
+        env = "MESHD_CONFIG_SOURCE",
+        value_delimiter = ',',
+        default_value = "dir"
+    )]
+    config_sources: Vec<ConfigSourceKind>,
+    /// Accept Kubernetes ServiceAccount tokens (projected, audience --token-audience) as
+    /// bootstrap tokens, each checked with a TokenReview; the token directory becomes optional.
+    #[arg(long, env = "MESHD_TOKEN_REVIEW")]
+    token_review: bool,
+    /// The audience a ServiceAccount token must be for.
+    #[arg(long, env = "MESHD_TOKEN_AUDIENCE", default_value = meshd::kubernetes::token_review::DEFAULT_AUDIENCE)]
+    token_audience: String,
     /// Directory of Istio-style YAML (VirtualService, DestinationRule, Gateway,
     /// PeerAuthentication, AuthorizationPolicy), watched; repeat to merge several in order.
     #[arg(long = "config-dir", env = "MESHD_CONFIG_DIR", value_delimiter = ',')]
@@ -95,6 +113,12 @@ struct Cli {
     health_check: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConfigSourceKind {
+    Dir,
+    Kubernetes,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.health_check {
@@ -112,23 +136,27 @@ fn main() -> ExitCode {
     if cli.init_ca {
         return init_ca(&cli);
     }
-    let token_dir = cli
-        .token_dir
-        .expect("clap requires --token-dir when serving");
-    let tokens = match Tokens::load_dir(&token_dir) {
-        Ok(t) if t.is_empty() => {
+    let tokens = match cli.token_dir.as_deref().map(Tokens::load_dir) {
+        None => Tokens::default(),
+        Some(Ok(t)) if t.is_empty() && !cli.token_review => {
+            let token_dir = cli.token_dir.as_deref().unwrap_or(std::path::Path::new(""));
             eprintln!(
                 "meshd: {} holds no tokens (expected <namespace>/<service-account> files)",
                 token_dir.display()
             );
             return ExitCode::from(mesh::run::EXIT_CONFIG);
         }
-        Ok(t) => t,
-        Err(e) => {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
             eprintln!("meshd: {e}");
             return ExitCode::from(mesh::run::EXIT_CONFIG);
         }
     };
+    let from_kubernetes = cli.config_sources.contains(&ConfigSourceKind::Kubernetes);
+    if !cli.config_sources.contains(&ConfigSourceKind::Dir) && !cli.config_dirs.is_empty() {
+        eprintln!("meshd: --config-dir is given but --config-source does not include dir");
+        return ExitCode::from(mesh::run::EXIT_CONFIG);
+    }
     let ca = match (cli.ca_cert, cli.ca_key) {
         (Some(cert), Some(key)) => CaSource::Files { cert, key },
         _ => CaSource::Dir(cli.ca_dir),
@@ -149,7 +177,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(mesh::run::EXIT_CONFIG);
     }
+    let wants_kubernetes = from_kubernetes || cli.token_review;
     let config = MeshdConfig {
+        kubernetes: None,
         listen: cli.listen,
         ca,
         tokens,
@@ -188,6 +218,23 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let mut config = config;
+        if wants_kubernetes {
+            let client = match meshd::kubernetes::client_from_env().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!(
+                        "meshd: --config-source kubernetes / --token-review need the API server: {e}"
+                    );
+                    return ExitCode::from(mesh::run::EXIT_CONFIG);
+                }
+            };
+            config.kubernetes = Some(daemon::KubernetesOptions {
+                client,
+                config: from_kubernetes,
+                token_audience: cli.token_review.then(|| cli.token_audience.clone()),
+            });
+        }
         let running = match daemon::start(config).await {
             Ok(r) => r,
             Err(e) => {

@@ -162,6 +162,8 @@ impl Default for PlaneOptions {
 pub struct ControlPlane {
     ca: Arc<CertificateAuthority>,
     tokens: Arc<Tokens>,
+    /// Bootstrap tokens that are Kubernetes ServiceAccount tokens, reviewed by the API server.
+    token_review: Option<crate::kubernetes::TokenReviewer>,
     trust_domain: String,
     options: Arc<PlaneOptions>,
     started: tokio::time::Instant,
@@ -190,6 +192,7 @@ impl ControlPlane {
         Self {
             ca,
             tokens: Arc::new(tokens),
+            token_review: None,
             trust_domain: trust_domain.into(),
             options: Arc::new(options),
             started: tokio::time::Instant::now(),
@@ -211,6 +214,12 @@ impl ControlPlane {
     }
 
     /// Replaces the policies every data plane gets, and pushes a new snapshot.
+    /// Also accepts Kubernetes ServiceAccount tokens, reviewed with the API server.
+    pub fn with_token_review(mut self, reviewer: crate::kubernetes::TokenReviewer) -> Self {
+        self.token_review = Some(reviewer);
+        self
+    }
+
     pub fn set_config(&self, config: MeshConfig) {
         *self.config.lock().expect("config lock is never poisoned") = Arc::new(config);
         self.publish();
@@ -274,7 +283,7 @@ impl ControlPlane {
     /// The identity a call speaks for: the connection's valid mesh certificate, else the
     /// bootstrap token for namespace/service_account. A call naming an account other than
     /// its certificate's is refused.
-    fn prove(
+    async fn prove(
         &self,
         peer: Option<&ControlPeer>,
         token: &str,
@@ -296,12 +305,44 @@ impl ControlPlane {
             return Ok(id.clone());
         }
         if self.tokens.verify(namespace, service_account, token) {
-            Ok(SpiffeId::new(
+            return Ok(SpiffeId::new(
                 &self.trust_domain,
                 namespace,
                 service_account,
-            ))
-        } else {
+            ));
+        }
+        if let Some(reviewer) = &self.token_review {
+            return match reviewer.review(token).await {
+                Ok((ns, sa))
+                    if (namespace.is_empty() || namespace == ns)
+                        && (service_account.is_empty() || service_account == sa) =>
+                {
+                    Ok(SpiffeId::new(&self.trust_domain, &ns, &sa))
+                }
+                Ok((ns, sa)) => {
+                    tracing::warn!(%namespace, %service_account, "refused: the ServiceAccount token is {ns}/{sa}'s");
+                    Err(Status::permission_denied(format!(
+                        "the token is {ns}/{sa}'s, not {namespace}/{service_account}"
+                    )))
+                }
+                Err(
+                    e @ (crate::kubernetes::TokenReviewError::Api(_)
+                    | crate::kubernetes::TokenReviewError::Timeout(_)),
+                ) => {
+                    tracing::warn!("cannot review a token: {e}");
+                    Err(Status::unavailable(
+                        "the API server cannot review the token now; try again",
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(%namespace, %service_account, "refused: {e}");
+                    Err(Status::permission_denied(format!(
+                        "the token does not prove {namespace}/{service_account}: {e}"
+                    )))
+                }
+            };
+        }
+        {
             tracing::warn!(%namespace, %service_account, "refused: the token does not prove this identity");
             Err(Status::permission_denied(format!(
                 "the token does not prove {namespace}/{service_account}"
@@ -448,12 +489,14 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
     ) -> Result<Response<pb::CertifyResponse>, Status> {
         let peer = request.extensions().get::<ControlPeer>().cloned();
         let req = request.into_inner();
-        let identity = self.prove(
-            peer.as_ref(),
-            &req.token,
-            &req.namespace,
-            &req.service_account,
-        )?;
+        let identity = self
+            .prove(
+                peer.as_ref(),
+                &req.token,
+                &req.namespace,
+                &req.service_account,
+            )
+            .await?;
         let cert = self.ca.sign(&req.csr_pem, &identity).map_err(|e| {
             tracing::warn!(%identity, "refused to sign: {e}");
             Status::permission_denied(e.to_string())
@@ -488,12 +531,14 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
             .into_inner()
             .workload
             .ok_or_else(|| Status::invalid_argument("a watch names its workload"))?;
-        let identity = self.prove(
-            Some(&peer),
-            "",
-            &workload.namespace,
-            &workload.service_account,
-        )?;
+        let identity = self
+            .prove(
+                Some(&peer),
+                "",
+                &workload.namespace,
+                &workload.service_account,
+            )
+            .await?;
         let labels: BTreeMap<String, String> = workload.labels.into_iter().collect();
         registration::check_names(&workload.service, &labels).map_err(refused)?;
         let policy = &self.options.registration;

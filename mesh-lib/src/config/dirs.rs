@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::limits::{self, MAX_FILE_BYTES};
@@ -49,9 +50,77 @@ pub struct Watched {
     merged_warnings: BTreeSet<String>,
 }
 
+/// Documents kept in memory by another source (meshd's Kubernetes source: one per object),
+/// watched like the files of a directory: each has a name (its place in merge order, and what
+/// errors name) and a text, and a changed text is parsed again on the next reload.
+#[derive(Debug, Clone, Default)]
+pub struct Documents(Arc<Mutex<DocumentsState>>);
+
+#[derive(Debug, Default)]
+struct DocumentsState {
+    by_name: BTreeMap<String, (u64, String)>,
+    revision: u64,
+}
+
+impl Documents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DocumentsState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds or replaces `name`.
+    pub fn put(&self, name: &str, text: String) {
+        let mut state = self.lock();
+        if state.by_name.get(name).is_some_and(|(_, t)| *t == text) {
+            return;
+        }
+        state.revision += 1;
+        let revision = state.revision;
+        state.by_name.insert(name.to_owned(), (revision, text));
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.lock().by_name.remove(name);
+    }
+
+    /// Replaces every document whose name starts with `prefix` by `documents` (a relist).
+    pub fn replace_all(&self, prefix: &str, documents: Vec<(String, String)>) {
+        let keep: BTreeSet<&str> = documents.iter().map(|(n, _)| n.as_str()).collect();
+        let gone: Vec<String> = self
+            .lock()
+            .by_name
+            .keys()
+            .filter(|n| n.starts_with(prefix) && !keep.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove(&name);
+        }
+        for (name, text) in documents {
+            self.put(&name, text);
+        }
+    }
+
+    /// The names in merge order.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().by_name.keys().cloned().collect()
+    }
+
+    fn revision(&self, name: &str) -> Option<u64> {
+        self.lock().by_name.get(name).map(|(r, _)| *r)
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.lock().by_name.get(name).map(|(_, t)| t.clone())
+    }
+}
+
 #[derive(Debug)]
 struct Dir {
     path: PathBuf,
+    /// `Some`: not a directory on disk but documents in memory (`path` only names them).
+    documents: Option<Documents>,
     /// By file name: iteration order is merge order.
     files: BTreeMap<String, FileState>,
     /// Why the directory could not be listed at the last poll (reported once).
@@ -96,20 +165,35 @@ impl Watched {
     /// Loads every directory over `base`. Bad files are in the returned [`Reload`]'s errors,
     /// not an error here; only a directory that cannot be listed is.
     pub fn open(base: MeshConfig, dirs: Vec<PathBuf>) -> Result<(Self, Reload), ConfigError> {
+        Self::open_with(base, dirs, Vec::new())
+    }
+
+    /// [`open`](Self::open), with in-memory document sets merged after the directories, in
+    /// order, each named by its label in errors (`<label>/<document>`).
+    pub fn open_with(
+        base: MeshConfig,
+        dirs: Vec<PathBuf>,
+        documents: Vec<(String, Documents)>,
+    ) -> Result<(Self, Reload), ConfigError> {
         for dir in &dirs {
             yaml_files(dir)?;
         }
+        let files = dirs.into_iter().map(|path| Dir {
+            path,
+            documents: None,
+            files: BTreeMap::new(),
+            unreadable: None,
+        });
+        let memory = documents.into_iter().map(|(label, documents)| Dir {
+            path: PathBuf::from(label),
+            documents: Some(documents),
+            files: BTreeMap::new(),
+            unreadable: None,
+        });
         let mut watched = Watched {
             merged: base.clone(),
             base,
-            dirs: dirs
-                .into_iter()
-                .map(|path| Dir {
-                    path,
-                    files: BTreeMap::new(),
-                    unreadable: None,
-                })
-                .collect(),
+            dirs: files.chain(memory).collect(),
             merged_warnings: BTreeSet::new(),
         };
         let reload = watched.reload();
@@ -147,7 +231,7 @@ impl Watched {
     fn scan(&mut self, errors: &mut Vec<ConfigError>) -> Vec<Change> {
         let mut changes = Vec::new();
         for (index, dir) in self.dirs.iter_mut().enumerate() {
-            let listed = match yaml_files(&dir.path) {
+            let listed = match dir.list() {
                 Ok(listed) => {
                     dir.unreadable = None;
                     listed
@@ -173,7 +257,10 @@ impl Watched {
                 }
             }
             for (name, path) in &listed {
-                let seen = fingerprint(path);
+                let seen = dir.documents.as_ref().map_or_else(
+                    || fingerprint(path),
+                    |d| (d.revision(name).unwrap_or(0), None),
+                );
                 let state = dir.files.entry(name.clone()).or_insert_with(|| FileState {
                     path: path.clone(),
                     seen: None,
@@ -184,7 +271,19 @@ impl Watched {
                 }
                 state.seen = Some(seen);
                 tracing::debug!(file = %path.display(), "loading mesh config");
-                match read_file(path).and_then(|text| parse(&path.display().to_string(), &text)) {
+                let text = match &dir.documents {
+                    None => read_file(path),
+                    Some(d) => d
+                        .text(name)
+                        .ok_or_else(|| {
+                            ConfigError::new(path.display().to_string(), "removed while read")
+                        })
+                        .and_then(|text| {
+                            limits::check_file_len(&path.display().to_string(), text.len() as u64)
+                                .map(|()| text)
+                        }),
+                };
+                match text.and_then(|text| parse(&path.display().to_string(), &text)) {
                     Ok((parsed, warnings)) => changes.push(Change {
                         dir: index,
                         name: name.clone(),
@@ -312,6 +411,23 @@ impl Watched {
             }
         }
         warnings.into_iter().collect()
+    }
+}
+
+impl Dir {
+    /// The documents to read, by name, with the path that names each.
+    fn list(&self) -> Result<Vec<(String, PathBuf)>, ConfigError> {
+        match &self.documents {
+            None => yaml_files(&self.path),
+            Some(d) => Ok(d
+                .names()
+                .into_iter()
+                .map(|name| {
+                    let path = self.path.join(&name);
+                    (name, path)
+                })
+                .collect()),
+        }
     }
 }
 

@@ -49,7 +49,7 @@ mod yaml;
 use std::fmt;
 use std::path::Path;
 
-pub use dirs::{Reload, Watched};
+pub use dirs::{Documents, Reload, Watched};
 pub use eval::{Decision, RequestAttrs, Workload};
 pub use limits::{
     ConfigTooLarge, MAX_CONFIG_JSON_BYTES, MAX_FILE_BYTES, MAX_HOST_BYTES, MAX_STRING_BYTES,
