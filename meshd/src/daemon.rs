@@ -68,6 +68,9 @@ pub struct KubernetesOptions {
     pub client: kube::Client,
     /// Read the mesh's resources (merged after the config directories).
     pub config: bool,
+    /// Publish Ready pods from EndpointSlices beside the registry, and stop publishing
+    /// registrations at addresses Kubernetes marks not ready.
+    pub endpoints: bool,
     /// Accept ServiceAccount tokens for this audience as bootstrap tokens (TokenReview).
     pub token_audience: Option<String>,
 }
@@ -76,6 +79,7 @@ impl std::fmt::Debug for KubernetesOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubernetesOptions")
             .field("config", &self.config)
+            .field("endpoints", &self.endpoints)
             .field("token_audience", &self.token_audience)
             .finish_non_exhaustive()
     }
@@ -243,6 +247,13 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
             ));
             tasks.extend(source.spawn(stopped.clone()));
         }
+    }
+    if let Some(kube) = config.kubernetes.as_ref().filter(|k| k.endpoints) {
+        tasks.push(crate::kubernetes::endpoints::spawn(
+            kube.client.clone(),
+            plane.clone(),
+            stopped.clone(),
+        ));
     }
     let watched = load(&config.base, &config.config_dirs, documents)?;
     plane.set_config(watched.config().clone());

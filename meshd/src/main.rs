@@ -54,6 +54,10 @@ struct Cli {
     /// bootstrap tokens, each checked with a TokenReview; the token directory becomes optional.
     #[arg(long, env = "MESHD_TOKEN_REVIEW")]
     token_review: bool,
+    /// Also publish Ready pods from EndpointSlices (with their Pods' labels) beside the
+    /// registry, and stop publishing addresses Kubernetes marks not ready.
+    #[arg(long, env = "MESHD_KUBERNETES_ENDPOINTS")]
+    kubernetes_endpoints: bool,
     /// The audience a ServiceAccount token must be for.
     #[arg(long, env = "MESHD_TOKEN_AUDIENCE", default_value = meshd::kubernetes::token_review::DEFAULT_AUDIENCE)]
     token_audience: String,
@@ -177,7 +181,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(mesh::run::EXIT_CONFIG);
     }
-    let wants_kubernetes = from_kubernetes || cli.token_review;
+    let wants_kubernetes = from_kubernetes || cli.token_review || cli.kubernetes_endpoints;
     let config = MeshdConfig {
         kubernetes: None,
         listen: cli.listen,
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
             config.kubernetes = Some(daemon::KubernetesOptions {
                 client,
                 config: from_kubernetes,
+                endpoints: cli.kubernetes_endpoints,
                 token_audience: cli.token_review.then(|| cli.token_audience.clone()),
             });
         }

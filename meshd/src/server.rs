@@ -135,6 +135,27 @@ struct Registry {
     per_identity: HashMap<SpiffeId, usize>,
 }
 
+/// Endpoints the Kubernetes API server reports (EndpointSlices and their Pods), beside the
+/// registry: a Ready pod is routable before its workload registers, and a pod that stopped
+/// being ready (deleted, terminating, failing its probe) stops being routed at once, before
+/// its registration's stream closes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// Ready endpoints: service, address, the pod's namespace, service account and labels.
+    pub ready: Vec<DiscoveredEndpoint>,
+    /// Pod IPs an EndpointSlice lists as not ready: registrations there are not published.
+    pub not_ready: std::collections::BTreeSet<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DiscoveredEndpoint {
+    pub service: String,
+    pub addr: SocketAddr,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// How meshd treats registrations and restarts.
 #[derive(Debug, Clone)]
 pub struct PlaneOptions {
@@ -169,6 +190,7 @@ pub struct ControlPlane {
     started: tokio::time::Instant,
     registry: Arc<Mutex<Registry>>,
     config: Arc<Mutex<Arc<MeshConfig>>>,
+    discovered: Arc<Mutex<Discovered>>,
     snapshots: Arc<watch::Sender<Arc<pb::Snapshot>>>,
     /// Set when meshd stops: every open watch stream ends, so data planes notice at once.
     closing: Arc<watch::Sender<bool>>,
@@ -198,6 +220,7 @@ impl ControlPlane {
             started: tokio::time::Instant::now(),
             registry: Arc::default(),
             config: Arc::default(),
+            discovered: Arc::default(),
             snapshots: Arc::new(watch::Sender::new(Arc::new(pb::Snapshot::default()))),
             closing: Arc::new(watch::Sender::new(false)),
         }
@@ -218,6 +241,21 @@ impl ControlPlane {
     pub fn with_token_review(mut self, reviewer: crate::kubernetes::TokenReviewer) -> Self {
         self.token_review = Some(reviewer);
         self
+    }
+
+    /// What the Kubernetes API server reports now (replacing what it reported before).
+    pub fn set_discovered(&self, discovered: Discovered) {
+        {
+            let mut current = self
+                .discovered
+                .lock()
+                .expect("discovered lock is never poisoned");
+            if *current == discovered {
+                return;
+            }
+            *current = discovered;
+        }
+        self.publish();
     }
 
     pub fn set_config(&self, config: MeshConfig) {
@@ -361,12 +399,17 @@ impl ControlPlane {
                     .registry
                     .lock()
                     .expect("registry lock is never poisoned");
+                let discovered = self
+                    .discovered
+                    .lock()
+                    .expect("discovered lock is never poisoned");
                 // A workload re-watching holds two registrations for a moment: one endpoint.
                 let mut seen = std::collections::HashSet::new();
-                registry
+                let mut endpoints: Vec<pb::Endpoint> = registry
                     .workloads
                     .values()
-                    .filter(|w| seen.insert((w.service.as_str(), w.addr)))
+                    .filter(|w| !discovered.not_ready.contains(&w.addr.ip()))
+                    .filter(|w| seen.insert((w.service.clone(), w.addr)))
                     .map(|w| pb::Endpoint {
                         service: w.service.clone(),
                         address: w.addr.to_string(),
@@ -374,7 +417,40 @@ impl ControlPlane {
                         namespace: w.identity.namespace.clone(),
                         identity: w.identity.to_string(),
                     })
-                    .collect()
+                    .collect();
+                // A discovered endpoint is published only under an identity a registration
+                // of that service has proven: a pod's service account alone is the API
+                // server's word, not a certificate, and a pod that is not in the mesh would
+                // be an endpoint no client can reach over mTLS.
+                // A pod that registered is published as it registered (its port is the one
+                // it serves mTLS on, which a sidecar's differs from the Service's).
+                let registered_ips: std::collections::HashSet<(String, std::net::IpAddr)> =
+                    registry
+                        .workloads
+                        .values()
+                        .map(|w| (w.service.clone(), w.addr.ip()))
+                        .collect();
+                for d in &discovered.ready {
+                    if registered_ips.contains(&(d.service.clone(), d.addr.ip())) {
+                        continue;
+                    }
+                    let identity =
+                        SpiffeId::new(&self.trust_domain, &d.namespace, &d.service_account);
+                    let proven = registry
+                        .workloads
+                        .values()
+                        .any(|w| w.service == d.service && w.identity == identity);
+                    if proven && seen.insert((d.service.clone(), d.addr)) {
+                        endpoints.push(pb::Endpoint {
+                            service: d.service.clone(),
+                            address: d.addr.to_string(),
+                            labels: d.labels.clone().into_iter().collect(),
+                            namespace: d.namespace.clone(),
+                            identity: identity.to_string(),
+                        });
+                    }
+                }
+                endpoints
             };
             let config = self
                 .config

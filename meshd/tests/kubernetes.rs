@@ -64,11 +64,22 @@ struct FakeApi {
     cut: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-fn plural_of(kind: &str) -> &'static str {
-    meshd::kubernetes::KINDS
+/// Every collection the double serves: (group, version, plural, kind).
+fn collections() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    let mut all: Vec<_> = meshd::kubernetes::KINDS
         .iter()
-        .find(|k| k.kind == kind)
-        .map(|k| k.plural)
+        .map(|k| (k.group, k.version, k.plural, k.kind))
+        .collect();
+    all.push(("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"));
+    all.push(("", "v1", "pods", "Pod"));
+    all
+}
+
+fn plural_of(kind: &str) -> &'static str {
+    collections()
+        .into_iter()
+        .find(|c| c.3 == kind)
+        .map(|c| c.2)
         .unwrap()
 }
 
@@ -86,6 +97,16 @@ impl FakeApi {
         };
         let app = Router::new()
             .route("/apis/{group}/{version}/{plural}", get(list_or_watch))
+            .route(
+                "/api/{version}/{plural}",
+                get(
+                    |state: State<FakeApi>,
+                     Path((version, plural)): Path<(String, String)>,
+                     query: Query<ListParams>| async move {
+                        list_or_watch(state, Path((String::new(), version, plural)), query).await
+                    },
+                ),
+            )
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 post(token_review),
@@ -226,9 +247,9 @@ async fn list_or_watch(
         )
             .into_response();
     }
-    let Some(kind) = meshd::kubernetes::KINDS
-        .iter()
-        .find(|k| k.plural == plural && k.group == group && k.version == version)
+    let Some((_, _, _, kind)) = collections()
+        .into_iter()
+        .find(|c| c.2 == plural && c.0 == group && c.1 == version)
     else {
         return (
             StatusCode::NOT_FOUND,
@@ -246,9 +267,14 @@ async fn list_or_watch(
             .get(&plural)
             .map(|o| o.values().cloned().collect())
             .unwrap_or_default();
+        let api_version = if group.is_empty() {
+            version.clone()
+        } else {
+            format!("{group}/{version}")
+        };
         return axum::Json(json!({
-            "apiVersion": kind.api_version(),
-            "kind": format!("{}List", kind.kind),
+            "apiVersion": api_version,
+            "kind": format!("{kind}List"),
             "metadata": {"resourceVersion": c.rv.to_string()},
             "items": items,
         }))
@@ -593,6 +619,7 @@ async fn meshd_over(url: &str) -> meshd::daemon::RunningMeshd {
         kubernetes: Some(meshd::daemon::KubernetesOptions {
             client: FakeApi::client(url),
             config: true,
+            endpoints: true,
             token_audience: Some("meshd".to_owned()),
         }),
         ..Default::default()
@@ -721,6 +748,135 @@ async fn a_workload_joining_with_its_token_gets_what_kubectl_applied() {
         assert!(
             Instant::now() < deadline,
             "the VirtualService never reached the workload"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    meshd.shutdown().await;
+}
+
+fn pod(name: &str, ip: &str, account: &str, version: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "labels": {"app": "reviews", "version": version,
+                "pod-template-hash": "6b8d5c9f7d"}},
+        "spec": {"serviceAccountName": account,
+            "containers": [{"name": "reviews", "image": "bookinfo-rs/reviews:latest"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+/// The EndpointSlice the endpoints controller keeps for Service reviews: (pod, ip, ready).
+fn reviews_slice(endpoints: &[(&str, &str, bool)]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(pod, ip, ready)| {
+            json!({"addresses": [ip],
+            "conditions": {"ready": ready, "serving": ready, "terminating": !ready},
+            "nodeName": "minikube",
+            "targetRef": {"kind": "Pod", "name": pod, "namespace": "default",
+                "uid": format!("uid-{pod}")}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "reviews-x7k2p", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "reviews",
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "reviews",
+                "uid": "svc-uid", "controller": true, "blockOwnerDeletion": true}]},
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}]})
+}
+
+fn reviews_endpoints(mesh: &mesh::Mesh) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = mesh
+        .endpoints_of("reviews")
+        .iter()
+        .map(|e| {
+            (
+                e.addr.to_string(),
+                e.labels.get("version").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_pods_are_routable_before_they_register_and_not_ready_ones_go_at_once() {
+    let (api, url) = FakeApi::start().await;
+    api.cluster.lock().unwrap().tokens.insert(
+        "projected-reviews".into(),
+        (
+            "system:serviceaccount:default:bookinfo-reviews".into(),
+            vec!["meshd".into()],
+        ),
+    );
+    // reviews-v1 runs here (it will register); reviews-v2 is Ready but has not registered;
+    // a pod under another account backs the Service too.
+    api.apply(pod("reviews-v1-abc", "127.0.0.1", "bookinfo-reviews", "v1"));
+    api.apply(pod("reviews-v2-def", "127.0.0.2", "bookinfo-reviews", "v2"));
+    api.apply(pod("intruder-ghi", "127.0.0.3", "default", "v3"));
+    api.apply(reviews_slice(&[
+        ("reviews-v1-abc", "127.0.0.1", true),
+        ("reviews-v2-def", "127.0.0.2", true),
+        ("intruder-ghi", "127.0.0.3", true),
+    ]));
+    let meshd = meshd_over(&url).await;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let registered = server.local_addr().unwrap().to_string();
+    let mesh = mesh::workload::WorkloadBuilder::new(spec(&meshd, "projected-reviews", "reviews"))
+        .start(server.local_addr().unwrap())
+        .unwrap();
+    assert!(mesh.ready(PATIENCE).await);
+    let mut want = vec![
+        ("127.0.0.2:9080".to_owned(), "v2".to_owned()),
+        (registered.clone(), "v1".to_owned()),
+    ];
+    want.sort();
+    let deadline = Instant::now() + PATIENCE;
+    while reviews_endpoints(&mesh) != want {
+        assert!(
+            Instant::now() < deadline,
+            "never {want:?}: {:?}",
+            reviews_endpoints(&mesh)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let v2 = mesh
+        .endpoints_of("reviews")
+        .into_iter()
+        .find(|e| e.addr.to_string() == "127.0.0.2:9080")
+        .unwrap();
+    assert_eq!(
+        v2.identity.to_string(),
+        "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+        "an account a registration proved; the intruder's was not"
+    );
+    // reviews-v1's pod is deleted: the slice marks it terminating, and its registration
+    // (its stream still open) is no longer published.
+    api.apply(reviews_slice(&[
+        ("reviews-v1-abc", "127.0.0.1", false),
+        ("reviews-v2-def", "127.0.0.2", true),
+    ]));
+    let want = vec![("127.0.0.2:9080".to_owned(), "v2".to_owned())];
+    let deadline = Instant::now() + PATIENCE;
+    while reviews_endpoints(&mesh) != want {
+        assert!(
+            Instant::now() < deadline,
+            "never {want:?}: {:?}",
+            reviews_endpoints(&mesh)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // reviews-v2's pod is gone from the slice and the API: so is its endpoint.
+    api.apply(reviews_slice(&[("reviews-v1-abc", "127.0.0.1", false)]));
+    api.delete("Pod", "default", "reviews-v2-def", false);
+    let deadline = Instant::now() + PATIENCE;
+    while !reviews_endpoints(&mesh).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still {:?}",
+            reviews_endpoints(&mesh)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

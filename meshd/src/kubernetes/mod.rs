@@ -1,12 +1,13 @@
 //! meshd's Kubernetes side: the mesh's resources read from the API server as `kubectl apply`
 //! wrote them ([`config_source`]), workload identities proven by ServiceAccount tokens
-//! ([`token_review`]).
+//! ([`token_review`]), and endpoints from EndpointSlices and Pods ([`endpoints`]).
 //!
 //! Everything here is hostile input like the rest of meshd's: objects go through the same
 //! parser, validation and limits as files, and an API server that goes away leaves the last
 //! good config in force.
 
 pub mod config_source;
+pub mod endpoints;
 pub mod token_review;
 
 pub use config_source::{ConfigSource, KINDS, MeshKind};
