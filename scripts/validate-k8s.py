@@ -11,42 +11,88 @@ Checks, one output line per group:
   kustomize   kustomization.yaml lists exactly the 14 app files, all present, no duplicates
   mesh        the k8s/mesh overlay (embedded mesh): its kustomization lists the base's files and
               its own, every base Deployment is patched once; meshd's ServiceAccount, Service
-              (grpc 15012, http-dashboard 20001) and Deployment (token dir = all of Secret
-              mesh-tokens, config dirs = ConfigMap mesh-base then ConfigMap mesh-config, CA dir
+              (grpc 15012, http-dashboard 20001) and Deployment (--token-review, no --token-dir,
+              --config-source dir,kubernetes; ClusterRole meshd = exactly get/list/watch on the six
+              config kinds, create tokenreviews, create/patch events.k8s.io events, bound to
+              ServiceAccount default/meshd; the CRDs of k8s/mesh/crds structural, valid, groups/
+              versions/storage/plural/kind/short names as Istio's, not in the overlay and
+              documented in k8s/README.md; no Secret mesh-tokens: compose's only; config dirs = ConfigMap mesh-base then ConfigMap mesh-config, CA dir
               /var/lib/meshd/ca = the user's Secret meshd-ca read-only, mode 0400/0440 with
               fsGroup 65532, no emptyDir/PVC, nothing mounted over or under it, no --ca-dir,
-              --ca-cert, --ca-key, --publish-root or --namespace flag; env only POD_NAMESPACE
-              from fieldRef metadata.namespace; tcpSocket probes); mesh-base holds exactly
+              --ca-cert, --ca-key, --publish-root or --namespace flag; env only POD_NAMESPACE, POD_NAME
+              from fieldRef metadata.namespace/name; tcpSocket probes); mesh-base holds exactly
               mesh-config/base/*, byte for byte; each patched workload joins meshd at
               https://meshd:15012, trusts MESH_CA_FILE = key root-cert.pem of the user's ConfigMap
-              mesh-ca-root-cert mounted read-only, mounts only its own token key and is probed on
+              mesh-ca-root-cert mounted read-only, MESH_TOKEN_FILE = a projected serviceAccountToken for meshd's
+              --token-audience (default meshd), serviceAccountName = its account; probed on
               the admin port 15021; the ingress gateway (ServiceAccount, LoadBalancer Service
               80/8080 -> 8080, Deployment of mesh-proxy as
               istio-system/istio-ingressgateway-service-account with only its own token and the
-              same MESH_CONTROL_PLANE/MESH_CA_FILE, ports 8080 and admin 15021, tcpSocket probes
-              on 8080) is what mesh-base's Gateway selects. Secret meshd-ca and ConfigMap
+              same MESH_CA_FILE, ports 8080 and admin 15021, tcpSocket probes on 8080) is what
+              mesh-base's Gateway selects; its three objects say namespace istio-system, which
+              the overlay declares (identical to k8s/monitoring's Namespace), everything else
+              sets none, nor does the Kustomization. Every meshed container (workload, sidecar,
+              gateway) claims its own pod's <namespace>/<serviceAccountName> (MESH_NAMESPACE/
+              MESH_SERVICE_ACCOUNT or the binary's defaults: the TokenReview proves no other)
+              and names meshd in MESH_CONTROL_PLANE by a name of meshd's serving certificate
+              (meshd, meshd.<its ns>.svc[.cluster.local]) that resolves from the pod's namespace
+              (the gateway: https://meshd.default.svc:15012). k8s/README.md creates ConfigMap
+              mesh-ca-root-cert, before the apply, in every namespace a pod mounts it from (a
+              non-default one created first), and in all of them in each code block that
+              creates or replaces it (the rotation too). Secret meshd-ca and ConfigMap
               mesh-ca-root-cert are defined by no manifest (the user creates them; k8s/README.md
               must show how), no file under k8s/ holds a PEM private key, and only meshd mounts
               the Secret. With kubectl on PATH, `kubectl kustomize` (offline) must render the
               overlay as merged here
+  sidecar     the k8s/sidecar overlay (the same mesh, each app beside a `mesh-proxy sidecar`):
+              its kustomization lists the base's files and every own resource of k8s/mesh as
+              ../mesh/<file> (which get all of the mesh group's checks again, as deployed here),
+              and patches every base Deployment and Service once. Each app container gets
+              MESH_MODE=sidecar and nothing else (no MESH_*/OTEL_*, no mount of the token or the
+              CA root, the base's port 9080 only, probes exec `/<app> --health-check` or httpGet
+              /healthz/ready on the sidecar's admin port, never 9080: it is loopback only); beside
+              it exactly one container mesh-proxy: the gateway's image, args `sidecar --service
+              <app>` with only known flags (app port 9080, health path /health, bind 0.0.0.0,
+              four distinct ports), joining meshd at https://meshd:15012 with the ConfigMap root,
+              the pod's service account (bookinfo-<service>, namespace default) and only that
+              key of Secret mesh-tokens, SERVICE_VERSION = the pod's version label, containerPorts
+              the inbound port (15006) and 15021 admin (not the loopback outbound port),
+              probes httpGet /healthz/ready on 15021; each app Service keeps only 9080/http, its
+              selector and labels, and targets the inbound port of the sidecars it selects. With
+              kubectl on PATH, `kubectl kustomize` must render it as merged here (Deployments and
+              Services)
   compose     docker-compose.yml (which runs the app in the mesh) agrees with the base
               Deployments plus the overlay's patches (image, env, port, health checks), its meshd
               with the overlay's meshd (flags but the compose-only --publish-root, both config
               dirs; no env, but POD_NAMESPACE in k8s), its istio-ingressgateway with
               the overlay's gateway (image, args, env, ports; the only published app port,
-              productpage is not), and docker/mesh-tokens/* with the overlay's Secret and
-              compose's secrets; OTEL_* by name only (compose's point at its own Jaeger);
+              productpage is not), docker/mesh-tokens/* with compose's secrets (k8s has no demo
+              tokens: projected ServiceAccount tokens by design; --token-dir compose-only,
+              --token-review/--config-source k8s-only); OTEL_* by name only (compose's point at its own Jaeger);
               SESSION_SECRET as compose's empty default against an optional secretKeyRef. Trust:
-              every meshed service has MESH_CONTROL_PLANE=https://meshd:15012 and the same
+              every meshed service has MESH_CONTROL_PLANE=https://meshd:15012 on both sides (k8s's
+              gateway, in istio-system: https://meshd.default.svc[.cluster.local]:15012) and the same
               MESH_CA_FILE on both sides, in compose a read-only mount of volume mesh-ca-root;
               compose's meshd writes exactly that file with --publish-root into mesh-ca-root
               mounted read-write (by it alone), keeps its CA in a volume of its own that no other
-              service mounts; docker/Dockerfile* give meshd's ENTRYPOINT --ca-dir /var/lib/meshd/ca
+              service mounts; docker/Dockerfile* give meshd's ENTRYPOINT --ca-dir /var/lib/meshd/ca.
+              Every app's MESH_MODE is ${MESH_MODE:-embedded} (k8s/mesh: unset or embedded).
+              Profile sidecar, read with MESH_MODE=sidecar, against k8s/sidecar: exactly one
+              <service>-sidecar per app service, only in that profile, network_mode
+              service:<service> without networks/ports/hostname/..., depends_on the app and
+              meshd, the k8s sidecar's image (= the gateway's), args, env (OTEL_* by name; trust
+              as above), its own token secret only at /run/secrets/<ns>.<sa>, only mesh-ca-root
+              read-only, healthcheck `/mesh-proxy <args> --health-check`; the app service's env
+              (mesh settings aside) and healthcheck = the k8s/sidecar app container's env and exec
+              probe. With docker-compose on PATH, `docker-compose config` and
+              `MESH_MODE=sidecar docker-compose --profile sidecar config` accept the file and give
+              every app the expected MESH_MODE and every sidecar network_mode, no networks
   contract    Services, Deployments and ServiceAccounts of the app follow the Bookinfo contract;
               every container of every Deployment has probes, requests and runAsNonRoot;
               references (selectors, service accounts, config maps, role bindings) resolve
   monitoring  Prometheus, Jaeger and Kiali in istio-system are wired together
-  telemetry   k8s/monitoring serves the mesh overlay as compose's observability profile serves
+  telemetry   k8s/monitoring serves each mesh overlay (k8s/mesh; k8s/sidecar, whose meshed
+              container is the sidecar) as compose's observability profile serves
               compose, on the overlay as `kubectl kustomize` renders it (as merged here without
               kubectl): every meshed pod (the six workloads and the gateway) is annotated
               prometheus.io/scrape "true", port "15021", path "/stats/prometheus" and declares
@@ -62,7 +108,8 @@ Checks, one output line per group:
 
 Ends with `k8s: <n> passed, <m> failed` and exits 1 when anything failed.
 Needs PyYAML and kubernetes-validate (`pip install kubernetes-validate`); no cluster; kubectl
-optional. The overlay's resources and its patched Deployments get the schema checks too.
+and docker-compose optional. The overlays' resources and their patched Deployments and
+Services get the schema checks too.
 
 Usage: scripts/validate-k8s.py [--root DIR] [--k8s-version 1.32] [-v]
 """
@@ -70,6 +117,7 @@ Usage: scripts/validate-k8s.py [--root DIR] [--k8s-version 1.32] [-v]
 import argparse
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -114,9 +162,47 @@ COMPOSE_TO_DEPLOYMENT = {
 ISTIO_NS = "istio-system"
 # The k8s/mesh overlay (embedded mesh) and docker-compose.yml's meshd.
 MESH_DIR = "mesh"
+# The k8s/sidecar overlay (the same mesh, each app beside a `mesh-proxy sidecar`) and compose's
+# profile of the same name. The app's env MESH_MODE picks its data plane: embedded (the default;
+# compose gives ${MESH_MODE:-embedded}) or sidecar.
+SIDECAR_DIR = "sidecar"
+SIDECAR_PROFILE = "sidecar"
+SIDECAR_CONTAINER = "mesh-proxy"
+MESH_MODE_VAR = "MESH_MODE"
+MESH_MODE_EMBEDDED = "embedded"
+MESH_MODE_SIDECAR = "sidecar"
+# `mesh-proxy sidecar`'s flags: (env it also reads, default).
+SIDECAR_FLAGS = {"--service": ("MESH_SERVICE", None), "--app-port": ("MESH_APP_PORT", "9080"),
+                 "--inbound-port": ("MESH_INBOUND_PORT", "15006"),
+                 "--outbound-port": ("MESH_OUTBOUND_PORT", "15001"), "--app-health-path": (None, "/health"),
+                 "--bind": (None, "0.0.0.0")}
 MESHD = "meshd"
 MESHD_PORT = 15012
-MESHD_FLAGS = ("--token-dir", "--config-dir")
+MESHD_FLAGS = ("--config-dir",)
+# Flags only one side gives: compose checks its demo tokens (--token-dir, docker/mesh-tokens);
+# k8s checks projected ServiceAccount tokens by TokenReview and also watches the API server.
+COMPOSE_ONLY_TOKEN_FLAGS = ("--token-dir",)
+K8S_ONLY_MESHD_FLAGS = ("--token-review", "--token-audience", "--config-source", "--kubernetes-endpoints")
+# meshd's default --token-audience: what every projected serviceAccountToken must be for.
+DEFAULT_TOKEN_AUDIENCE = "meshd"
+# The config kinds meshd watches with --config-source kubernetes: (group, kind, plural, short
+# name, served versions, storage version), as Istio serves them; ours is mesh.bookinfo.io.
+MESH_CRDS = [
+    ("networking.istio.io", "VirtualService", "virtualservices", "vs", ["v1", "v1beta1", "v1alpha3"], "v1"),
+    ("networking.istio.io", "DestinationRule", "destinationrules", "dr", ["v1", "v1beta1", "v1alpha3"], "v1"),
+    ("networking.istio.io", "Gateway", "gateways", "gw", ["v1", "v1beta1", "v1alpha3"], "v1"),
+    ("security.istio.io", "PeerAuthentication", "peerauthentications", "pa", ["v1", "v1beta1"], "v1"),
+    ("security.istio.io", "AuthorizationPolicy", "authorizationpolicies", "ap", ["v1", "v1beta1"], "v1"),
+    ("mesh.bookinfo.io", "LocalRateLimit", "localratelimits", None, ["v1alpha1"], "v1alpha1"),
+]
+CRD_DIR = "mesh/crds"
+CRD_FILES = {"istio-kinds.yaml": "istio.io", "mesh-kinds.yaml": "mesh.bookinfo.io"}
+# Exactly what ClusterRole meshd grants: (apiGroup, resource) -> verbs.
+MESHD_RBAC = dict([((g, p), {"get", "list", "watch"}) for g, _, p, _, _, _ in MESH_CRDS] +
+                  [(("authentication.k8s.io", "tokenreviews"), {"create"}),
+                   (("events.k8s.io", "events"), {"create", "patch"}),
+                   (("discovery.k8s.io", "endpointslices"), {"get", "list", "watch"}),
+                   (("", "pods"), {"get", "list", "watch"})])
 # meshd's API is TLS only; its serving certificate names `meshd` (and meshd.<ns>.svc...).
 MESHD_URL = "https://%s:%d" % (MESHD, MESHD_PORT)
 # The CA: the image's entrypoint is `/meshd --ca-dir /var/lib/meshd/ca` (docker/Dockerfile*).
@@ -141,7 +227,7 @@ COMPOSE_ONLY_MESHD_FLAGS = ("--publish-root",)
 K8S_FORBIDDEN_MESHD_FLAGS = ("--ca-dir", "--ca-cert", "--ca-key", "--publish-root", "--namespace")
 # meshd's only env in k8s: its namespace from the downward API (its certificate's
 # meshd.<namespace>.svc); everything else is a flag, as in compose.
-MESHD_ENV_FIELDS = {"POD_NAMESPACE": "metadata.namespace"}
+MESHD_ENV_FIELDS = {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
 # Both sides run containers as this user and group (fsGroup makes 0440 Secret files readable).
 RUN_AS = 65532
 MESH_TOKENS_SECRET = "mesh-tokens"
@@ -152,15 +238,24 @@ MESH_BASE_CM = "mesh-base"
 MESH_BASE_DIR = "mesh-config/base"
 # The ingress gateway (`mesh-proxy gateway`): compose service, Deployment and Service of the same
 # name in the overlay. Its identity is istio-system's istio-ingressgateway-service-account, as
-# with Istio, whatever namespace the pod runs in.
+# with Istio, and a TokenReview proves only the pod's own account: so its ServiceAccount, Service
+# and Deployment are in namespace istio-system (explicitly; the rest of the overlay goes to the
+# namespace it is applied to, default), which the overlay declares as k8s/monitoring does, and it
+# reaches meshd (in default) by a name of meshd's certificate that resolves from there.
 GATEWAY = "istio-ingressgateway"
 GATEWAY_IMAGE = "bookinfo-rs/mesh-proxy:latest"
+SIDECAR_IMAGE = GATEWAY_IMAGE
 GATEWAY_ARGS = ["gateway", "--port", "8080"]
 GATEWAY_PORT = 8080
 GATEWAY_LABELS = {"app": GATEWAY, "istio": "ingressgateway"}
 GATEWAY_NS = "istio-system"
 GATEWAY_SA = "istio-ingressgateway-service-account"
 GATEWAY_TOKEN = "%s.%s" % (GATEWAY_NS, GATEWAY_SA)
+GATEWAY_OBJECTS = {("ServiceAccount", GATEWAY_SA), ("Service", GATEWAY), ("Deployment", GATEWAY)}
+# What a meshed container claims when MESH_NAMESPACE / MESH_SERVICE_ACCOUNT are unset:
+# mesh-proxy gateway's identity (mesh-lib/src/bin/mesh-proxy.rs), else (an app, or
+# `mesh-proxy sidecar --service <name>`) default / bookinfo-<name> (mesh-lib/src/workload.rs).
+WORKLOAD_DEFAULT_NS = "default"
 # Service port -> (name, targetPort), as Istio's ingress Service maps 80 to the gateway's 8080.
 GATEWAY_SERVICE_PORTS = {80: ("http2", GATEWAY_PORT), GATEWAY_PORT: ("http", GATEWAY_PORT)}
 ADMIN_PORT = 15021
@@ -443,30 +538,36 @@ def check_kustomization(root, kust, g):
 
 
 # ---------------------------------------------------------------------------------------------
-# k8s/mesh: the overlay that runs the app in the embedded mesh
+# k8s/mesh and k8s/sidecar: the overlays that run the app in the mesh (embedded, or sidecars)
 
 
 # Strategic-merge keys of the list fields the patches touch (as kustomize merges them).
 SMP_MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
                   "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name"}
+# A Service's ports merge on their port number (ServicePort's patchMergeKey).
+SMP_SERVICE_KEYS = dict(SMP_MERGE_KEYS, ports="port")
 PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
 
 
-def smp_merge(base, patch, field=None):
-    """A strategic merge patch, enough for Deployment patches: maps merge, null deletes, lists
-    with a merge key merge item by item (new items first, as kustomize puts them), other lists
-    are replaced."""
+def smp_keys(kind):
+    return SMP_SERVICE_KEYS if kind == "Service" else SMP_MERGE_KEYS
+
+
+def smp_merge(base, patch, field=None, keys=SMP_MERGE_KEYS):
+    """A strategic merge patch, enough for Deployment and Service patches: maps merge, null
+    deletes, lists with a merge key merge item by item (new items first, as kustomize puts them),
+    other lists are replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for k, v in patch.items():
             if v is None:
                 out.pop(k, None)
             elif k in out:
-                out[k] = smp_merge(out[k], v, k)
+                out[k] = smp_merge(out[k], v, k, keys)
             else:
                 out[k] = copy.deepcopy(v)
         return out
-    key = SMP_MERGE_KEYS.get(field)
+    key = keys.get(field)
     if key and isinstance(base, list) and isinstance(patch, list) \
             and all(isinstance(i, dict) for i in base + patch):
         out, added = [dict(i) for i in base], []
@@ -475,57 +576,75 @@ def smp_merge(base, patch, field=None):
             if idx is None:
                 added.append(copy.deepcopy(item))
             else:
-                out[idx] = smp_merge(out[idx], item)
+                out[idx] = smp_merge(out[idx], item, None, keys)
         return added + out
     return copy.deepcopy(patch)
 
 
 class Mesh:
-    """The overlay: its kustomization, resources (meshd, Secret, ConfigMap), patches and the
-    effective Deployments (base + patch)."""
+    """An overlay: its kustomization, resources (meshd, Secret, ConfigMap, ...; for k8s/sidecar
+    k8s/mesh's own files), patches and the effective Deployments and Services (base + patch).
+    mode: "embedded" (k8s/mesh: the apps join meshd) or "sidecar" (k8s/sidecar)."""
 
-    def __init__(self):
+    def __init__(self, dirname=MESH_DIR, mode="embedded"):
+        self.dir = dirname
+        self.mode = mode
         self.kust = None
         self.docs = []
+        # The overlay's own resource files (not ../): names relative to k8s/<dir>.
+        self.local = []
         self.patches = []
         self.effective = {}
+        self.effective_services = {}
         # What `kubectl kustomize` rendered (Docs), when kubectl is on PATH and it succeeded.
         self.rendered = None
 
     def find(self, kind, name):
         return next((d for d in self.docs if d.kind == kind and d.name == name), None)
 
+    def deployed(self):
+        """Everything the overlay deploys, as merged here: base app (patched) + its resources."""
+        return list(self.effective.values()) + list(self.effective_services.values()) + \
+            [d for d in self.docs if (d.kind, d.name) not in
+             {("Deployment", n) for n in self.effective} | {("Service", n) for n in self.effective_services}]
 
-def load_mesh(root, base_docs, g_files, g_parse, g_mesh):
-    mesh = Mesh()
-    mdir = root / "k8s" / MESH_DIR
-    if not g_files.check(mdir.is_dir(), "k8s/%s: directory missing" % MESH_DIR):
+
+def load_yaml_docs(root, path, g_parse):
+    rel = str(path.relative_to(root))
+    try:
+        loaded = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        g_parse.fail("%s: cannot parse YAML: %s" % (rel, str(e).replace("\n", " ")))
+        return []
+    g_parse.check(loaded, "%s: no YAML document" % rel)
+    out = []
+    for i, data in enumerate(loaded):
+        if not g_parse.check(isinstance(data, dict), "%s: document %d is not a mapping" % (rel, i)):
+            continue
+        ok = g_parse.check(isinstance(data.get("apiVersion"), str) and isinstance(data.get("kind"), str),
+                           "%s: document %d lacks apiVersion or kind" % (rel, i))
+        ok = g_parse.check(isinstance(dig(data, "metadata", "name"), str),
+                           "%s: document %d (%s) lacks metadata.name" % (rel, i, data.get("kind"))) and ok
+        if ok:
+            out.append(Doc(path, rel, i, data))
+    return out
+
+
+def load_mesh(root, base_docs, g_files, g_parse, g_mesh, dirname=MESH_DIR, mode="embedded", shared=None):
+    """Loads overlay k8s/<dirname>. shared: an overlay (k8s/mesh) whose own resource files this
+    one must list, all of them, as ../<its dir>/<file> (k8s/sidecar deploys the same mesh)."""
+    mesh = Mesh(dirname, mode)
+    mdir = root / "k8s" / dirname
+    if not g_files.check(mdir.is_dir(), "k8s/%s: directory missing" % dirname):
         return mesh
     for p in sorted(mdir.glob("*.yml")) + sorted(mdir.glob("*/*.yml")):
         g_files.fail("%s: use the .yaml extension" % p.relative_to(root))
 
     def load(path):
-        rel = str(path.relative_to(root))
-        try:
-            loaded = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-            g_parse.fail("%s: cannot parse YAML: %s" % (rel, str(e).replace("\n", " ")))
-            return []
-        g_parse.check(loaded, "%s: no YAML document" % rel)
-        out = []
-        for i, data in enumerate(loaded):
-            if not g_parse.check(isinstance(data, dict), "%s: document %d is not a mapping" % (rel, i)):
-                continue
-            ok = g_parse.check(isinstance(data.get("apiVersion"), str) and isinstance(data.get("kind"), str),
-                               "%s: document %d lacks apiVersion or kind" % (rel, i))
-            ok = g_parse.check(isinstance(dig(data, "metadata", "name"), str),
-                               "%s: document %d (%s) lacks metadata.name" % (rel, i, data.get("kind"))) and ok
-            if ok:
-                out.append(Doc(path, rel, i, data))
-        return out
+        return load_yaml_docs(root, path, g_parse)
 
     kpath = mdir / "kustomization.yaml"
-    if not g_files.check(kpath.is_file(), "k8s/%s/kustomization.yaml: file missing" % MESH_DIR):
+    if not g_files.check(kpath.is_file(), "k8s/%s/kustomization.yaml: file missing" % dirname):
         return mesh
     krel = str(kpath.relative_to(root))
     try:
@@ -564,12 +683,28 @@ def load_mesh(root, base_docs, g_files, g_parse, g_mesh):
     listed_base = sorted(r[3:] for r in res if r.startswith("../") and "/" not in r[3:])
     g_mesh.check(listed_base == sorted(base_res),
                  "%s: must list the base's resources %s as ../<file>, lists %s" % (w, sorted(base_res), listed_base))
+    # Another overlay's files: all of k8s/<shared>'s own resources, as ../<shared>/<file>.
+    others = [r for r in res if r.startswith("../") and "/" in r[3:]]
+    if shared is not None:
+        prefix = "../%s/" % shared.dir
+        listed = sorted(r[len(prefix):] for r in others if r.startswith(prefix))
+        g_mesh.check(listed == sorted(shared.local),
+                     "%s: must list every resource of k8s/%s, %s, as %s<file> (the same mesh), lists %s"
+                     % (w, shared.dir, sorted(shared.local), prefix, listed))
+        others = [r for r in others if not r.startswith(prefix) or "/" in r[len(prefix):]]
+        sdir = root / "k8s" / shared.dir
+        for r in sorted(set(res) & {prefix + f for f in shared.local}):
+            if (sdir / r[len(prefix):]).is_file():
+                mesh.docs.extend(load(sdir / r[len(prefix):]))
+    g_mesh.check(not others, "%s: resources %s are neither the base's files nor %s" % (
+        w, others, "k8s/%s's" % shared.dir if shared else "the overlay's own"))
     local = [r for r in res if not r.startswith("../")]
+    mesh.local = local
     for r in local:
         g_mesh.check("/" not in r and r.endswith(".yaml"), "%s: resource %s must be a .yaml file in k8s/%s"
-                     % (w, r, MESH_DIR))
+                     % (w, r, dirname))
     stray = sorted(p.name for p in mdir.glob("*.yaml") if p.name != "kustomization.yaml" and p.name not in local)
-    g_mesh.check(not stray, "k8s/%s: files %s are not listed in kustomization.yaml resources" % (MESH_DIR, stray))
+    g_mesh.check(not stray, "k8s/%s: files %s are not listed in kustomization.yaml resources" % (dirname, stray))
     for r in local:
         if (mdir / r).is_file():
             mesh.docs.extend(load(mdir / r))
@@ -587,34 +722,42 @@ def load_mesh(root, base_docs, g_files, g_parse, g_mesh):
         ppaths.append(pt["path"])
         pp = mdir / pt["path"]
         if not g_mesh.check(pp.is_file() and mdir.resolve() in pp.resolve().parents,
-                            "%s: patch %s does not exist in k8s/%s" % (w, pt["path"], MESH_DIR)):
+                            "%s: patch %s does not exist in k8s/%s" % (w, pt["path"], dirname)):
             continue
         pd = load(pp)
         if g_mesh.check(len(pd) == 1, "%s: a patch file must hold one document" % pp.relative_to(root)):
             mesh.patches.append(pd[0])
     g_mesh.check(len(set(ppaths)) == len(ppaths), "%s: duplicate patches" % w)
-    stray = sorted(str(p.relative_to(mdir)) for p in mdir.glob("*/*.yaml") if str(p.relative_to(mdir)) not in ppaths)
-    g_mesh.check(not stray, "k8s/%s: files %s are not listed in kustomization.yaml patches" % (MESH_DIR, stray))
+    stray = sorted(str(p.relative_to(mdir)) for p in mdir.glob("*/*.yaml") if str(p.relative_to(mdir)) not in ppaths
+                   and p.parent.name != "crds")
+    g_mesh.check(not stray, "k8s/%s: files %s are not listed in kustomization.yaml patches" % (dirname, stray))
 
-    # Effective Deployments: base + patch.
-    base_deps = {d.name: d for d in base_docs if d.kind == "Deployment" and d.rel.count("/") == 1}
+    # Effective Deployments (and, in sidecar mode, Services): base + patch.
+    targets = {"Deployment": ("apps/v1", mesh.effective), "Service": ("v1", mesh.effective_services)}
+    if mode != "sidecar":
+        del targets["Service"]
+    base_of = {kind: {d.name: d for d in base_docs if d.kind == kind and d.rel.count("/") == 1} for kind in targets}
     patched = {}
     for p in mesh.patches:
         pw = p.where()
-        ok = g_mesh.check(p.data.get("apiVersion") == "apps/v1" and p.kind == "Deployment",
-                          "%s: patches must target apps/v1 Deployments" % pw)
-        ok = g_mesh.check(p.name in base_deps, "%s: patches no Deployment of the base (%s)"
-                          % (pw, sorted(base_deps))) and ok
-        ok = g_mesh.check(p.name not in patched, "%s: Deployment %s is already patched by %s"
-                          % (pw, p.name, patched.get(p.name))) and ok
+        ok = g_mesh.check(p.kind in targets and p.data.get("apiVersion") == targets[p.kind][0],
+                          "%s: patches must target %s" % (pw, " or ".join("%s %ss" % (v, k) for k, (v, _)
+                                                                           in sorted(targets.items()))))
+        if not ok:
+            continue
+        ok = g_mesh.check(p.name in base_of[p.kind], "%s: patches no %s of the base (%s)"
+                          % (pw, p.kind, sorted(base_of[p.kind])))
+        ok = g_mesh.check((p.kind, p.name) not in patched, "%s: %s %s is already patched by %s"
+                          % (pw, p.kind, p.name, patched.get((p.kind, p.name)))) and ok
         g_mesh.check(p.namespace is None, "%s: must not set metadata.namespace" % pw)
         if ok:
-            patched[p.name] = p.rel
-            base = base_deps[p.name]
-            mesh.effective[p.name] = Doc(p.path, "%s (on %s)" % (p.rel, base.rel), 0,
-                                         smp_merge(base.data, p.data))
-    missing = sorted(set(base_deps) - set(patched))
-    g_mesh.check(not missing, "k8s/%s: base Deployments %s are not patched" % (MESH_DIR, missing))
+            patched[(p.kind, p.name)] = p.rel
+            base = base_of[p.kind][p.name]
+            targets[p.kind][1][p.name] = Doc(p.path, "%s (on %s)" % (p.rel, base.rel), 0,
+                                             smp_merge(base.data, p.data, keys=smp_keys(p.kind)))
+    for kind in sorted(targets):
+        missing = sorted(set(base_of[kind]) - {n for k, n in patched if k == kind})
+        g_mesh.check(not missing, "k8s/%s: base %ss %s are not patched" % (dirname, kind, missing))
     return mesh
 
 
@@ -628,30 +771,25 @@ def check_mesh(root, base_docs, mesh, g):
     if mesh.kust is None:
         return
     md = lambda kind, name: mesh.find(kind, name)  # noqa: E731
+    check_overlay_namespaces(base_docs, mesh, g)
     for d in mesh.docs:
-        g.check(d.namespace is None, "%s: must not set metadata.namespace" % d.where())
         clash = [b for b in base_docs if b.rel.count("/") == 1 and b.kind == d.kind and b.name == d.name]
         g.check(not clash, "%s: the base already defines it (%s); patch it instead" % (
             d.where(), clash[0].rel if clash else ""))
     seen = set()
     for d in mesh.docs:
-        g.check((d.kind, d.name) not in seen, "%s: defined twice in k8s/%s" % (d.where(), MESH_DIR))
+        g.check((d.kind, d.name) not in seen, "%s: defined twice in k8s/%s" % (d.where(), mesh.dir))
         seen.add((d.kind, d.name))
 
     # The Secret and the ConfigMap.
-    sec = md("Secret", MESH_TOKENS_SECRET)
-    keys = {"default.bookinfo-%s" % app for app in APPS} | {GATEWAY_TOKEN}
-    if g.check(sec is not None, "k8s/%s: no Secret %s" % (MESH_DIR, MESH_TOKENS_SECRET)):
-        w = sec.where()
-        g.check(sec.data.get("type") == "Opaque", "%s: type must be Opaque" % w)
-        g.check("data" not in sec.data, "%s: use stringData (readable demo tokens), not data" % w)
-        sd = sec.data.get("stringData") or {}
-        g.check(set(sd) == keys, "%s: stringData keys must be %s, are %s" % (w, sorted(keys), sorted(sd)))
-        for k, v in sd.items():
-            g.check(isinstance(v, str) and v.strip() and v == v.strip(),
-                    "%s: token %s must be a non-empty string without whitespace" % (w, k))
+    # No demo tokens in k8s: workloads present projected ServiceAccount tokens (TokenReview).
+    g.check(md("Secret", MESH_TOKENS_SECRET) is None and not (root / "k8s" / MESH_DIR / "mesh-tokens.yaml").exists(),
+            "k8s/%s: Secret %s (demo tokens) is compose's only now; k8s uses projected ServiceAccount tokens"
+            % (mesh.dir, MESH_TOKENS_SECRET))
+    check_meshd_rbac(mesh, g)
+    check_crds(root, mesh, g)
     cm = md("ConfigMap", MESH_CONFIG_CM)
-    if g.check(cm is not None, "k8s/%s: no ConfigMap %s" % (MESH_DIR, MESH_CONFIG_CM)):
+    if g.check(cm is not None, "k8s/%s: no ConfigMap %s" % (mesh.dir, MESH_CONFIG_CM)):
         w = cm.where()
         data = cm.data.get("data")
         g.check(isinstance(data, dict), "%s: data must be a mapping (data: {} for no policy)" % w)
@@ -665,7 +803,7 @@ def check_mesh(root, base_docs, mesh, g):
                 g.fail("%s: key %s does not parse: %s" % (w, k, str(e).replace("\n", " ")))
 
     base_cm = md("ConfigMap", MESH_BASE_CM)
-    if g.check(base_cm is not None, "k8s/%s: no ConfigMap %s (the files of %s)" % (MESH_DIR, MESH_BASE_CM, MESH_BASE_DIR)):
+    if g.check(base_cm is not None, "k8s/%s: no ConfigMap %s (the files of %s)" % (mesh.dir, MESH_BASE_CM, MESH_BASE_DIR)):
         w = base_cm.where()
         data = base_cm.data.get("data")
         g.check("binaryData" not in base_cm.data, "%s: no binaryData (meshd reads YAML)" % w)
@@ -691,10 +829,10 @@ def check_mesh(root, base_docs, mesh, g):
 
     # meshd: ServiceAccount, Service, Deployment.
     sa = md("ServiceAccount", MESHD)
-    if g.check(sa is not None, "k8s/%s: no ServiceAccount %s" % (MESH_DIR, MESHD)):
+    if g.check(sa is not None, "k8s/%s: no ServiceAccount %s" % (mesh.dir, MESHD)):
         g.check(sa.meta.get("labels") == {"account": MESHD}, "%s: labels must be {account: %s}" % (sa.where(), MESHD))
     svc = md("Service", MESHD)
-    if g.check(svc is not None, "k8s/%s: no Service %s" % (MESH_DIR, MESHD)):
+    if g.check(svc is not None, "k8s/%s: no Service %s" % (mesh.dir, MESHD)):
         spec = svc.data.get("spec") or {}
         ports = spec.get("ports") or []
         g.check(spec.get("selector") == {"app": MESHD}, "%s: selector must be {app: %s}" % (svc.where(), MESHD))
@@ -708,7 +846,7 @@ def check_mesh(root, base_docs, mesh, g):
                 "%s: ports must be %d named grpc and %d named http-dashboard (meshd's dashboard), has %r"
                 % (svc.where(), MESHD_PORT, MESHD_DASHBOARD_PORT, ports))
     dep = md("Deployment", MESHD)
-    if g.check(dep is not None, "k8s/%s: no Deployment %s" % (MESH_DIR, MESHD)):
+    if g.check(dep is not None, "k8s/%s: no Deployment %s" % (mesh.dir, MESHD)):
         w = dep.where()
         spec = dep.data.get("spec") or {}
         pod = dig(spec, "template", "spec", default={}) or {}
@@ -730,10 +868,19 @@ def check_mesh(root, base_docs, mesh, g):
                 m = mounts.get(path)
                 return (m, vols.get(m.get("name"))) if m else (None, None)
 
-            m, v = vol_at(flags.get("--token-dir"))
-            g.check(v and dig(v, "secret", "secretName") == MESH_TOKENS_SECRET and "items" not in v["secret"]
-                    and m.get("readOnly") is True and "subPath" not in m,
-                    "%s: --token-dir %r must be a read-only mount of all of Secret %s" % (cw, flags.get("--token-dir"), MESH_TOKENS_SECRET))
+            sources = [x for v in flag_lists([as_str(a) for a in c.get("args") or []]).get("--config-source", [])
+                       for x in v.split(",")] or ["dir"]
+            g.check("--token-review" in flags and flags.get("--token-review") in (None, ""),
+                    "%s: args need --token-review (projected ServiceAccount tokens, checked by TokenReview)" % cw)
+            g.check("--token-dir" not in flags, "%s: no --token-dir: k8s has no demo tokens" % cw)
+            g.check("--kubernetes-endpoints" in flags and flags.get("--kubernetes-endpoints") in (None, ""),
+                    "%s: args need --kubernetes-endpoints (Ready pods from EndpointSlices)" % cw)
+            g.check("kubernetes" in sources and "dir" in sources and len(set(sources)) == len(sources)
+                    and set(sources) <= {"dir", "kubernetes"},
+                    "%s: --config-source must include dir and kubernetes (the ConfigMaps and the API "
+                    "server), is %r" % (cw, sources))
+            g.check(pod.get("automountServiceAccountToken") is not False,
+                    "%s: meshd needs its ServiceAccount token for the API server (automountServiceAccountToken)" % w)
             if g.check(len(config_dirs) == 2, "%s: args need two --config-dir: the mount of ConfigMap %s, "
                        "then the mount of ConfigMap %s, have %r" % (cw, MESH_BASE_CM, MESH_CONFIG_CM, config_dirs)):
                 for cdir, cmname in zip(config_dirs, (MESH_BASE_CM, MESH_CONFIG_CM)):
@@ -757,9 +904,20 @@ def check_mesh(root, base_docs, mesh, g):
             check_security_context(g, cw, c)
 
     check_gateway(mesh, g)
+    check_meshed_identities(mesh, g)
     check_supplied(root, base_docs, mesh, g)
+    if mesh.mode == "sidecar":
+        check_sidecar_workloads(base_docs, mesh, g)
+    else:
+        check_embedded_workloads(base_docs, mesh, g)
 
-    # The six patched Deployments.
+
+def base_deployment(base_docs, name):
+    return next((b for b in base_docs if b.kind == "Deployment" and b.name == name and b.rel.count("/") == 1), None)
+
+
+def check_embedded_workloads(base_docs, mesh, g):
+    """k8s/mesh: each patched app container joins meshd itself."""
     for name, eff in sorted(mesh.effective.items()):
         w = eff.where()
         pod = dig(eff.data, "spec", "template", "spec", default={}) or {}
@@ -772,11 +930,14 @@ def check_mesh(root, base_docs, mesh, g):
         g.check(env.get("MESH_CONTROL_PLANE") == MESHD_URL,
                 "%s: MESH_CONTROL_PLANE must be %s (Service %s; meshd's API is TLS only), is %r"
                 % (cw, MESHD_URL, MESHD, env.get("MESH_CONTROL_PLANE")))
+        g.check(env.get(MESH_MODE_VAR, MESH_MODE_EMBEDDED) == MESH_MODE_EMBEDDED,
+                "%s: %s=%r; k8s/%s is the embedded mesh (unset or %s; sidecars are k8s/%s's)"
+                % (cw, MESH_MODE_VAR, env.get(MESH_MODE_VAR), mesh.dir, MESH_MODE_EMBEDDED, SIDECAR_DIR))
         check_ca_root(g, w, cw, pod, c, env)
         # Its own token, and only that.
         own = "default.%s" % pod.get("serviceAccountName")
         g.check(own == "default.bookinfo-%s" % app, "%s: serviceAccountName must be bookinfo-%s" % (w, app))
-        check_own_token(g, w, cw, pod, c, env, own)
+        check_own_token(g, w, cw, pod, c, env, own, meshd_audience(mesh))
         # Admin port and probes.
         ports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
         g.check(ports.get(ADMIN_PORT) == "admin" and APP_PORT in ports,
@@ -789,10 +950,195 @@ def check_mesh(root, base_docs, mesh, g):
                     "%s: %s must be only httpGet /healthz/ready on port %d (9080 may be STRICT mTLS), is %r"
                     % (cw, probe, ADMIN_PORT, pr))
         # The patch adds, it does not drop: the base container's env stays.
-        base = next((b for b in base_docs if b.kind == "Deployment" and b.name == name and b.rel.count("/") == 1), None)
+        base = base_deployment(base_docs, name)
         benv = container_env(container_of(base, app) or {}) if base else {}
         g.check(all(env.get(k) == v for k, v in benv.items()), "%s: the patch changes base env %r" % (cw, benv))
         check_security_context(g, cw, c)
+
+
+def as_port(value):
+    """A port number given as an int or a decimal string, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def sidecar_settings(c):
+    """What `mesh-proxy sidecar` runs with in container c: each setting from its flag, else its
+    env, else the binary's default; ports as ints (None when unparsable), plus the admin port
+    (env MESH_ADMIN_PORT, default 15021) and the argument errors found."""
+    args = [as_str(a) for a in c.get("args") or []]
+    env = container_env(c)
+    errors = []
+    if args[:1] != ["sidecar"]:
+        errors.append("args must start with the subcommand sidecar, are %r" % (args,))
+    rest = args[1:]
+    flags = flag_values(rest)
+    positional = [a for i, a in enumerate(rest) if not a.startswith("--")
+                  and not (i > 0 and rest[i - 1].startswith("--") and "=" not in rest[i - 1])]
+    unknown = sorted(set(flags) - set(SIDECAR_FLAGS))
+    if unknown or positional:
+        errors.append("unknown flag(s) or stray argument(s) %s (mesh-proxy sidecar takes %s)"
+                      % (unknown + positional, sorted(SIDECAR_FLAGS)))
+    out = {}
+    for flag, (var, default) in SIDECAR_FLAGS.items():
+        key = flag[2:].replace("-", "_")
+        value = flags.get(flag)
+        if value is None and var:
+            value = env.get(var)
+        out[key] = value if value is not None else default
+    for key in ("app_port", "inbound_port", "outbound_port"):
+        out[key] = as_port(out[key])
+    out["admin_port"] = as_port(env.get("MESH_ADMIN_PORT", str(ADMIN_PORT)))
+    out["errors"] = errors
+    return out
+
+
+def check_sidecar_workloads(base_docs, mesh, g):
+    """k8s/sidecar: each patched Deployment runs its app with MESH_MODE=sidecar (no mesh
+    credential, loopback only, probed by its own --health-check or through the sidecar's admin
+    port) beside container mesh-proxy (`mesh-proxy sidecar --service <app>`), which joins meshd
+    as the pod's service account with only its token, trusts the ConfigMap root, declares its
+    inbound and admin ports and is probed on /healthz/ready; each app Service keeps 9080/http and
+    targets the sidecars' inbound port."""
+    for name, eff in sorted(mesh.effective.items()):
+        w = eff.where()
+        pod = dig(eff.data, "spec", "template", "spec", default={}) or {}
+        labels = dig(eff.data, "spec", "template", "metadata", "labels", default={}) or {}
+        app = labels.get("app")
+        names = [c.get("name") for c in pod.get("containers") or [] if isinstance(c, dict)]
+        g.check(sorted(names) == sorted([app, SIDECAR_CONTAINER]), "%s: containers must be %s and %s, are %r"
+                % (w, app, SIDECAR_CONTAINER, names))
+        g.check(not pod.get("initContainers"), "%s: no initContainers (the sidecar is a container)" % w)
+        c, s = container_of(eff, app), container_of(eff, SIDECAR_CONTAINER)
+        if not g.check(isinstance(c, dict) and isinstance(s, dict), "%s: no container %s and %s"
+                       % (w, app, SIDECAR_CONTAINER)):
+            continue
+        cw, sw = "%s: container %s" % (w, app), "%s: container %s" % (w, SIDECAR_CONTAINER)
+        st = sidecar_settings(s)
+        admin = st["admin_port"]
+
+        # The app: sidecar mode, base env otherwise, no mesh credential, loopback only.
+        env = container_env(c)
+        g.check(env.get(MESH_MODE_VAR) == MESH_MODE_SIDECAR, "%s: env %s must be %s (else the app joins the mesh "
+                "itself, beside its sidecar), is %r" % (cw, MESH_MODE_VAR, MESH_MODE_SIDECAR, env.get(MESH_MODE_VAR)))
+        meshy = sorted(k for k in env if (str(k).startswith("MESH_") and k != MESH_MODE_VAR) or str(k).startswith("OTEL_"))
+        g.check(not meshy, "%s: sets %s; the sidecar joins the mesh and traces, the app ignores them" % (cw, meshy))
+        base = base_deployment(base_docs, name)
+        bc = container_of(base, app) or {} if base else {}
+        benv = container_env(bc)
+        g.check(all(env.get(k) == v for k, v in benv.items()) and set(env) - set(benv) <= {MESH_MODE_VAR},
+                "%s: the patch may only add %s to the base env %r, env is %r" % (cw, MESH_MODE_VAR, benv, env))
+        vols = {v.get("name"): v for v in pod.get("volumes") or []}
+        for m in c.get("volumeMounts") or []:
+            v = vols.get(m.get("name")) or {}
+            g.check(dig(v, "secret", "secretName") != MESH_TOKENS_SECRET and dig(v, "configMap", "name") != MESH_CA_ROOT_CM,
+                    "%s: mounts volume %s (%s); the mesh credentials are the sidecar's alone"
+                    % (cw, m.get("name"), dig(v, "secret", "secretName") or dig(v, "configMap", "name")))
+        ports = [p.get("containerPort") for p in c.get("ports") or []]
+        g.check(ports == [APP_PORT], "%s: containerPorts %s, expected the base's [%d] only (the sidecar serves "
+                "the mesh and admin ports)" % (cw, ports, APP_PORT))
+        for probe in ("readinessProbe", "livenessProbe"):
+            pr = c.get(probe) or {}
+            handlers = [h for h in PROBE_HANDLERS if h in pr]
+            cmd = [as_str(a) for a in dig(pr, "exec", "command", default=[]) or []]
+            own_check = handlers == ["exec"] and cmd == ["/%s" % app, "--health-check"]
+            via_admin = handlers == ["httpGet"] and dig(pr, "httpGet", "path") == "/healthz/ready" \
+                and named_port(s, dig(pr, "httpGet", "port")) == admin
+            g.check(own_check or via_admin,
+                    "%s: %s must be exec [/%s, --health-check] (in sidecar mode it asks 127.0.0.1:%d/health) or "
+                    "httpGet /healthz/ready on the sidecar's admin port %s: %d is loopback only, the kubelet's "
+                    "httpGet on the pod IP is refused; is %r" % (cw, probe, app, APP_PORT, admin, APP_PORT, pr))
+            g.check(isinstance(pr.get("periodSeconds"), int) and 1 <= pr["periodSeconds"] <= 60,
+                    "%s: %s needs periodSeconds between 1 and 60" % (cw, probe))
+        check_security_context(g, cw, c)
+
+        # The sidecar.
+        g.check(s.get("image") == SIDECAR_IMAGE, "%s: image must be %s (the gateway's), is %r"
+                % (sw, SIDECAR_IMAGE, s.get("image")))
+        g.check(s.get("imagePullPolicy") == "IfNotPresent", "%s: imagePullPolicy must be IfNotPresent" % sw)
+        g.check("command" not in s, "%s: keep the image's entrypoint (/mesh-proxy); use args" % sw)
+        for e in st["errors"]:
+            g.fail("%s: %s" % (sw, e))
+        g.check(st["service"] == app, "%s: --service (or MESH_SERVICE) must be %s, the Service it serves, is %r"
+                % (sw, app, st["service"]))
+        g.check(st["app_port"] == APP_PORT and APP_PORT in ports,
+                "%s: the app port (--app-port, MESH_APP_PORT) must be %d, where the app listens, is %r"
+                % (sw, APP_PORT, st["app_port"]))
+        g.check(st["app_health_path"] == "/health", "%s: --app-health-path must be /health (the app's), is %r"
+                % (sw, st["app_health_path"]))
+        g.check(st["bind"] in ("0.0.0.0", "::"), "%s: --bind %r: the inbound port must take the pod IP's traffic "
+                "(0.0.0.0 or ::)" % (sw, st["bind"]))
+        sports = {p.get("containerPort"): p.get("name") for p in s.get("ports") or []}
+        g.check(st["inbound_port"] in sports and sports.get(admin) == "admin" and len(s.get("ports") or []) == 2,
+                "%s: containerPorts must be the inbound port %r (mTLS from the mesh) and %r named admin, are %r"
+                % (sw, st["inbound_port"], admin, sports))
+        g.check(st["outbound_port"] not in sports and st["outbound_port"] not in ports,
+                "%s: the outbound port %r is the app's proxy on 127.0.0.1; do not declare it" % (sw, st["outbound_port"]))
+        used = [st["app_port"], st["inbound_port"], st["outbound_port"], admin]
+        g.check(None not in used and len(set(used)) == len(used),
+                "%s: app, inbound, outbound and admin ports must be four ports, are %r" % (sw, used))
+        senv = container_env(s)
+        g.check(senv.get("MESH_CONTROL_PLANE") == MESHD_URL,
+                "%s: MESH_CONTROL_PLANE must be %s (Service %s; meshd's API is TLS only), is %r"
+                % (sw, MESHD_URL, MESHD, senv.get("MESH_CONTROL_PLANE")))
+        check_ca_root(g, w, sw, pod, s, senv)
+        sa = pod.get("serviceAccountName")
+        g.check(sa == "bookinfo-%s" % app, "%s: serviceAccountName must be bookinfo-%s" % (w, app))
+        g.check(senv.get("MESH_SERVICE_ACCOUNT", "bookinfo-%s" % st["service"]) == sa,
+                "%s: its mesh identity (MESH_SERVICE_ACCOUNT, default bookinfo-<service>) must be the pod's "
+                "service account %s, is %r" % (sw, sa, senv.get("MESH_SERVICE_ACCOUNT", "bookinfo-%s" % st["service"])))
+        g.check(senv.get("MESH_NAMESPACE", "default") == "default",
+                "%s: MESH_NAMESPACE must stay default (the tokens are default.<sa>), is %r"
+                % (sw, senv.get("MESH_NAMESPACE")))
+        check_own_token(g, w, sw, pod, s, senv, "default.%s" % sa, meshd_audience(mesh))
+        g.check(senv.get("SERVICE_VERSION") == labels.get("version"),
+                "%s: SERVICE_VERSION must be the pod's version label %r (the subset it registers the app in), is %r"
+                % (sw, labels.get("version"), senv.get("SERVICE_VERSION")))
+        g.check(senv.get("SERVICE_VERSION") == env.get("SERVICE_VERSION"),
+                "%s: SERVICE_VERSION %r differs from the app's %r"
+                % (sw, senv.get("SERVICE_VERSION"), env.get("SERVICE_VERSION")))
+        for probe in ("readinessProbe", "livenessProbe"):
+            pr = s.get(probe) or {}
+            handlers = [h for h in PROBE_HANDLERS if h in pr]
+            g.check(handlers == ["httpGet"] and dig(pr, "httpGet", "path") == "/healthz/ready"
+                    and named_port(s, dig(pr, "httpGet", "port")) == admin,
+                    "%s: %s must be only httpGet /healthz/ready on the admin port %r (as compose's `mesh-proxy "
+                    "sidecar --health-check`), is %r" % (sw, probe, admin, pr))
+        check_security_context(g, sw, s)
+
+    # The Services: still 9080 named http, now to the sidecars' inbound port.
+    base_svcs = {d.name: d for d in base_docs if d.kind == "Service" and d.rel.count("/") == 1}
+    for app in APPS:
+        svc = mesh.effective_services.get(app)
+        if not g.check(svc is not None, "k8s/%s: no patch for Service %s (its pods' 9080 is loopback only)"
+                       % (mesh.dir, app)):
+            continue
+        w, spec = svc.where(), svc.data.get("spec") or {}
+        base = base_svcs.get(app)
+        ports = spec.get("ports") or []
+        g.check(len(ports) == 1 and ports[0].get("port") == APP_PORT and ports[0].get("name") == "http"
+                and ports[0].get("protocol", "TCP") == "TCP",
+                "%s: must keep one port %d named http, has %r" % (w, APP_PORT, ports))
+        if base is not None:
+            strip = lambda d: {k: v for k, v in d.items() if k != "ports"}  # noqa: E731
+            g.check(strip(spec) == strip(base.data.get("spec") or {})
+                    and svc.data.get("metadata") == base.data.get("metadata"),
+                    "%s: the patch may only change the port's targetPort" % w)
+        tp = ports[0].get("targetPort", APP_PORT) if ports else None
+        sel = spec.get("selector") or {}
+        deps = [d for d in mesh.effective.values() if sel and all(
+            dig(d.data, "spec", "template", "metadata", "labels", k) == v for k, v in sel.items())]
+        g.check(deps, "%s: selector %r matches no patched Deployment" % (w, sel))
+        for d in deps:
+            s = container_of(d, SIDECAR_CONTAINER) or {}
+            inbound = sidecar_settings(s)["inbound_port"] if s else None
+            g.check(inbound is not None and named_port(s, tp) == inbound and inbound in
+                    [p.get("containerPort") for p in s.get("ports") or []],
+                    "%s: targetPort %r must be the inbound port %r of %s's container %s (the app's %d is loopback "
+                    "only)" % (w, tp, inbound, d.name, SIDECAR_CONTAINER, APP_PORT))
 
 
 def file_mode(value):
@@ -906,6 +1252,118 @@ def check_meshd_env(g, cw, c):
                 "meshd.<namespace>.svc), is %r" % (cw, name, field, e or None))
 
 
+def doc_ns(d):
+    """The namespace an object lands in: its own, else the one the overlay is applied to
+    (default, as k8s/README.md says; the Kustomizations set none)."""
+    return d.namespace or POD_NS
+
+
+def meshd_namespace(mesh):
+    dep = mesh.find("Deployment", MESHD) if mesh else None
+    return doc_ns(dep) if dep is not None else POD_NS
+
+
+def meshd_cert_names(ns):
+    """The DNS names of meshd's serving certificate when it runs in namespace `ns` (--namespace
+    from POD_NAMESPACE)."""
+    return [MESHD, "%s.%s.svc" % (MESHD, ns), "%s.%s.svc.cluster.local" % (MESHD, ns)]
+
+
+def meshd_url_problem(url, pod_ns, meshd_ns):
+    """Why MESH_CONTROL_PLANE `url`, used by a pod of namespace pod_ns, does not reach meshd
+    (namespace meshd_ns) over TLS with a name its certificate holds; None when it does."""
+    m = re.fullmatch(r"https://([^/:]+):(\d+)/?", url if isinstance(url, str) else "")
+    if not m:
+        return "must be https://<host>:%d (meshd's API is TLS only)" % MESHD_PORT
+    host, port = m.group(1), int(m.group(2))
+    if port != MESHD_PORT:
+        return "port %d is not meshd's %d" % (port, MESHD_PORT)
+    if host not in meshd_cert_names(meshd_ns):
+        return "host %s is not a name of meshd's serving certificate %s (meshd runs in %s)" % (
+            host, meshd_cert_names(meshd_ns), meshd_ns)
+    if resolve_service_host(host, pod_ns) != (MESHD, meshd_ns):
+        return "host %s does not resolve, from namespace %s, to Service %s of namespace %s (use %s)" % (
+            host, pod_ns, MESHD, meshd_ns, " or ".join(meshd_cert_names(meshd_ns)[1:]))
+    return None
+
+
+def meshed_containers(d):
+    """The containers of Deployment d that join meshd (MESH_CONTROL_PLANE set), with the identity
+    each claims when MESH_NAMESPACE/MESH_SERVICE_ACCOUNT are unset: [(container, (ns, sa))]."""
+    out = []
+    for c in dig(d.data, "spec", "template", "spec", "containers", default=[]) or []:
+        if not isinstance(c, dict) or "MESH_CONTROL_PLANE" not in container_env(c):
+            continue
+        args = [as_str(a) for a in c.get("args") or []]
+        if args[:1] == ["gateway"]:
+            default = (GATEWAY_NS, GATEWAY_SA)
+        elif args[:1] == ["sidecar"]:
+            default = (WORKLOAD_DEFAULT_NS, "bookinfo-%s" % sidecar_settings(c)["service"])
+        else:
+            default = (WORKLOAD_DEFAULT_NS, "bookinfo-%s" % c.get("name"))
+        out.append((c, default))
+    return out
+
+
+def check_meshed_identities(mesh, g):
+    """Every container that joins meshd (the workloads or their sidecars, and the gateway)
+    claims the identity of its own pod, <pod's namespace>/<serviceAccountName>: meshd's
+    TokenReview proves that account and no other, so any other claim is refused. And its
+    MESH_CONTROL_PLANE names meshd by a name of meshd's certificate that resolves from the pod's
+    namespace."""
+    meshd_ns = meshd_namespace(mesh)
+    count = 0
+    for d in mesh.deployed():
+        if d.kind != "Deployment":
+            continue
+        pod = dig(d.data, "spec", "template", "spec", default={}) or {}
+        actual = (doc_ns(d), pod.get("serviceAccountName") or "default")
+        for c, (dns, dsa) in meshed_containers(d):
+            count += 1
+            cw = "%s: container %s" % (d.where(), c.get("name"))
+            env = container_env(c)
+            claimed = (env.get("MESH_NAMESPACE") or dns, env.get("MESH_SERVICE_ACCOUNT") or dsa)
+            g.check(claimed == actual, "%s: claims the mesh identity %s/%s (MESH_NAMESPACE/MESH_SERVICE_ACCOUNT, "
+                    "else the binary's defaults) but its pod is ServiceAccount %s/%s (namespace %s): meshd's "
+                    "TokenReview proves only the pod's own account and refuses the claim"
+                    % (cw, claimed[0], claimed[1], actual[0], actual[1], actual[0]))
+            problem = meshd_url_problem(env.get("MESH_CONTROL_PLANE"), actual[0], meshd_ns)
+            g.check(problem is None, "%s: MESH_CONTROL_PLANE=%r: %s" % (cw, env.get("MESH_CONTROL_PLANE"), problem))
+    g.check(count, "k8s/%s: no container joins meshd" % mesh.dir)
+
+
+def check_overlay_namespaces(base_docs, mesh, g):
+    """The overlay sets no namespace (kustomize would move the gateway too); everything is in
+    the applied namespace but the gateway's ServiceAccount, Service and Deployment, which say
+    istio-system; the overlay declares that Namespace, identical to k8s/monitoring's (applying
+    both must not fight over it)."""
+    w = mesh.kust.rel
+    g.check("namespace" not in mesh.kust.data, "%s: must not set namespace: (it would move the gateway out of %s, "
+            "and its identity with it)" % (w, GATEWAY_NS))
+    for d in mesh.docs:
+        if (d.kind, d.name) in GATEWAY_OBJECTS:
+            g.check(d.namespace == GATEWAY_NS, "%s: must set metadata.namespace %s (the gateway's identity is "
+                    "%s/%s; a TokenReview proves only the pod's own account), is %r"
+                    % (d.where(), GATEWAY_NS, GATEWAY_NS, GATEWAY_SA, d.namespace))
+        elif d.kind == "Namespace":
+            g.check(d.namespace is None and d.name == GATEWAY_NS, "%s: the only Namespace here is %s (the gateway's), "
+                    "cluster-scoped" % (d.where(), GATEWAY_NS))
+        else:
+            g.check(d.namespace is None, "%s: must not set metadata.namespace (it goes where the overlay is applied, "
+                    "default)" % d.where())
+    nss = [d for d in mesh.docs if d.kind == "Namespace"]
+    used = sorted({d.namespace for d in mesh.docs if d.namespace})
+    declared = sorted({d.name for d in nss})
+    g.check(declared == used, "k8s/%s: declares Namespaces %s, its objects use %s (besides the applied one)"
+            % (mesh.dir, declared, used))
+    mon_ns = [b for b in base_docs if b.kind == "Namespace" and b.rel.startswith("k8s/monitoring/")]
+    for d in nss:
+        same = [b for b in mon_ns if b.name == d.name]
+        if same:
+            g.check(d.data == same[0].data, "%s: differs from %s; both are applied to one cluster (kubectl apply "
+                    "keeps the last: labels or annotations of one would be dropped)" % (d.where(), same[0].where()))
+
+
 def check_supplied(root, base_docs, mesh, g):
     """Secret meshd-ca and ConfigMap mesh-ca-root-cert are the user's: no manifest defines them
     (a CA key in git is everyone's), no file of k8s/ holds a private key, k8s/README.md says how
@@ -938,15 +1396,17 @@ def check_supplied(root, base_docs, mesh, g):
               [r"kubectl create configmap %s\b" % MESH_CA_ROOT_CM, r"\b%s=" % re.escape(CA_CERT_FILE)])]
     lines = readme.splitlines()
     apply_at = next((i for i, line in enumerate(lines)
-                     if re.search(r"kubectl kustomize .*k8s/%s\s*\|\s*kubectl apply" % MESH_DIR, line)), None)
+                     if re.search(r"kubectl kustomize .*k8s/%s\s*\|\s*kubectl apply" % mesh.dir, line)), None)
     if g.check(apply_at is not None, "k8s/README.md: no `kubectl kustomize ... k8s/%s | kubectl apply -f -` "
-               "(how the overlay is applied)" % MESH_DIR):
+               "(how the overlay is applied)" % mesh.dir):
         for what, patterns in steps:
             g.check(any(all(re.search(pt, line) for pt in patterns) for line in lines[:apply_at]),
                     "k8s/README.md: must show `%s` (one line matching %s) before the overlay's `kubectl "
                     "kustomize ... | kubectl apply` (line %d); without it the pods wait in ContainerCreating"
                     % (what, patterns, apply_at + 1))
     deps = [d for d in mesh.docs if d.kind == "Deployment"] + list(mesh.effective.values())
+    if apply_at is not None:
+        check_readme_ca_root_namespaces(readme, apply_at, mesh, deps, g)
     for d in deps:
         for v in dig(d.data, "spec", "template", "spec", "volumes", default=[]) or []:
             refs = [dig(v, "secret", "secretName")] + [dig(s, "secret", "name")
@@ -960,9 +1420,92 @@ def check_supplied(root, base_docs, mesh, g):
                     "%s: container %s reads Secret %s (the CA key) into env" % (d.where(), c.get("name"), MESHD_CA_SECRET))
 
 
-def check_own_token(g, w, cw, pod, c, env, own):
-    """MESH_TOKEN_FILE is key `own` of Secret mesh-tokens, mounted read-only, and no other key of
-    that Secret reaches the pod (volume, env or envFrom)."""
+def readme_commands(text):
+    """The shell commands of a Markdown text's fenced code blocks: [(first line index, block
+    number, command)], backslash continuations joined, comments dropped."""
+    out, block, start, buf = [], None, None, ""
+    count = 0
+    for i, line in enumerate(text.splitlines()):
+        if line.lstrip().startswith("```"):
+            if block is None:
+                count += 1
+                block = count
+            else:
+                block = None
+            buf = ""
+            continue
+        if block is None:
+            continue
+        code = re.sub(r"(^|\s)#.*$", "", line).rstrip()
+        if not buf:
+            start = i
+        if code.endswith("\\"):
+            buf += code[:-1] + " "
+            continue
+        buf += code
+        if buf.strip():
+            out.append((start, block, buf.strip()))
+        buf = ""
+    return out
+
+
+def command_namespace(cmd):
+    """The -n/--namespace of a kubectl command line, else None (the current namespace)."""
+    m = re.search(r"(?:^|\s)(?:-n\s*|--namespace[=\s]\s*)([a-z0-9][-a-z0-9]*)", cmd)
+    return m.group(1) if m else None
+
+
+def check_readme_ca_root_namespaces(readme, apply_at, mesh, deps, g):
+    """ConfigMap mesh-ca-root-cert is per namespace: k8s/README.md must create it, before the
+    overlay's apply, in every namespace where a pod of the overlay mounts it (without -n: the
+    current one, default), a non-default namespace being created first; and every code block
+    that creates or replaces it (the CA steps, the step-by-step, the rotation) must do so in all
+    of them, or some pods keep an old root or none."""
+    want = sorted({doc_ns(d) for d in deps for v in dig(d.data, "spec", "template", "spec", "volumes", default=[]) or []
+                   if dig(v, "configMap", "name") == MESH_CA_ROOT_CM})
+    cmds = readme_commands(readme)
+    creates = [(i, b, command_namespace(c) or POD_NS) for i, b, c in cmds
+               if re.search(r"kubectl\b.*\bcreate configmap %s\b" % MESH_CA_ROOT_CM, c)]
+    before = {ns for i, _, ns in creates if i < apply_at}
+    missing = [ns for ns in want if ns not in before]
+    g.check(not missing, "k8s/README.md: must create ConfigMap %s in namespace(s) %s before the overlay's apply (line "
+            "%d): pods there mount it (MESH_CA_FILE) and wait in ContainerCreating without it; creates it in %s"
+            % (MESH_CA_ROOT_CM, missing, apply_at + 1, sorted(before)))
+    for ns in want:
+        if ns == POD_NS:
+            continue
+        first = min((i for i, _, n in creates if n == ns), default=None)
+        if first is None:
+            continue  # reported above
+        made = [i for i, _, c in cmds if i < first and (
+            re.search(r"kubectl\b.*\bcreate (?:namespace|ns) %s\b" % re.escape(ns), c)
+            or re.search(r"kubectl\b.*\bapply -f \S*monitoring/namespace\.yaml\b", c))]
+        g.check(made, "k8s/README.md: line %d creates ConfigMap %s in namespace %s, which nothing creates before "
+                "(`kubectl create namespace %s`; the overlay's own Namespace comes later)"
+                % (first + 1, MESH_CA_ROOT_CM, ns, ns))
+    for b in sorted({b for _, b, _ in creates}):
+        lines = [i for i, bb, _ in creates if bb == b]
+        got = {ns for _, bb, ns in creates if bb == b}
+        g.check(set(want) <= got, "k8s/README.md: the code block at line %d creates ConfigMap %s in %s only; every "
+                "namespace that mounts it, %s, needs the same root" % (min(lines) + 1, MESH_CA_ROOT_CM,
+                                                                       sorted(got), want))
+
+
+def meshd_audience(mesh):
+    """meshd's --token-audience (env MESHD_TOKEN_AUDIENCE), default meshd."""
+    dep = mesh.find("Deployment", MESHD) if mesh else None
+    c = (container_of(dep, MESHD) if dep else None) or {}
+    return flag_values([as_str(a) for a in c.get("args") or []]).get("--token-audience") \
+        or container_env(c).get("MESHD_TOKEN_AUDIENCE") or DEFAULT_TOKEN_AUDIENCE
+
+
+def check_own_token(g, w, cw, pod, c, env, own, audience=DEFAULT_TOKEN_AUDIENCE):
+    """MESH_TOKEN_FILE is the projected token of the pod's ServiceAccount, for meshd's audience,
+    mounted read-only; the pod's serviceAccountName is the account `own` (<ns>.<sa>) names; no
+    Secret mesh-tokens (demo tokens, compose's only) reaches the pod (volume, env or envFrom)."""
+    sa = own.partition(".")[2]
+    g.check(pod.get("serviceAccountName") == sa, "%s: serviceAccountName must be %s (the account its "
+            "MESH_SERVICE_ACCOUNT names: the TokenReview proves that one), is %r" % (w, sa, pod.get("serviceAccountName")))
     tf = env.get("MESH_TOKEN_FILE")
     if g.check(isinstance(tf, str) and tf.startswith("/"), "%s: MESH_TOKEN_FILE must be an absolute path" % cw):
         d, _, f = tf.rpartition("/")
@@ -972,22 +1515,149 @@ def check_own_token(g, w, cw, pod, c, env, own):
                      "%s: MESH_TOKEN_FILE %s: its directory %s must be a read-only volume mount (no subPath)"
                      % (cw, tf, d))
         if ok:
-            items = dig(v, "secret", "items", default=None)
-            g.check(dig(v, "secret", "secretName") == MESH_TOKENS_SECRET and isinstance(items, list)
-                    and [(i.get("key"), i.get("path")) for i in items] == [(own, f)],
-                    "%s: volume %s must be Secret %s with items [{key: %s, path: %s}] only, is %r"
-                    % (w, v.get("name"), MESH_TOKENS_SECRET, own, f, v))
+            srcs = dig(v, "projected", "sources", default=None)
+            tok = (srcs[0] or {}).get("serviceAccountToken") if isinstance(srcs, list) and len(srcs) == 1 else None
+            g.check(isinstance(tok, dict) and tok.get("audience") == audience and tok.get("path") == f
+                    and isinstance(tok.get("expirationSeconds", 3600), int) and tok.get("expirationSeconds", 3600) >= 600,
+                    "%s: volume %s must be projected, one serviceAccountToken {audience: %s (meshd's "
+                    "--token-audience), path: %s, expirationSeconds >= 600}, is %r" % (w, v.get("name"), audience, f, v))
     for v in pod.get("volumes") or []:
-        if dig(v, "secret", "secretName") == MESH_TOKENS_SECRET or \
-                any(dig(s, "secret", "name") == MESH_TOKENS_SECRET for s in dig(v, "projected", "sources", default=[]) or []):
-            keys_in = [i.get("key") for i in dig(v, "secret", "items", default=[]) or []]
-            g.check(keys_in == [own], "%s: volume %s exposes %s of Secret %s; the pod may see only %s"
-                    % (w, v.get("name"), keys_in or "every key", MESH_TOKENS_SECRET, own))
+        g.check(dig(v, "secret", "secretName") != MESH_TOKENS_SECRET and not any(
+            dig(s, "secret", "name") == MESH_TOKENS_SECRET for s in dig(v, "projected", "sources", default=[]) or []),
+            "%s: volume %s mounts Secret %s: demo tokens are compose's only" % (w, v.get("name"), MESH_TOKENS_SECRET))
     for e in c.get("env") or []:
         g.check(dig(e, "valueFrom", "secretKeyRef", "name") != MESH_TOKENS_SECRET,
                 "%s: env %s reads Secret %s" % (cw, e.get("name"), MESH_TOKENS_SECRET))
     g.check(not any(dig(s, "secretRef", "name") == MESH_TOKENS_SECRET for s in c.get("envFrom") or []),
             "%s: envFrom exposes every token" % cw)
+
+
+def check_meshd_rbac(mesh, g):
+    """ClusterRole meshd grants exactly MESHD_RBAC, ClusterRoleBinding meshd binds it to meshd's
+    ServiceAccount (namespace default, where the tutorial applies the overlay)."""
+    role = mesh.find("ClusterRole", MESHD)
+    if g.check(role is not None, "k8s/%s: no ClusterRole %s" % (mesh.dir, MESHD)):
+        got = {}
+        for r in role.data.get("rules") or []:
+            g.check(not r.get("resourceNames") and not r.get("nonResourceURLs"),
+                    "%s: no resourceNames/nonResourceURLs, has %r" % (role.where(), r))
+            for grp in r.get("apiGroups") or []:
+                for res in r.get("resources") or []:
+                    got.setdefault((grp, res), set()).update(r.get("verbs") or [])
+        want = MESHD_RBAC
+        g.check(got == want, "%s: grants %s, expected exactly %s" % (
+            role.where(), sorted((k, sorted(v)) for k, v in got.items()), sorted((k, sorted(v)) for k, v in want.items())))
+    b = mesh.find("ClusterRoleBinding", MESHD)
+    if g.check(b is not None, "k8s/%s: no ClusterRoleBinding %s" % (mesh.dir, MESHD)):
+        ref = b.data.get("roleRef") or {}
+        g.check(ref == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": MESHD},
+                "%s: roleRef must be ClusterRole %s, is %r" % (b.where(), MESHD, ref))
+        subj = b.data.get("subjects") or []
+        g.check(subj == [{"kind": "ServiceAccount", "name": MESHD, "namespace": POD_NS}],
+                "%s: subjects must be only ServiceAccount %s/%s (meshd's), are %r" % (b.where(), POD_NS, MESHD, subj))
+    g.check(mesh.find("ServiceAccount", MESHD) is not None, "k8s/%s: no ServiceAccount %s" % (mesh.dir, MESHD))
+    g.check(not any(d.kind in ("Role", "RoleBinding") or (d.kind in ("ClusterRole", "ClusterRoleBinding") and d.name != MESHD)
+                    for d in mesh.docs), "k8s/%s: no RBAC but ClusterRole/ClusterRoleBinding %s" % (mesh.dir, MESHD))
+
+
+def check_crds(root, mesh, g):
+    """k8s/mesh/crds: one CRD per MESH_CRDS entry, apiextensions.k8s.io/v1, namespaced, structural
+    (every level typed; spec an object preserving unknown fields), the groups, versions, storage
+    version, plural, kind and short name above; Istio's kinds in istio-kinds.yaml (skippable where
+    Istio is installed), ours in mesh-kinds.yaml; the kustomization lists both; the overlays do
+    not include them and k8s/README.md documents applying them separately."""
+    cdir = root / "k8s" / CRD_DIR
+    crds = {}
+    for fname, group_suffix in sorted(CRD_FILES.items()):
+        p = cdir / fname
+        if not g.check(p.is_file(), "k8s/%s/%s: missing" % (CRD_DIR, fname)):
+            continue
+        try:
+            docs = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+        except yaml.YAMLError as e:
+            g.fail("k8s/%s/%s: does not parse: %s" % (CRD_DIR, fname, e))
+            continue
+        for d in docs:
+            w = "k8s/%s/%s: %s" % (CRD_DIR, fname, dig(d, "metadata", "name"))
+            grp = dig(d, "spec", "group") or ""
+            g.check(d.get("apiVersion") == "apiextensions.k8s.io/v1" and d.get("kind") == "CustomResourceDefinition",
+                    "%s: must be an apiextensions.k8s.io/v1 CustomResourceDefinition" % w)
+            g.check(grp.endswith(group_suffix), "%s: group %s does not belong in %s" % (w, grp, fname))
+            crds[(grp, dig(d, "spec", "names", "plural"))] = (w, d)
+    want_keys = {(grp, plural) for grp, _, plural, _, _, _ in MESH_CRDS}
+    g.check(set(crds) == want_keys, "k8s/%s: CRDs %s, expected exactly %s" % (CRD_DIR, sorted(crds), sorted(want_keys)))
+    schema_ok = crd_schema_validator()
+    for grp, kind, plural, short, versions, storage in MESH_CRDS:
+        if (grp, plural) not in crds:
+            continue
+        w, d = crds[(grp, plural)]
+        spec, names = d.get("spec") or {}, dig(d, "spec", "names", default={}) or {}
+        g.check(dig(d, "metadata", "name") == "%s.%s" % (plural, grp), "%s: name must be %s.%s" % (w, plural, grp))
+        g.check(spec.get("scope") == "Namespaced", "%s: scope must be Namespaced" % w)
+        g.check(names.get("kind") == kind and names.get("singular", kind.lower()) == kind.lower()
+                and names.get("listKind", kind + "List") == kind + "List",
+                "%s: kind must be %s (singular %s)" % (w, kind, kind.lower()))
+        g.check((names.get("shortNames") or []) == ([short] if short else []),
+                "%s: shortNames must be %r (Istio's), are %r" % (w, [short] if short else [], names.get("shortNames")))
+        vs = spec.get("versions") or []
+        g.check([v.get("name") for v in vs] == versions and all(v.get("served") is True for v in vs),
+                "%s: served versions must be %s, are %s" % (w, versions, [v.get("name") for v in vs if v.get("served")]))
+        g.check([v.get("name") for v in vs if v.get("storage") is True] == [storage],
+                "%s: the storage version must be %s alone" % (w, storage))
+        for v in vs:
+            s = dig(v, "schema", "openAPIV3Schema", default=None)
+            problems = structural_problems(s, "openAPIV3Schema") if isinstance(s, dict) else ["no openAPIV3Schema"]
+            sp = dig(s or {}, "properties", "spec", default={}) or {}
+            if sp.get("type") != "object":
+                problems.append("spec must be type: object")
+            g.check(not problems, "%s: version %s: schema not structural: %s" % (w, v.get("name"), problems))
+        if schema_ok is not None:
+            errs = schema_ok(d)
+            g.check(not errs, "%s: against the Kubernetes CustomResourceDefinition schema: %s" % (w, errs[:3]))
+    kust = cdir / "kustomization.yaml"
+    if g.check(kust.is_file(), "k8s/%s/kustomization.yaml: missing" % CRD_DIR):
+        kd = yaml.safe_load(kust.read_text()) or {}
+        g.check(sorted(kd.get("resources") or []) == sorted(CRD_FILES),
+                "k8s/%s/kustomization.yaml: resources must be %s" % (CRD_DIR, sorted(CRD_FILES)))
+    # Separate from the overlays (cluster-scoped, maybe Istio's), and documented as such.
+    g.check(not any(d.kind == "CustomResourceDefinition" for d in mesh.docs),
+            "k8s/%s: must not include the CRDs (applied separately: they may be Istio's)" % mesh.dir)
+    readme = (root / "k8s" / "README.md").read_text() if (root / "k8s" / "README.md").is_file() else ""
+    g.check("k8s/%s" % CRD_DIR in readme and "crds/istio-kinds.yaml" in readme,
+            "k8s/README.md: must show applying k8s/%s and when to skip crds/istio-kinds.yaml" % CRD_DIR)
+
+
+def structural_problems(s, path):
+    """The structural-schema rules that matter here: every node has a type (or preserves unknown
+    fields / is int-or-string), and properties/items nest schemas of the same kind."""
+    out = []
+    if not isinstance(s, dict):
+        return ["%s: not a schema" % path]
+    if "type" not in s and not s.get("x-kubernetes-preserve-unknown-fields") and not s.get("x-kubernetes-int-or-string"):
+        out.append("%s: no type" % path)
+    if path == "openAPIV3Schema" and s.get("type") != "object":
+        out.append("%s: must be type: object" % path)
+    for k, sub in (s.get("properties") or {}).items():
+        out += structural_problems(sub, "%s.%s" % (path, k))
+    if "items" in s:
+        out += structural_problems(s["items"], path + ".items")
+    return out
+
+
+def crd_schema_validator():
+    """A function(doc) -> [errors] against kubernetes-validate's CRD schema, or None."""
+    try:
+        import kubernetes_validate
+    except ImportError:
+        return None
+
+    def run(doc):
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            return []
+        except Exception as e:  # noqa: BLE001 - any validation error is a finding
+            return [str(e).splitlines()[0][:200]]
+    return run
 
 
 def first_difference(got, want):
@@ -1005,9 +1675,9 @@ def check_gateway(mesh, g):
     with only that token; and the Gateways in ConfigMap mesh-base select its pods."""
     md = lambda kind, name: mesh.find(kind, name)  # noqa: E731
     sa = md("ServiceAccount", GATEWAY_SA)
-    g.check(sa is not None, "k8s/%s: no ServiceAccount %s (the gateway's)" % (MESH_DIR, GATEWAY_SA))
+    g.check(sa is not None, "k8s/%s: no ServiceAccount %s (the gateway's)" % (mesh.dir, GATEWAY_SA))
     svc = md("Service", GATEWAY)
-    if g.check(svc is not None, "k8s/%s: no Service %s" % (MESH_DIR, GATEWAY)):
+    if g.check(svc is not None, "k8s/%s: no Service %s" % (mesh.dir, GATEWAY)):
         w, spec = svc.where(), svc.data.get("spec") or {}
         g.check(spec.get("type") == "LoadBalancer",
                 "%s: type must be LoadBalancer (minikube tunnel; its node ports serve minikube service), is %r"
@@ -1021,7 +1691,7 @@ def check_gateway(mesh, g):
                 "%s: ports must be %s, are %r" % (w, ", ".join("%d (%s) -> %d" % (p, n, t) for p, (n, t)
                                                                in GATEWAY_SERVICE_PORTS.items()), got))
     dep = md("Deployment", GATEWAY)
-    if not g.check(dep is not None, "k8s/%s: no Deployment %s" % (MESH_DIR, GATEWAY)):
+    if not g.check(dep is not None, "k8s/%s: no Deployment %s" % (mesh.dir, GATEWAY)):
         return
     w = dep.where()
     spec = dep.data.get("spec") or {}
@@ -1045,14 +1715,14 @@ def check_gateway(mesh, g):
     g.check([as_str(a) for a in c.get("args") or []] == GATEWAY_ARGS,
             "%s: args must be %r, are %r" % (cw, GATEWAY_ARGS, c.get("args")))
     env = container_env(c)
-    g.check(env.get("MESH_CONTROL_PLANE") == MESHD_URL, "%s: MESH_CONTROL_PLANE must be %s (meshd's API is "
-            "TLS only), is %r" % (cw, MESHD_URL, env.get("MESH_CONTROL_PLANE")))
+    # Its namespace (istio-system) is check_overlay_namespaces's; MESH_CONTROL_PLANE, a name of
+    # meshd's certificate that resolves from there (meshd.default.svc), check_meshed_identities's.
     check_ca_root(g, w, cw, pod, c, env)
     g.check(env.get("MESH_NAMESPACE") == GATEWAY_NS, "%s: MESH_NAMESPACE must be set to %s, is %r"
             % (cw, GATEWAY_NS, env.get("MESH_NAMESPACE")))
     g.check(env.get("MESH_SERVICE_ACCOUNT") == GATEWAY_SA, "%s: MESH_SERVICE_ACCOUNT must be set to %s, is %r"
             % (cw, GATEWAY_SA, env.get("MESH_SERVICE_ACCOUNT")))
-    check_own_token(g, w, cw, pod, c, env, GATEWAY_TOKEN)
+    check_own_token(g, w, cw, pod, c, env, GATEWAY_TOKEN, meshd_audience(mesh))
     ports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
     want_ports = {GATEWAY_PORT: "http", ADMIN_PORT: "admin"}
     g.check(ports == want_ports and len(c.get("ports") or []) == len(want_ports),
@@ -1092,13 +1762,13 @@ def check_security_context(g, cw, c):
     g.check(dig(sc, "capabilities", "drop") == ["ALL"], "%s: securityContext.capabilities.drop must be [ALL]" % cw)
 
 
-def canonical(obj, field=None):
+def canonical(obj, field=None, keys=SMP_MERGE_KEYS):
     """Order-insensitive form of merge-keyed lists, to compare with kustomize's output."""
     if isinstance(obj, dict):
-        return {k: canonical(v, k) for k, v in obj.items()}
+        return {k: canonical(v, k, keys) for k, v in obj.items()}
     if isinstance(obj, list):
-        items = [canonical(i) for i in obj]
-        key = SMP_MERGE_KEYS.get(field)
+        items = [canonical(i, None, keys) for i in obj]
+        key = keys.get(field)
         if key and all(isinstance(i, dict) for i in items):
             items.sort(key=lambda i: str(i.get(key)))
         return items
@@ -1113,30 +1783,32 @@ def check_mesh_render(root, base_docs, mesh, g):
         return False
     try:
         run = subprocess.run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone",
-                              str(root / "k8s" / MESH_DIR)], capture_output=True, text=True, timeout=60)
+                              str(root / "k8s" / mesh.dir)], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
-        g.fail("kubectl kustomize k8s/%s: could not run: %s" % (MESH_DIR, e))
+        g.fail("kubectl kustomize k8s/%s: could not run: %s" % (mesh.dir, e))
         return True
-    if not g.check(run.returncode == 0, "kubectl kustomize k8s/%s fails: %s" % (MESH_DIR, run.stderr.strip()[-400:])):
+    if not g.check(run.returncode == 0, "kubectl kustomize k8s/%s fails: %s" % (mesh.dir, run.stderr.strip()[-400:])):
         return True
     try:
         rendered = [d for d in yaml.safe_load_all(run.stdout) if isinstance(d, dict)]
     except yaml.YAMLError as e:
-        g.fail("kubectl kustomize k8s/%s: output does not parse: %s" % (MESH_DIR, e))
+        g.fail("kubectl kustomize k8s/%s: output does not parse: %s" % (mesh.dir, e))
         return True
-    mesh.rendered = [Doc(None, "kubectl kustomize k8s/%s" % MESH_DIR, i, d) for i, d in enumerate(rendered)
+    mesh.rendered = [Doc(None, "kubectl kustomize k8s/%s" % mesh.dir, i, d) for i, d in enumerate(rendered)
                      if isinstance(d.get("kind"), str) and isinstance(dig(d, "metadata", "name"), str)]
     got = {(d.get("kind"), dig(d, "metadata", "name")): d for d in rendered}
     want = {(d.kind, d.name) for d in base_docs if d.rel.count("/") == 1 and not is_istio(d)} | \
         {(d.kind, d.name) for d in mesh.docs}
     g.check(set(got) == want, "kubectl kustomize k8s/%s renders %s, expected %s" % (
-        MESH_DIR, sorted(set(got) ^ want), "base + overlay resources"))
-    for name, eff in sorted(mesh.effective.items()):
-        r = got.get(("Deployment", name))
-        if r is not None:
-            g.check(canonical(r) == canonical(eff.data),
-                    "kubectl kustomize k8s/%s: Deployment %s differs from base + patch as merged here"
-                    % (MESH_DIR, name))
+        mesh.dir, sorted(set(got) ^ want), "base + overlay resources"))
+    for kind, effective in (("Deployment", mesh.effective), ("Service", mesh.effective_services)):
+        for name, eff in sorted(effective.items()):
+            r = got.get((kind, name))
+            if r is not None:
+                keys = smp_keys(kind)
+                g.check(canonical(r, keys=keys) == canonical(eff.data, keys=keys),
+                        "kubectl kustomize k8s/%s: %s %s differs from base + patch as merged here"
+                        % (mesh.dir, kind, name))
     return True
 
 
@@ -1147,20 +1819,25 @@ def check_mesh_render(root, base_docs, mesh, g):
 COMPOSE_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
-def interpolate(value):
+def interpolate(value, env=None):
     """Resolve Compose `${VAR:-default}`-style interpolation with the defaults only (the
-    caller's environment is ignored so the result is deterministic); `$$` is a literal `$`."""
+    caller's environment is ignored so the result is deterministic), or with the variables in
+    `env` set as given (`MESH_MODE=sidecar docker-compose ...`); `$$` is a literal `$`."""
+    env = env or {}
     if isinstance(value, dict):
-        return {k: interpolate(v) for k, v in value.items()}
+        return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v) for v in value]
+        return [interpolate(v, env) for v in value]
     if not isinstance(value, str):
         return value
 
     def sub(m):
         if m.group(0) == "$$":
             return "$"
+        name = m.group(1) or m.group(4)
         op, default = m.group(2), m.group(3)
+        if name in env and (env[name] or op not in (":-", ":?")):
+            return env[name]
         return default if op in (":-", "-") else ""
 
     return COMPOSE_VAR.sub(sub, value)
@@ -1342,14 +2019,23 @@ def compose_mount_of(service, path):
     return max(hits, key=lambda m: len(m["target"].rstrip("/")), default=None)
 
 
-def check_compose_trust(g, compose, svc_name, svc, want_env, got_env, w):
-    """A meshed compose service and its k8s counterpart reach meshd over TLS (the same URL) and
-    trust the same file, MESH_CA_FILE, which compose mounts read-only from volume mesh-ca-root
-    (k8s from ConfigMap mesh-ca-root-cert; the mesh group checks that side)."""
+def check_compose_trust(g, compose, svc_name, svc, want_env, got_env, w, k8s_ns=None, meshd_ns=None):
+    """A meshed compose service and its k8s counterpart reach meshd over TLS (the same URL; from
+    another namespace than meshd's, k8s_ns, the k8s side names meshd.<meshd_ns>.svc[.cluster.local]
+    instead, on the same port) and trust the same file, MESH_CA_FILE, which compose mounts
+    read-only from volume mesh-ca-root (k8s from ConfigMap mesh-ca-root-cert; the mesh group
+    checks that side)."""
     ccp, kcp = want_env.get("MESH_CONTROL_PLANE"), got_env.get("MESH_CONTROL_PLANE")
     g.check(ccp == MESHD_URL, "docker-compose.yml: %s: MESH_CONTROL_PLANE must be %s (meshd's API is TLS only; "
             "http:// is refused at start), is %r" % (svc_name, MESHD_URL, ccp))
-    g.check(kcp == ccp, "%s: env MESH_CONTROL_PLANE=%r, compose %s has %r" % (w, kcp, svc_name, ccp))
+    k8s_ns, meshd_ns = k8s_ns or POD_NS, meshd_ns or POD_NS
+    if k8s_ns == meshd_ns:
+        g.check(kcp == ccp, "%s: env MESH_CONTROL_PLANE=%r, compose %s has %r" % (w, kcp, svc_name, ccp))
+    else:
+        want = ["https://%s:%d" % (h, MESHD_PORT) for h in meshd_cert_names(meshd_ns)[1:]]
+        g.check(kcp in want and ccp == MESHD_URL,
+                "%s: env MESH_CONTROL_PLANE=%r, expected compose %s's %r with meshd's name from namespace %s: %s"
+                % (w, kcp, svc_name, ccp, k8s_ns, " or ".join(want)))
     ccf, kcf = want_env.get("MESH_CA_FILE"), got_env.get("MESH_CA_FILE")
     g.check(ccf and kcf == ccf, "%s: env MESH_CA_FILE=%r must be the path compose %s trusts, %r (one place for "
             "the root in both)" % (w, kcf, svc_name, ccf))
@@ -1444,10 +2130,12 @@ def check_compose(root, docs, mesh, g):
     `depends_on`) is not compared; the token values are, with the overlay's Secret."""
     path = root / "docker-compose.yml"
     try:
-        compose = interpolate(yaml.safe_load(path.read_text()))
+        raw = yaml.safe_load(path.read_text())
+        compose = interpolate(raw)
     except (OSError, yaml.YAMLError) as e:
         g.fail("docker-compose.yml: cannot load: %s" % e)
         return
+    raw_services = dig(raw, "services", default={}) or {}
     services = dig(compose, "services", default={}) or {}
     # Services of optional profiles (observability: Jaeger, Prometheus) have no manifests of
     # their own here; k8s/monitoring plays their part.
@@ -1489,6 +2177,14 @@ def check_compose(root, docs, mesh, g):
         got_env = without_otel(got_env)
         want_env = compose_env(svc)
         check_compose_trust(g, compose, svc_name, svc, want_env, got_env, ew)
+        # MESH_MODE: compose's ${MESH_MODE:-embedded} (embedded by default, sidecar with
+        # MESH_MODE=sidecar and the sidecar profile); k8s/mesh leaves it unset (embedded) or says so.
+        check_compose_mesh_mode(g, raw_services.get(svc_name) or {}, svc_name)
+        g.check(got_env.get(MESH_MODE_VAR, MESH_MODE_EMBEDDED) == want_env.get(MESH_MODE_VAR) == MESH_MODE_EMBEDDED,
+                "%s: env %s=%r, compose %s's default is %r; both must mean %s" % (
+                    ew, MESH_MODE_VAR, got_env.get(MESH_MODE_VAR), svc_name, want_env.get(MESH_MODE_VAR), MESH_MODE_EMBEDDED))
+        got_env.pop(MESH_MODE_VAR, None)
+        want_env.pop(MESH_MODE_VAR, None)
         for k in sorted((set(want_env) | set(got_env)) - set(TRUST_ENV)):
             g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (ew, k, want_env.get(k), svc_name))
             g.check(k in want_env, "%s: env %s not set by compose %s" % (ew, k, svc_name))
@@ -1527,8 +2223,10 @@ def check_compose(root, docs, mesh, g):
         cflags_all = flag_lists(compose_command(svc))
         # --publish-root is compose's way to the workloads (a shared volume; see below), which
         # k8s's meshd must not give (the mesh group says so).
-        cflags = {f: v for f, v in cflags_all.items() if f not in COMPOSE_ONLY_MESHD_FLAGS}
-        kflags = {f: v for f, v in kflags.items() if f not in COMPOSE_ONLY_MESHD_FLAGS}
+        cflags = {f: v for f, v in cflags_all.items() if f not in COMPOSE_ONLY_MESHD_FLAGS + COMPOSE_ONLY_TOKEN_FLAGS}
+        kflags = {f: v for f, v in kflags.items() if f not in COMPOSE_ONLY_MESHD_FLAGS + K8S_ONLY_MESHD_FLAGS}
+        g.check(cflags_all.get("--token-dir") and all(cflags_all["--token-dir"]),
+                "docker-compose.yml: %s command lacks --token-dir <dir> (compose's demo tokens)" % MESHD)
         for flag in MESHD_FLAGS:
             g.check(kflags.get(flag) and all(kflags[flag]), "%s: args lack %s <dir>" % (w, flag))
             g.check(cflags.get(flag) and all(cflags[flag]), "docker-compose.yml: %s command lacks %s <dir>"
@@ -1582,7 +2280,7 @@ def check_compose(root, docs, mesh, g):
         check_otel_names(g, w, got_env, svc, GATEWAY)
         got_env = without_otel(got_env)
         want_env = compose_env(svc)
-        check_compose_trust(g, compose, GATEWAY, svc, want_env, got_env, w)
+        check_compose_trust(g, compose, GATEWAY, svc, want_env, got_env, w, doc_ns(gd), meshd_namespace(mesh))
         for k in sorted(set(want_env) - set(TRUST_ENV)):
             g.check(k in got_env, "%s: env %s=%r from compose %s missing" % (w, k, want_env[k], GATEWAY))
         # Different token paths by design; compose's file is the token named <ns>.<sa> of the
@@ -1612,11 +2310,15 @@ def check_compose(root, docs, mesh, g):
         g.check(hc.get("test") and not hc.get("disable") and c.get("readinessProbe") and c.get("livenessProbe"),
                 "%s: compose %s healthcheck and the readiness/liveness probes must all exist" % (w, GATEWAY))
 
-    # Token values: docker/mesh-tokens/* == the overlay's Secret == compose's secrets.
-    sec = mesh.find("Secret", MESH_TOKENS_SECRET) if mesh else None
-    if not g.check(sec is not None, "k8s/mesh: no Secret %s" % MESH_TOKENS_SECRET):
-        return
-    sdata = sec.data.get("stringData") or {}
+    # Token values: docker/mesh-tokens/* == compose's secrets, one per identity (k8s has none:
+    # projected ServiceAccount tokens there, by design).
+    sdata = {"default.bookinfo-%s" % app: None for app in APPS}
+    sdata[GATEWAY_TOKEN] = None
+
+    class sec:  # noqa: N801 - the expected key set, named for the messages below
+        @staticmethod
+        def where():
+            return "the identities"
     tok_dir = root / "docker" / "mesh-tokens"
     files = {p.name: p for p in sorted(tok_dir.glob("*.*")) if not p.name.startswith(".")
              and p.suffix != ".md"} if tok_dir.is_dir() else {}
@@ -1624,9 +2326,8 @@ def check_compose(root, docs, mesh, g):
     g.check(sorted(files) == sorted(sdata), "%s: stringData keys %s differ from docker/mesh-tokens files %s"
             % (sec.where(), sorted(sdata), sorted(files)))
     for name, p in files.items():
-        if name in sdata:
-            g.check(as_str(sdata[name]).strip() == p.read_text().strip(),
-                    "%s: token %s differs from docker/mesh-tokens/%s" % (sec.where(), name, name))
+        g.check(p.read_text().strip() and len(p.read_text().split()) == 1,
+                "docker/mesh-tokens/%s: must hold one non-empty token" % name)
     csecrets = dig(compose, "secrets", default={}) or {}
     g.check(sorted(csecrets) == sorted(sdata), "docker-compose.yml: secrets %s differ from %s keys %s"
             % (sorted(csecrets), sec.where(), sorted(sdata)))
@@ -1634,6 +2335,171 @@ def check_compose(root, docs, mesh, g):
         f = dig(spec, "file")
         g.check(isinstance(f, str) and (root / f).resolve() == (tok_dir / name).resolve(),
                 "docker-compose.yml: secret %s must be file ./docker/mesh-tokens/%s, is %r" % (name, name, f))
+
+
+def check_compose_mesh_mode(g, raw_svc, svc_name):
+    """An app service's MESH_MODE is ${MESH_MODE:-embedded}: embedded by default, sidecar under
+    `MESH_MODE=sidecar docker-compose --profile sidecar up`."""
+    raw = compose_env(raw_svc).get(MESH_MODE_VAR)
+    g.check(raw is not None and interpolate(raw) == MESH_MODE_EMBEDDED
+            and interpolate(raw, {MESH_MODE_VAR: MESH_MODE_SIDECAR}) == MESH_MODE_SIDECAR,
+            "docker-compose.yml: %s: env %s must be ${%s:-%s} (embedded unless the caller says sidecar), is %r"
+            % (svc_name, MESH_MODE_VAR, MESH_MODE_VAR, MESH_MODE_EMBEDDED, raw))
+
+
+# Service keys that docker-compose refuses, or that mean nothing, with network_mode service:.
+NETNS_KEYS = ("networks", "ports", "expose", "hostname", "domainname", "dns", "dns_search", "links",
+              "extra_hosts", "mac_address")
+
+
+def compose_depends_on(service):
+    deps = service.get("depends_on") or []
+    return [str(d) for d in (deps if isinstance(deps, list) else list(deps))]
+
+
+def check_compose_sidecars(root, sidecar, g):
+    """docker-compose.yml's sidecar profile (run with MESH_MODE=sidecar) against k8s/sidecar: one
+    <service>-sidecar per app service, only in that profile, in the app's network namespace
+    (network_mode service:<app>, no networks or ports of its own), after the app and meshd, with
+    the k8s sidecar's image, args, env (trust and token path aside), its own token only, the CA
+    root read-only and a healthcheck of `mesh-proxy sidecar ... --health-check`; each app service,
+    interpolated with MESH_MODE=sidecar, has the k8s/sidecar app container's env (the mesh
+    settings it then ignores aside) and the health check its exec probe runs."""
+    if sidecar.kust is None:
+        return
+    try:
+        raw = yaml.safe_load((root / "docker-compose.yml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # reported by check_compose
+    compose = interpolate(raw, {MESH_MODE_VAR: MESH_MODE_SIDECAR})
+    services = dig(compose, "services", default={}) or {}
+    sidecars = {n: s or {} for n, s in services.items() if SIDECAR_PROFILE in ((s or {}).get("profiles") or [])}
+    want = {"%s-sidecar" % n: n for n in COMPOSE_TO_DEPLOYMENT}
+    g.check(sorted(sidecars) == sorted(want), "docker-compose.yml: profile %s holds %s, expected a sidecar per app "
+            "service %s" % (SIDECAR_PROFILE, sorted(sidecars), sorted(want)))
+    gw = services.get(GATEWAY) or {}
+    for sc_name, svc_name in sorted(want.items()):
+        sc = sidecars.get(sc_name)
+        if sc is None:
+            continue
+        cw = "docker-compose.yml: %s" % sc_name
+        app_svc = services.get(svc_name) or {}
+        g.check(sc.get("profiles") == [SIDECAR_PROFILE], "%s: profiles must be [%s] (it clashes with an embedded "
+                "app), are %r" % (cw, SIDECAR_PROFILE, sc.get("profiles")))
+        g.check(sc.get("network_mode") == "service:%s" % svc_name,
+                "%s: network_mode must be service:%s (the app's network namespace: its 127.0.0.1:%d, its name and "
+                "address), is %r" % (cw, svc_name, APP_PORT, sc.get("network_mode")))
+        for key in NETNS_KEYS:
+            g.check(key not in sc, "%s: %s is not allowed beside network_mode service: (an anchor such as *service "
+                    "brings networks)" % (cw, key))
+        deps = compose_depends_on(sc)
+        g.check(svc_name in deps and MESHD in deps, "%s: depends_on must include %s (whose namespace it joins) and "
+                "%s, is %r" % (cw, svc_name, MESHD, deps))
+        g.check(sc.get("restart") == app_svc.get("restart"), "%s: restart %r differs from %s's %r"
+                % (cw, sc.get("restart"), svc_name, app_svc.get("restart")))
+        dep_name = COMPOSE_TO_DEPLOYMENT[svc_name]
+        eff = sidecar.effective.get(dep_name)
+        if not g.check(eff is not None, "k8s/%s: no patch for Deployment %s, so compose %s has no k8s counterpart"
+                       % (sidecar.dir, dep_name, sc_name)):
+            continue
+        app = dig(eff.data, "spec", "template", "metadata", "labels", "app")
+        k, ka = container_of(eff, SIDECAR_CONTAINER), container_of(eff, app)
+        if not g.check(isinstance(k, dict) and isinstance(ka, dict), "%s: no containers %s and %s"
+                       % (eff.where(), app, SIDECAR_CONTAINER)):
+            continue
+        w = "%s: container %s" % (eff.where(), SIDECAR_CONTAINER)
+        g.check(sc.get("image") == k.get("image") == gw.get("image"), "%s: image %r differs from compose %s's %r or "
+                "%s's %r" % (w, k.get("image"), sc_name, sc.get("image"), GATEWAY, gw.get("image")))
+        args = [as_str(a) for a in k.get("args") or []]
+        g.check(compose_command(sc) == args, "%s: args %r differ from compose %s command %r"
+                % (w, args, sc_name, compose_command(sc)))
+        hc = sc.get("healthcheck") or {}
+        test = [as_str(t) for t in hc.get("test") or []] if isinstance(hc.get("test"), list) else hc.get("test")
+        want_test = ["CMD", "/mesh-proxy"] + compose_command(sc) + ["--health-check"]
+        g.check(test == want_test and not hc.get("disable"), "%s: healthcheck test must be %r (the admin port's "
+                "/healthz/ready, as the k8s probes), is %r" % (cw, want_test, test))
+        # The env: the k8s sidecar's.
+        got_env = container_env(k, g, w)
+        check_otel_names(g, w, got_env, sc, sc_name)
+        got_env = without_otel(got_env)
+        want_env = compose_env(sc)
+        check_compose_trust(g, compose, sc_name, sc, want_env, got_env, w)
+        for key in sorted((set(want_env) | set(got_env)) - set(TRUST_ENV)):
+            g.check(key in got_env, "%s: env %s=%r from compose %s missing" % (w, key, want_env.get(key), sc_name))
+            g.check(key in want_env, "%s: env %s not set by compose %s" % (w, key, sc_name))
+            if key in got_env and key in want_env and key != "MESH_TOKEN_FILE":
+                g.check(isinstance(got_env[key], str) and got_env[key] == want_env[key],
+                        "%s: env %s=%r, compose %s has %r" % (w, key, got_env[key], sc_name, want_env[key]))
+        # Its own token only (the default identity bookinfo-<service>), and the root read-only.
+        own = "default.bookinfo-%s" % app
+        g.check(compose_secret_names(sc) == [own], "%s: secrets must be [%s] only, are %r"
+                % (cw, own, compose_secret_names(sc)))
+        g.check(want_env.get("MESH_TOKEN_FILE") == "/run/secrets/%s" % own and got_env.get("MESH_TOKEN_FILE"),
+                "%s: MESH_TOKEN_FILE must be /run/secrets/%s (k8s: %r), is %r"
+                % (cw, own, got_env.get("MESH_TOKEN_FILE"), want_env.get("MESH_TOKEN_FILE")))
+        mounts = compose_volume_list(sc)
+        g.check(len(mounts) == 1 and mounts[0]["source"] == COMPOSE_CA_ROOT_VOLUME and mounts[0]["read_only"],
+                "%s: volumes must be only %s read-only (the root), are %s" % (cw, COMPOSE_CA_ROOT_VOLUME,
+                                                                          [fmt_mount(m) for m in mounts]))
+        # The app itself under MESH_MODE=sidecar: the k8s/sidecar app container's env, once the mesh
+        # settings it then ignores are set aside, and the health check its exec probes run.
+        aw = "%s: container %s" % (eff.where(), app)
+        aenv, kenv = compose_env(app_svc), container_env(ka)
+        g.check(aenv.get(MESH_MODE_VAR) == MESH_MODE_SIDECAR == kenv.get(MESH_MODE_VAR),
+                "%s: env %s=%r, compose %s with %s=sidecar has %r" % (aw, MESH_MODE_VAR, kenv.get(MESH_MODE_VAR),
+                                                                     svc_name, MESH_MODE_VAR, aenv.get(MESH_MODE_VAR)))
+        rest = {key: v for key, v in aenv.items() if key not in TRUST_ENV and key != "MESH_TOKEN_FILE"}
+        g.check(rest == kenv, "%s: env %r differs from compose %s's in sidecar mode (mesh settings aside) %r"
+                % (aw, kenv, svc_name, rest))
+        ahc = (app_svc.get("healthcheck") or {}).get("test")
+        ahc = [as_str(t) for t in ahc] if isinstance(ahc, list) else ahc
+        for probe in ("readinessProbe", "livenessProbe"):
+            cmd = dig(ka, probe, "exec", "command")
+            if cmd is not None:
+                g.check(["CMD"] + [as_str(a) for a in cmd] == ahc, "%s: %s exec %r differs from compose %s's "
+                        "healthcheck %r" % (aw, probe, cmd, svc_name, ahc))
+    # No app service, meshd or gateway in the profile: only the sidecars are optional.
+    others = sorted(n for n in sidecars if n not in want)
+    g.check(not others, "docker-compose.yml: profile %s also holds %s" % (SIDECAR_PROFILE, others))
+
+
+def check_compose_config(root, g):
+    """With docker-compose on PATH: `docker-compose config` accepts the file as it is run,
+    embedded (no profile) and `MESH_MODE=sidecar ... --profile sidecar`, and interpolates the
+    apps' MESH_MODE to embedded and sidecar; the sidecars come out with network_mode and without
+    networks or ports."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        return False
+    for extra_env, args in (({}, []), ({MESH_MODE_VAR: MESH_MODE_SIDECAR}, ["--profile", SIDECAR_PROFILE])):
+        what = "%sdocker-compose %sconfig" % ("".join("%s=%s " % kv for kv in extra_env.items()),
+                                               "".join(a + " " for a in args))
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+        env.update(extra_env)
+        try:
+            run = subprocess.run([exe, "-f", str(root / "docker-compose.yml")] + args + ["config"], cwd=str(root),
+                                 env=env, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            g.fail("%s: could not run: %s" % (what, e))
+            continue
+        if not g.check(run.returncode == 0, "%s fails: %s" % (what, run.stderr.strip()[-400:])):
+            continue
+        try:
+            out = yaml.safe_load(run.stdout) or {}
+        except yaml.YAMLError as e:
+            g.fail("%s: output does not parse: %s" % (what, e))
+            continue
+        services = out.get("services") or {}
+        mode = extra_env.get(MESH_MODE_VAR, MESH_MODE_EMBEDDED)
+        for svc_name in sorted(COMPOSE_TO_DEPLOYMENT):
+            got = compose_env(services.get(svc_name) or {}).get(MESH_MODE_VAR)
+            g.check(got == mode, "%s: %s's %s is %r, expected %s" % (what, svc_name, MESH_MODE_VAR, got, mode))
+            sc = services.get("%s-sidecar" % svc_name) or {}
+            g.check(sc.get("network_mode") == "service:%s" % svc_name and not any(k in sc for k in NETNS_KEYS),
+                    "%s: %s-sidecar must come out with network_mode service:%s and none of %s, is %r"
+                    % (what, svc_name, svc_name, list(NETNS_KEYS),
+                       {k: sc.get(k) for k in ("network_mode",) + NETNS_KEYS if k in sc}))
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2035,11 +2901,13 @@ def service_targets(svc, deps, port):
     return sp, out
 
 
-def check_telemetry(root, docs, mesh, g):
-    """k8s/monitoring does for the k8s/mesh overlay what compose's observability profile does:
-    its Prometheus scrapes every meshed pod's admin port (docker/prometheus.yml's targets), the
-    workloads send spans to its Jaeger's OTLP receiver, and meshd's dashboard is published. The
-    plain base (k8s/) keeps productpage's own /metrics on 9080 and no mesh telemetry."""
+def check_telemetry(root, docs, overlays, g):
+    """k8s/monitoring does for the k8s/mesh and k8s/sidecar overlays what compose's observability
+    profile does: its Prometheus scrapes every meshed pod's admin port (docker/prometheus.yml's
+    targets; with sidecars, the sidecar's), the meshed containers (the workloads, or their
+    sidecars, and the gateway) send spans to its Jaeger's OTLP receiver, and meshd's dashboard is
+    published. The plain base (k8s/) keeps productpage's own /metrics on 9080 and no mesh
+    telemetry."""
     mon = [d for d in docs if d.rel.startswith("k8s/monitoring/")]
     mon_deps = [d for d in mon if d.kind == "Deployment"]
     cm = next((d for d in mon if d.kind == "ConfigMap" and d.name == "prometheus"), None)
@@ -2053,7 +2921,7 @@ def check_telemetry(root, docs, mesh, g):
 
     def scrapes(d):
         try:
-            return prom_scrapes(pcfg, d)
+            return prom_scrapes(pcfg, d, doc_ns(d))
         except (ValueError, re.error, AttributeError, TypeError) as e:
             g.fail("%s: cannot follow k8s/monitoring's Prometheus config on its pods: %s" % (d.where(), e))
             return None
@@ -2079,14 +2947,14 @@ def check_telemetry(root, docs, mesh, g):
             g.check(not otel, "%s: container %s sets %s; k8s/ stays plain (tracing is mesh mode's, in "
                     "k8s/%s)" % (d.where(), c.get("name"), otel, MESH_DIR))
 
+    for mesh in overlays:
+        if mesh.kust is not None:
+            check_overlay_telemetry(root, mesh, mon, mon_deps, pcfg, scrapes, url, g)
+
+
+def check_overlay_telemetry(root, mesh, mon, mon_deps, pcfg, scrapes, url, g):
     # The overlay as kubectl renders it (as merged here without kubectl).
-    if mesh.kust is None:
-        return
-    if mesh.rendered is not None:
-        odocs = mesh.rendered
-    else:
-        odocs = list(mesh.effective.values()) + [d for d in mesh.docs if d.kind != "Deployment"
-                                                 or d.name not in mesh.effective]
+    odocs = mesh.rendered if mesh.rendered is not None else mesh.deployed()
     odeps = [d for d in odocs if d.kind == "Deployment"]
     meshed = {}
     for d in odeps:
@@ -2095,7 +2963,7 @@ def check_telemetry(root, docs, mesh, g):
                 meshed[d.name] = (d, c)
     want_meshed = sorted(set(COMPOSE_TO_DEPLOYMENT.values()) | {GATEWAY})
     g.check(sorted(meshed) == want_meshed, "k8s/%s: meshed Deployments %s, expected %s"
-            % (MESH_DIR, sorted(meshed), want_meshed))
+            % (mesh.dir, sorted(meshed), want_meshed))
 
     # Metrics: the prometheus.io annotations name the admin port, and k8s/monitoring's
     # Prometheus, following them, scrapes exactly <pod>:15021/stats/prometheus.
@@ -2163,10 +3031,10 @@ def check_telemetry(root, docs, mesh, g):
         host, port, path = u.group(2), int(u.group(3)), u.group(4) or ""
         g.check(path in ("", "/") or (proto == "http/protobuf" and path == "/v1/traces"),
                 "%s: %s=%r: unexpected path %r for %s" % (cw, var, endpoint, path, proto))
-        ref = resolve_service_host(host)
+        ref = resolve_service_host(host, doc_ns(d))
         svc = next((s for s in mon if s.kind == "Service" and ref and (s.name, s.namespace or POD_NS) == ref), None)
-        if not g.check(svc is not None, "%s: %s=%r: %s is no Service of k8s/monitoring (from the app's namespace "
-                       "%s; name it <service>.%s)" % (cw, var, endpoint, host, POD_NS, ISTIO_NS)):
+        if not g.check(svc is not None, "%s: %s=%r: %s is no Service of k8s/monitoring (from the pod's namespace "
+                       "%s; name it <service>.%s)" % (cw, var, endpoint, host, doc_ns(d), ISTIO_NS)):
             continue
         sp, reached = service_targets(svc, mon_deps, port)
         if not g.check(sp is not None, "%s: %s=%r: Service %s.%s has no port %d" % (
@@ -2197,7 +3065,7 @@ def check_telemetry(root, docs, mesh, g):
     # port compose publishes it on (so http://localhost:20001/ after a port-forward).
     md = next((d for d in odeps if d.name == MESHD), None)
     svc = next((d for d in odocs if d.kind == "Service" and d.name == MESHD), None)
-    if not g.check(md is not None and svc is not None, "k8s/%s: no Deployment and Service %s" % (MESH_DIR, MESHD)):
+    if not g.check(md is not None and svc is not None, "k8s/%s: no Deployment and Service %s" % (mesh.dir, MESHD)):
         return
     mc = container_of(md, MESHD) or {}
     listen = flag_values([as_str(a) for a in mc.get("args") or []]).get("--dashboard") \
@@ -2232,31 +3100,51 @@ def main():
     args = ap.parse_args()
     root = args.root.resolve()
 
-    groups = {n: Group(n) for n in ("files", "parse", "schema", "istio", "kustomize", "mesh", "compose",
-                                    "contract", "monitoring", "telemetry")}
+    groups = {n: Group(n) for n in ("files", "parse", "schema", "istio", "kustomize", "mesh", "sidecar",
+                                    "compose", "contract", "monitoring", "telemetry")}
     docs, kust = load_docs(root, groups["files"], groups["parse"])
     mesh = load_mesh(root, docs, groups["files"], groups["parse"], groups["mesh"])
+    # k8s/sidecar deploys k8s/mesh's own files (../mesh/<file>) and patches the base otherwise.
+    sidecar = load_mesh(root, docs, groups["files"], groups["parse"], groups["sidecar"], SIDECAR_DIR, "sidecar",
+                        shared=mesh)
+    overlays = [(mesh, groups["mesh"]), (sidecar, groups["sidecar"])]
     if args.verbose:
-        for rel in sorted({d.rel for d in docs + mesh.docs + mesh.patches}):
+        for rel in sorted({d.rel for o, _ in overlays for d in docs + o.docs + o.patches}):
             print("read %s" % rel)
-    # The overlay's own resources and its effective (patched) Deployments get the schema check.
-    schema_version = check_schema(docs + mesh.docs + list(mesh.effective.values()), groups["schema"],
-                                  args.k8s_version)
+    # The overlays' own resources and their effective (patched) Deployments and Services get the
+    # schema check (a file both overlays deploy, once).
+    seen, to_check = set(), []
+    for d in docs + [d for o, _ in overlays for d in o.docs] + \
+            [d for o, _ in overlays for d in list(o.effective.values()) + list(o.effective_services.values())]:
+        if (d.rel, d.index) not in seen:
+            seen.add((d.rel, d.index))
+            to_check.append(d)
+    schema_version = check_schema(to_check, groups["schema"], args.k8s_version)
     check_istio(docs, groups["istio"])
     check_kustomization(root, kust, groups["kustomize"])
-    check_mesh(root, docs, mesh, groups["mesh"])
-    rendered = check_mesh_render(root, docs, mesh, groups["mesh"])
-    if args.verbose:
-        print("kubectl kustomize k8s/%s: %s" % (MESH_DIR, "compared" if rendered else "skipped (no kubectl)"))
+    for o, g in overlays:
+        check_mesh(root, docs, o, g)
+        rendered = check_mesh_render(root, docs, o, g)
+        if args.verbose:
+            print("kubectl kustomize k8s/%s: %s" % (o.dir, "compared" if rendered else "skipped (no kubectl)"))
     check_compose(root, docs, mesh, groups["compose"])
+    check_compose_sidecars(root, sidecar, groups["compose"])
+    ran = check_compose_config(root, groups["compose"])
+    if args.verbose:
+        print("docker-compose config: %s" % ("checked" if ran else "skipped (no docker-compose)"))
     check_contract(docs, groups["contract"])
     check_all_deployments(docs, groups["contract"])
-    # The same rules for what the overlay deploys: base app + meshd & co. + patched Deployments.
-    check_all_deployments([mesh.effective.get(d.name, d) if d.kind == "Deployment" else d
-                           for d in docs if d.rel.count("/") == 1 and not is_istio(d)]
-                          + mesh.docs, groups["contract"], supplied=SUPPLIED)
+    # The same rules for what each overlay deploys: base app (patched) + meshd & co.
+    for o, _ in overlays:
+        if o.kust is None:
+            continue
+        patched = {("Deployment", n): d for n, d in o.effective.items()}
+        patched.update({("Service", n): d for n, d in o.effective_services.items()})
+        base_app = [d for d in docs if d.rel.count("/") == 1 and not is_istio(d)]
+        check_all_deployments([patched.get((d.kind, d.name), d) for d in base_app] + o.docs, groups["contract"],
+                              supplied=SUPPLIED)
     check_monitoring(docs, groups["monitoring"])
-    check_telemetry(root, docs, mesh, groups["telemetry"])
+    check_telemetry(root, docs, [o for o, _ in overlays], groups["telemetry"])
 
     passed = failed = 0
     for g in groups.values():

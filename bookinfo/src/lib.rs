@@ -371,6 +371,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             control_plane: meshd.url(),
             roots: meshd.trust_roots(),
             token: tokens.get(account).cloned().unwrap_or_default(),
+            token_file: None,
             service: service.to_owned(),
             labels,
             namespace: namespace.to_owned(),

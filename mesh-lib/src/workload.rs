@@ -62,6 +62,7 @@ impl WorkloadEnv {
                 "joining the mesh needs meshd's root certificate (a file given out of band, e.g. mounted from meshd's --publish-root)",
             ));
         };
+        let token_file = vars.get("MESH_TOKEN_FILE").map(std::path::PathBuf::from);
         let token = match (vars.get("MESH_TOKEN_FILE"), vars.get("MESH_TOKEN")) {
             (Some(path), _) => std::fs::read_to_string(&path)
                 .map_err(|e| VarError::new("MESH_TOKEN_FILE", &path, e.to_string()))?
@@ -94,6 +95,7 @@ impl WorkloadEnv {
                 control_plane,
                 roots: crate::identity::TrustRoots::from_file(ca_file),
                 token,
+                token_file,
                 service,
                 labels,
                 namespace: vars.get_or("MESH_NAMESPACE", "default"),

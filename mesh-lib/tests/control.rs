@@ -50,6 +50,7 @@ fn ratings_spec(url: String, roots: TrustRoots) -> WorkloadSpec {
         control_plane: url,
         roots,
         token: RATINGS_TOKEN.to_owned(),
+        token_file: None,
         service: "ratings".to_owned(),
         labels: BTreeMap::new(),
         namespace: "default".to_owned(),

@@ -637,6 +637,7 @@ fn spec(
         control_plane: meshd.url(),
         roots: meshd.trust_roots(),
         token: token.to_owned(),
+        token_file: None,
         service: service.to_owned(),
         labels: BTreeMap::from([
             ("app".to_owned(), service.to_owned()),

@@ -90,6 +90,7 @@ pub fn spec(meshd: &RunningMeshd, service: &str, sa: &str) -> WorkloadSpec {
         control_plane: meshd.url(),
         roots: meshd.trust_roots(),
         token: format!("token-{sa}"),
+        token_file: None,
         service: service.to_owned(),
         labels: BTreeMap::from([
             ("app".to_owned(), service.to_owned()),

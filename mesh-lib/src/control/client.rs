@@ -29,12 +29,32 @@ pub struct WorkloadSpec {
     /// The bootstrap secret proving namespace/service account; sent (inside TLS) only while
     /// the workload has no valid certificate.
     pub token: String,
+    /// Where the token was read from: read again each time it is sent, so a projected
+    /// Kubernetes ServiceAccount token the kubelet rotates is current (`token` is the
+    /// fallback when the file cannot be read then).
+    pub token_file: Option<std::path::PathBuf>,
     pub service: String,
     pub labels: BTreeMap<String, String>,
     pub namespace: String,
     pub service_account: String,
     /// The plaintext admin port meshd reads metrics and recent spans from, if any.
     pub admin_port: Option<u16>,
+}
+
+impl WorkloadSpec {
+    /// The bootstrap token as it is now: `token_file`'s content when it reads, else `token`.
+    pub fn current_token(&self) -> String {
+        match self.token_file.as_deref().map(std::fs::read_to_string) {
+            Some(Ok(text)) if !text.trim().is_empty() => text.trim().to_owned(),
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "cannot read the bootstrap token again ({e}); sending the one read at start"
+                );
+                self.token.clone()
+            }
+            _ => self.token.clone(),
+        }
+    }
 }
 
 /// A call to meshd failed.
@@ -114,7 +134,7 @@ async fn ask(
             token: if renewal {
                 String::new()
             } else {
-                spec.token.clone()
+                spec.current_token()
             },
             namespace: spec.namespace.clone(),
             service_account: spec.service_account.clone(),
@@ -260,5 +280,36 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = MIN_BACKOFF;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_token_file_is_read_again_and_the_start_token_is_the_fallback() {
+        let dir = std::env::temp_dir().join(format!("mesh-token-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "first\n").unwrap();
+        let spec = WorkloadSpec {
+            control_plane: "https://meshd:15012".into(),
+            roots: TrustRoots::from_file(dir.join("root.pem")),
+            token: "first".into(),
+            token_file: Some(file.clone()),
+            service: "ratings".into(),
+            labels: BTreeMap::new(),
+            namespace: "default".into(),
+            service_account: "bookinfo-ratings".into(),
+            admin_port: None,
+        };
+        assert_eq!(spec.current_token(), "first");
+        // The kubelet replaces a projected token before it expires.
+        std::fs::write(&file, "rotated\n").unwrap();
+        assert_eq!(spec.current_token(), "rotated");
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(spec.current_token(), "first");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
