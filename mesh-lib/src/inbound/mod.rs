@@ -52,5 +52,11 @@ pub fn stack(app: Router, mesh: Option<Mesh>) -> Router {
         }
         None => app,
     };
-    app.layer(TraceLayer::new_for_http())
+    // A 5xx answered on purpose (a readiness probe before the certificate, Envoy's 503s) is
+    // not an error of this process: the access log and metrics record it; at `error` it would
+    // drown the lines that are.
+    app.layer(
+        TraceLayer::new_for_http()
+            .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+    )
 }
