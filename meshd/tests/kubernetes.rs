@@ -31,6 +31,19 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// What the API server answers while it is down.
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(status(
+            503,
+            "ServiceUnavailable",
+            "the server is shutting down",
+        )),
+    )
+        .into_response()
+}
+
 /// One watch event, with the resourceVersion it happened at and the collection it is in.
 #[derive(Clone, Debug)]
 struct Logged {
@@ -237,15 +250,7 @@ async fn list_or_watch(
     let mut c = api.cluster.lock().unwrap();
     if c.down {
         c.refused += 1;
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(status(
-                503,
-                "ServiceUnavailable",
-                "the server is shutting down",
-            )),
-        )
-            .into_response();
+        return unavailable();
     }
     let Some((_, _, _, kind)) = collections()
         .into_iter()
@@ -354,15 +359,7 @@ async fn token_review(
 ) -> Response {
     let c = api.cluster.lock().unwrap();
     if c.down {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(status(
-                503,
-                "ServiceUnavailable",
-                "the server is shutting down",
-            )),
-        )
-            .into_response();
+        return unavailable();
     }
     let token = review["spec"]["token"].as_str().unwrap_or_default();
     let wanted: Vec<String> = review["spec"]["audiences"]
@@ -634,18 +631,8 @@ fn spec(
     service: &str,
 ) -> mesh::control::client::WorkloadSpec {
     mesh::control::client::WorkloadSpec {
-        control_plane: meshd.url(),
-        roots: meshd.trust_roots(),
         token: token.to_owned(),
-        token_file: None,
-        service: service.to_owned(),
-        labels: BTreeMap::from([
-            ("app".to_owned(), service.to_owned()),
-            ("version".to_owned(), "v1".to_owned()),
-        ]),
-        namespace: "default".to_owned(),
-        service_account: format!("bookinfo-{service}"),
-        admin_port: None,
+        ..test_support::spec(meshd, service, &format!("bookinfo-{service}"))
     }
 }
 
@@ -802,6 +789,19 @@ fn reviews_endpoints(mesh: &mesh::Mesh) -> Vec<(String, String)> {
     seen
 }
 
+/// Waits until `mesh` sees exactly `want` (address, version) for reviews.
+async fn until_endpoints(mesh: &mesh::Mesh, want: &[(String, String)]) {
+    let deadline = Instant::now() + PATIENCE;
+    while reviews_endpoints(mesh) != want {
+        assert!(
+            Instant::now() < deadline,
+            "never {want:?}: {:?}",
+            reviews_endpoints(mesh)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_pods_are_routable_before_they_register_and_not_ready_ones_go_at_once() {
     let (api, url) = FakeApi::start().await;
@@ -834,15 +834,7 @@ async fn ready_pods_are_routable_before_they_register_and_not_ready_ones_go_at_o
         (registered.clone(), "v1".to_owned()),
     ];
     want.sort();
-    let deadline = Instant::now() + PATIENCE;
-    while reviews_endpoints(&mesh) != want {
-        assert!(
-            Instant::now() < deadline,
-            "never {want:?}: {:?}",
-            reviews_endpoints(&mesh)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_endpoints(&mesh, &want).await;
     let v2 = mesh
         .endpoints_of("reviews")
         .into_iter()
@@ -860,26 +852,10 @@ async fn ready_pods_are_routable_before_they_register_and_not_ready_ones_go_at_o
         ("reviews-v2-def", "127.0.0.2", true),
     ]));
     let want = vec![("127.0.0.2:9080".to_owned(), "v2".to_owned())];
-    let deadline = Instant::now() + PATIENCE;
-    while reviews_endpoints(&mesh) != want {
-        assert!(
-            Instant::now() < deadline,
-            "never {want:?}: {:?}",
-            reviews_endpoints(&mesh)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_endpoints(&mesh, &want).await;
     // reviews-v2's pod is gone from the slice and the API: so is its endpoint.
     api.apply(reviews_slice(&[("reviews-v1-abc", "127.0.0.1", false)]));
     api.delete("Pod", "default", "reviews-v2-def", false);
-    let deadline = Instant::now() + PATIENCE;
-    while !reviews_endpoints(&mesh).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "still {:?}",
-            reviews_endpoints(&mesh)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_endpoints(&mesh, &[]).await;
     meshd.shutdown().await;
 }
