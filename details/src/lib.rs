@@ -1,9 +1,12 @@
 //! Bookinfo details: the book's details as compact JSON, for any integer id.
 //!
-//! Upstream is a Ruby WEBrick server; its observable behaviour is kept: prefix mounts on
-//! `/details` and `/health`, Ruby `Integer()` id parsing (sign, `_`, `0x`/`0b`/`0o`, leading-zero
-//! octal, surrounding whitespace), 400 `please provide numeric product id` otherwise, an HTML
-//! 404 for other paths, and 405 for methods WEBrick does not serve.
+//! Upstream is a Ruby WEBrick server; its observable behaviour is kept: the path percent-decoded
+//! and normalised as WEBrick does before routing (`/details/%207` is id 7, `//details/0` is
+//! `/details/0`, a path climbing above the root is 400), prefix mounts on `/details` and
+//! `/health`, Ruby `Integer()` id parsing (sign, `_`, `0x`/`0b`/`0o`, leading-zero octal,
+//! surrounding whitespace) with integers of any size echoed digit for digit, 400
+//! `please provide numeric product id` otherwise, an HTML 404 for other paths, and 405 for
+//! methods WEBrick does not serve.
 #![forbid(unsafe_code)]
 
 use axum::Router;
@@ -34,10 +37,15 @@ impl Config {
     }
 }
 
+/// The most digits a non-decimal id may have: converting one to decimal costs time
+/// quadratic in its length, and 1024 hex digits is already a 1234-digit number.
+pub const MAX_RADIX_DIGITS: usize = 1024;
+
 /// The book, in upstream's exact key order.
 #[derive(Debug, Serialize)]
 struct Book {
-    id: i128,
+    /// A JSON integer of any size (Ruby's Integer is unbounded).
+    id: serde_json::Number,
     author: &'static str,
     year: u32,
     #[serde(rename = "type")]
@@ -52,7 +60,7 @@ struct Book {
 }
 
 impl Book {
-    fn with_id(id: i128) -> Self {
+    fn with_id(id: serde_json::Number) -> Self {
         Self {
             id,
             author: "William Shakespeare",
@@ -74,7 +82,10 @@ pub fn app(_config: Config) -> Router {
 }
 
 async fn handle(request: Request) -> Response {
-    let path = request.uri().path();
+    let Ok(path) = webrick_path(request.uri().path()) else {
+        return bad_request();
+    };
+    let path = path.as_str();
     let route = if mounted(path, "/health") {
         Route::Health
     } else if mounted(path, "/details") {
@@ -96,7 +107,9 @@ async fn handle(request: Request) -> Response {
             StatusCode::OK,
             r#"{"status":"Details is healthy"}"#.to_owned(),
         ),
-        Route::Details => match parse_ruby_integer(last_segment(path)) {
+        Route::Details => match parse_ruby_integer(last_segment(path))
+            .and_then(|decimal| decimal.parse::<serde_json::Number>().ok())
+        {
             Some(id) => json(
                 StatusCode::OK,
                 serde_json::to_string(&Book::with_id(id)).expect("the book serialises"),
@@ -129,6 +142,15 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+fn bad_request() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/html; charset=ISO-8859-1")],
+        "<HTML>\n  <HEAD><TITLE>Bad Request</TITLE></HEAD>\n  <BODY>\n    <H1>Bad Request</H1>\n    abnormal path\n  </BODY>\n</HTML>\n",
+    )
+        .into_response()
+}
+
 fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -138,10 +160,40 @@ fn not_found() -> Response {
         .into_response()
 }
 
-/// Ruby's strict `Integer(string)`: optional surrounding whitespace and sign, a radix prefix
-/// (`0x`, `0b`, `0o`, `0d`, or a bare leading `0` for octal), and digits with single `_`
-/// separators. `None` where Ruby raises, or beyond 128 bits.
-pub fn parse_ruby_integer(text: &str) -> Option<i128> {
+/// Why WEBrick refuses a path (its 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbnormalPath;
+
+/// The path WEBrick routes on: percent-decoded (`HTTPUtils.unescape`: every `%XX`, a stray
+/// `%` kept), then `normalize_path`: runs of `/` merged, `.` segments dropped, `..` removing
+/// the segment before it, and a `..` left above the root refused.
+pub fn webrick_path(raw: &str) -> Result<String, AbnormalPath> {
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop().ok_or(AbnormalPath)?;
+            }
+            _ => segments.push(segment),
+        }
+    }
+    // `/a/`, `/a/.` and `/a/b/..` keep a trailing slash.
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    let ends_in_slash = matches!(last, "" | "." | "..");
+    let mut path = format!("/{}", segments.join("/"));
+    if ends_in_slash && !segments.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// Ruby's strict `Integer(string)` in decimal: optional surrounding whitespace and sign, a
+/// radix prefix (`0x`, `0b`, `0o`, `0d`, or a bare leading `0` for octal), and digits with
+/// single `_` separators, of any size (non-decimal ones up to [`MAX_RADIX_DIGITS`]). `None`
+/// where Ruby raises.
+pub fn parse_ruby_integer(text: &str) -> Option<String> {
     let s = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
     let (negative, s) = match s.as_bytes().first()? {
         b'-' => (true, &s[1..]),
@@ -170,14 +222,50 @@ pub fn parse_ruby_integer(text: &str) -> Option<i128> {
     {
         return None;
     }
-    let mut value: i128 = 0;
-    for c in digits.chars().filter(|&c| c != '_') {
-        let d = c.to_digit(radix)?;
-        value = value
-            .checked_mul(i128::from(radix))?
-            .checked_add(i128::from(d))?;
+    let digits: Vec<u32> = digits
+        .chars()
+        .filter(|&c| c != '_')
+        .map(|c| c.to_digit(radix))
+        .collect::<Option<_>>()?;
+    let decimal = if radix == 10 {
+        digits
+            .iter()
+            .skip_while(|&&d| d == 0)
+            .map(|&d| char::from_digit(d, 10).expect("a decimal digit"))
+            .collect::<String>()
+    } else if digits.len() > MAX_RADIX_DIGITS {
+        return None;
+    } else {
+        to_decimal(&digits, radix)
+    };
+    Some(match decimal.as_str() {
+        "" => "0".to_owned(),
+        _ if negative => format!("-{decimal}"),
+        _ => decimal,
+    })
+}
+
+/// `digits` (most significant first) in base `radix`, as decimal digits without leading zeros.
+fn to_decimal(digits: &[u32], radix: u32) -> String {
+    const LIMB: u64 = 1_000_000_000;
+    // Little-endian limbs of nine decimal digits each.
+    let mut limbs: Vec<u64> = Vec::new();
+    for &d in digits {
+        let mut carry = u64::from(d);
+        for limb in &mut limbs {
+            let v = *limb * u64::from(radix) + carry;
+            *limb = v % LIMB;
+            carry = v / LIMB;
+        }
+        if carry > 0 {
+            limbs.push(carry);
+        }
     }
-    Some(if negative { -value } else { value })
+    let mut out = limbs.last().map_or(String::new(), |top| top.to_string());
+    for limb in limbs.iter().rev().skip(1) {
+        out.push_str(&format!("{limb:09}"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -202,9 +290,60 @@ mod tests {
             ("0d19", 19),
             ("-0x10", -16),
             ("00", 0),
+            ("-0", 0),
         ] {
-            assert_eq!(parse_ruby_integer(text), Some(want), "{text:?}");
+            assert_eq!(parse_ruby_integer(text), Some(want.to_string()), "{text:?}");
         }
+    }
+
+    /// What Ruby's `Integer()` gives for numbers past 64 and 128 bits.
+    #[test]
+    fn ruby_integers_have_no_size_limit() {
+        for (text, want) in [
+            ("99999999999999999999", "99999999999999999999"),
+            (
+                "-123456789012345678901234567890",
+                "-123456789012345678901234567890",
+            ),
+            (
+                "0d000123456789012345678901234567890",
+                "123456789012345678901234567890",
+            ),
+            ("0x10000000000000000", "18446744073709551616"),
+            (
+                "0xffffffffffffffffffffffffffffffffff",
+                "87112285931760246646623899502532662132735",
+            ),
+            ("0b1_0000_0000", "256"),
+            ("0777777777777777777777777", "4722366482869645213695"),
+        ] {
+            assert_eq!(parse_ruby_integer(text).as_deref(), Some(want), "{text:?}");
+        }
+        let huge_hex = format!("0x{}", "f".repeat(MAX_RADIX_DIGITS + 1));
+        assert_eq!(parse_ruby_integer(&huge_hex), None);
+        let long_decimal = "9".repeat(5000);
+        assert_eq!(parse_ruby_integer(&long_decimal), Some(long_decimal));
+    }
+
+    #[test]
+    fn paths_are_decoded_and_normalised_as_webrick_does() {
+        for (raw, want) in [
+            ("/details/0", "/details/0"),
+            ("/details/%207", "/details/ 7"),
+            ("/details/0%2F5", "/details/0/5"),
+            ("//details//0", "/details/0"),
+            ("/details/./0", "/details/0"),
+            ("/x/../details/0", "/details/0"),
+            ("/details/0/", "/details/0/"),
+            ("/details/0/.", "/details/0/"),
+            ("/details/%zz", "/details/%zz"),
+            ("/%64etails/1", "/details/1"),
+            ("/", "/"),
+        ] {
+            assert_eq!(webrick_path(raw).as_deref(), Ok(want), "{raw:?}");
+        }
+        assert_eq!(webrick_path("/../details/0"), Err(AbnormalPath));
+        assert_eq!(webrick_path("/details/../../x"), Err(AbnormalPath));
     }
 
     #[test]

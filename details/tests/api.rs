@@ -49,6 +49,11 @@ async fn any_integer_id_is_echoed() {
         ("/details/-5", "-5"),
         ("/details/010", "8"),
         ("/details/0x10?x=1", "16"),
+        ("/details/99999999999999999999", "99999999999999999999"),
+        ("/details/%207", "7"),
+        ("/details/0%2F5", "5"),
+        ("//details//3", "3"),
+        ("/details/./4", "4"),
     ] {
         let (status, _, body) = call(Method::GET, uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
@@ -106,4 +111,12 @@ async fn webrick_methods_are_served_and_others_are_405() {
         call(Method::DELETE, "/health").await.0,
         StatusCode::METHOD_NOT_ALLOWED
     );
+}
+
+#[tokio::test]
+async fn a_path_above_the_root_is_webricks_400() {
+    let (status, ct, body) = call(Method::GET, "/details/../../0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(ct.starts_with("text/html"), "{ct}");
+    assert!(body.contains("Bad Request"), "{body}");
 }

@@ -5,6 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// The port every Bookinfo service listens on, as upstream.
 pub const DEFAULT_PORT: u16 = 9080;
 
+/// Every interface, IPv6 and IPv4 alike (see [`crate::Server::bind`]).
+pub const DEFAULT_BIND: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
 /// Where a service listens. Upstream details and ratings take the port as their first
 /// argument; that form still works (`details 9080`).
 #[derive(Debug, Clone, clap::Args)]
@@ -13,8 +16,9 @@ pub struct ServeArgs {
     #[arg(value_name = "PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
-    /// Address to bind (all IPv4 interfaces by default; `::` for dual stack).
-    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to bind. The default `::` is dual-stack (every IPv6 and IPv4 interface, as
+    /// upstream's `[::]:9080`), falling back to 0.0.0.0 where IPv6 is off.
+    #[arg(long, value_name = "IP", default_value_t = DEFAULT_BIND)]
     pub bind: IpAddr,
 
     /// Instead of serving, check that the service already running on PORT answers
@@ -29,20 +33,22 @@ impl ServeArgs {
         SocketAddr::new(self.bind, self.port)
     }
 
-    /// The loopback address of the bind address's family.
+    /// The loopback address to bind instead of every interface: IPv4's (where a sidecar
+    /// reaches its application, and which exists where IPv6 is off), `::1` for an IPv6 address.
     pub fn bind_loopback(&self) -> IpAddr {
         match self.bind {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(ip) if !ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 
-    /// Where `--health-check` finds the service: loopback when it binds every interface.
+    /// Where `--health-check` finds the service: IPv4 loopback when it binds every interface
+    /// (a dual-stack listener takes it, and so does the IPv4 fallback).
     pub fn probe_addr(&self) -> SocketAddr {
-        let ip = match self.bind {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
+        let ip = if self.bind.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.bind
         };
         SocketAddr::new(ip, self.port)
     }

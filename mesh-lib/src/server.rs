@@ -13,7 +13,7 @@ mod limits;
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,33 @@ pub use crate::inbound::TLS_HANDSHAKE_TIMEOUT;
 /// How long the accept loop pauses after a failed accept (usually EMFILE), so it does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
+/// An IPv6 listener on `addr` that takes IPv4 too (`IPV6_V6ONLY` off whatever the system's
+/// `bindv6only` default).
+fn listen_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The accept backlog of a listener bound by hand (tokio's own default).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Whether binding `[::]` failed because this machine has no IPv6 (a kernel booted with
+/// `ipv6.disable=1`, a container without it), rather than for a reason IPv4 would share.
+fn ipv6_is_off(error: &io::Error) -> bool {
+    // EAFNOSUPPORT: no IPv6 sockets at all; EADDRNOTAVAIL: no IPv6 address to bind.
+    const EAFNOSUPPORT: i32 = 97;
+    error.kind() == io::ErrorKind::AddrNotAvailable || error.raw_os_error() == Some(EAFNOSUPPORT)
+}
+
 /// A listening socket that has not started serving yet.
 #[derive(Debug)]
 pub struct Server {
@@ -63,10 +90,24 @@ pub struct BindError {
 }
 
 impl Server {
-    /// Binds `addr` for the workload `name` (used in logs and errors).
+    /// Binds `addr` for the workload `name` (used in logs and errors). `[::]` is dual-stack
+    /// (IPv6 and IPv4-mapped IPv4, as upstream's `[::]:9080`), and falls back to `0.0.0.0`
+    /// where the machine has IPv6 turned off.
     pub async fn bind(name: impl Into<String>, addr: SocketAddr) -> Result<Self, BindError> {
         let name = name.into();
-        match TcpListener::bind(addr).await {
+        let bound = if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            match listen_dual_stack(addr) {
+                Err(e) if ipv6_is_off(&e) => {
+                    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+                    tracing::info!("{name}: IPv6 is off here ({e}); listening on {v4} instead");
+                    TcpListener::bind(v4).await
+                }
+                other => other,
+            }
+        } else {
+            TcpListener::bind(addr).await
+        };
+        match bound {
             Ok(listener) => Ok(Self::from_listener(name, listener)),
             Err(source) => {
                 let hint = match source.kind() {
@@ -261,6 +302,18 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_missing_ipv6_falls_back_to_ipv4() {
+        assert!(ipv6_is_off(&io::Error::from_raw_os_error(97)));
+        assert!(ipv6_is_off(&io::Error::from(
+            io::ErrorKind::AddrNotAvailable
+        )));
+        assert!(!ipv6_is_off(&io::Error::from(io::ErrorKind::AddrInUse)));
+        assert!(!ipv6_is_off(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
+    }
 
     #[tokio::test]
     async fn taken_port_is_a_clear_error() {

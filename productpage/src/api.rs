@@ -1,14 +1,14 @@
 //! The JSON API: `/api/v1/products[/<id>[/reviews|/ratings]]`. Backend answers are passed
 //! through re-serialised in Python's style, with the backend's status.
 
-use axum::extract::{OriginalUri, State as AxumState};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::backends::{self, Backend, outbound_headers};
 use crate::pages::PRODUCT;
-use crate::{Session, State, pyjson};
+use crate::{Session, State, paths, pyjson};
 
 pub(crate) async fn products() -> Response {
     let list = serde_json::json!([{
@@ -22,7 +22,7 @@ pub(crate) async fn products() -> Response {
 pub(crate) async fn product_details(
     state: AxumState<State>,
     session: Session,
-    uri: OriginalUri,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     proxy(Backend::Details, state, session, uri, headers).await
@@ -31,7 +31,7 @@ pub(crate) async fn product_details(
 pub(crate) async fn product_reviews(
     state: AxumState<State>,
     session: Session,
-    uri: OriginalUri,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     proxy(Backend::Reviews, state, session, uri, headers).await
@@ -40,7 +40,7 @@ pub(crate) async fn product_reviews(
 pub(crate) async fn product_ratings(
     state: AxumState<State>,
     session: Session,
-    uri: OriginalUri,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     proxy(Backend::Ratings, state, session, uri, headers).await
@@ -51,17 +51,18 @@ async fn proxy(
     backend: Backend,
     AxumState(state): AxumState<State>,
     session: Session,
-    OriginalUri(uri): OriginalUri,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let headers = outbound_headers(&headers, &session);
-    let fetched = backends::fetch(&state, backend, raw_id(uri.path()), &headers).await;
+    let id = paths::requests_quote(&paths::decoded_segment(id_segment(uri.path())));
+    let fetched = backends::fetch(&state, backend, &id, &headers).await;
     json(fetched.status, &fetched.body)
 }
 
-/// The `<id>` segment exactly as received (still percent-encoded), passed through to the
-/// backend as upstream does.
-fn raw_id(path: &str) -> &str {
+/// The `<id>` segment of the routed path (escaped); Flask hands the view its decoded text,
+/// which `requests` quotes into the backend's URL.
+fn id_segment(path: &str) -> &str {
     path.split('/').nth(4).unwrap_or("")
 }
 

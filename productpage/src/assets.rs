@@ -5,11 +5,16 @@ use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+const STYLESHEET: &[u8] = include_bytes!("../static/css/bookinfo.css");
+
 const ASSETS: &[(&str, &str, &[u8])] = &[
+    ("css/bookinfo.css", "text/css; charset=utf-8", STYLESHEET),
+    // Upstream's path for its stylesheet (there, Tailwind's Play CDN script); here the same
+    // stylesheet as above, so links and scripts written against upstream get one.
     (
-        "css/bookinfo.css",
+        "tailwind/tailwind.css",
         "text/css; charset=utf-8",
-        include_bytes!("../static/css/bookinfo.css"),
+        STYLESHEET,
     ),
     (
         "img/izzy.png",

@@ -97,14 +97,11 @@ impl Backend {
     }
 }
 
-/// `FLOOD_FACTOR` extra reviews calls, one after another, answers discarded and not counted.
+/// `FLOOD_FACTOR` extra reviews calls, one after another, answers discarded. Each is a whole
+/// [`fetch`] as upstream's (its two attempts, its `request_result` count).
 pub(crate) async fn flood(state: &State, id: &str, headers: &HeaderMap) {
-    let url = Backend::Reviews.url(state, id);
     for _ in 0..state.config.flood_factor {
-        let _ = state
-            .client
-            .get(&url, headers.clone(), REVIEWS_TIMEOUT)
-            .await;
+        fetch(state, Backend::Reviews, id, headers).await;
     }
 }
 

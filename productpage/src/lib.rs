@@ -13,6 +13,7 @@ mod api;
 mod assets;
 mod backends;
 mod pages;
+mod paths;
 pub mod pyjson;
 mod session;
 
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, get, post};
 
 use mesh::env::{VarError, Vars};
 
@@ -49,7 +52,8 @@ pub struct Config {
     pub reviews_url: String,
     /// Base URL of ratings (`RATINGS_HOSTNAME`, `SERVICES_DOMAIN`, `RATINGS_SERVICE_PORT`).
     pub ratings_url: String,
-    /// `FLOOD_FACTOR`: extra reviews calls per page view, answers discarded (default 0).
+    /// `FLOOD_FACTOR`: extra reviews fetches per page view, each like the page's own (two
+    /// attempts, counted in `request_result`), answers discarded (default 0).
     pub flood_factor: u32,
     /// Key of the session cookie's signature: `SESSION_SECRET`, the file named by
     /// `SESSION_SECRET_FILE`, or (neither set) [`GENERATED_SESSION_SECRET_BYTES`] random bytes
@@ -107,20 +111,58 @@ impl State {
     }
 }
 
-/// The productpage router.
+/// Every route and its handlers.
+type Route = (&'static str, fn() -> MethodRouter<State>);
+
+const ROUTES: [Route; 12] = [
+    ("/", || get(pages::index)),
+    ("/index.html", || get(pages::index)),
+    ("/productpage", || get(pages::product_page)),
+    ("/login", || post(session::login)),
+    ("/logout", || get(session::logout)),
+    ("/api/v1/products", || get(api::products)),
+    ("/api/v1/products/{id}", || get(api::product_details)),
+    ("/api/v1/products/{id}/reviews", || {
+        get(api::product_reviews)
+    }),
+    ("/api/v1/products/{id}/ratings", || {
+        get(api::product_ratings)
+    }),
+    ("/health", || get(pages::health)),
+    ("/metrics", || get(backends::metrics)),
+    ("/static/{*path}", || get(assets::serve)),
+];
+
+/// The productpage router. Each route also answers OPTIONS as Flask does (200, empty, `Allow`),
+/// and the path is decoded before routing ([`paths`]).
 pub fn app(state: State) -> Router {
+    let mut routes = Router::new();
+    for (path, handlers) in ROUTES {
+        let allow = if path == "/login" {
+            "OPTIONS, POST"
+        } else {
+            "OPTIONS, GET, HEAD"
+        };
+        routes = routes.route(path, handlers().options(move || options(allow)));
+    }
     Router::new()
-        .route("/", get(pages::index))
-        .route("/index.html", get(pages::index))
-        .route("/productpage", get(pages::product_page))
-        .route("/login", post(session::login))
-        .route("/logout", get(session::logout))
-        .route("/api/v1/products", get(api::products))
-        .route("/api/v1/products/{id}", get(api::product_details))
-        .route("/api/v1/products/{id}/reviews", get(api::product_reviews))
-        .route("/api/v1/products/{id}/ratings", get(api::product_ratings))
-        .route("/health", get(pages::health))
-        .route("/metrics", get(backends::metrics))
-        .route("/static/{*path}", get(assets::serve))
-        .with_state(state)
+        .fallback_service(routes.with_state(state))
+        .layer(axum::middleware::from_fn_with_state(
+            paths::Routes(ROUTES.iter().map(|(path, _)| *path).collect()),
+            paths::upstream_path,
+        ))
+}
+
+async fn options(allow: &'static str) -> axum::response::Response {
+    (
+        [
+            (header::ALLOW, HeaderValue::from_static(allow)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+        ],
+        "",
+    )
+        .into_response()
 }

@@ -7,7 +7,6 @@
 //! The signing key comes from `SESSION_SECRET` or `SESSION_SECRET_FILE`, or is generated at
 //! start: a key in the source would let anyone forge any user's cookie.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use axum::extract::{FromRef, FromRequestParts, RawQuery, State as AxumState};
@@ -221,21 +220,23 @@ where
     }
 }
 
-/// `POST /login`: stores `username` from the form or the query string; the password is
-/// ignored. Answers 302 to the `Referer`, or to `/productpage` without one.
+/// `POST /login`: stores `username` from the query string, else the form (Flask's
+/// `request.values`: the first value, query before form); the password is ignored. Answers
+/// 302 to the `Referer`, or to `/productpage` without one.
 pub(crate) async fn login(
     AxumState(state): AxumState<State>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let query: HashMap<String, String> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
-    let user = form
-        .get("username")
-        .or_else(|| query.get("username"))
-        .cloned();
+    let first_username = |pairs: Vec<(String, String)>| {
+        pairs
+            .into_iter()
+            .find_map(|(name, value)| (name == "username").then_some(value))
+    };
+    let query = serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
+    let user = first_username(query)
+        .or_else(|| first_username(serde_urlencoded::from_bytes(&body).unwrap_or_default()));
     let session = Session { user };
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; Path=/; SameSite=Lax",

@@ -491,8 +491,9 @@ async fn the_page_loads_nothing_from_the_internet() {
     }
 }
 
-#[tokio::test]
-async fn flood_factor_makes_that_many_extra_reviews_calls_per_page() {
+/// productpage with `FLOOD_FACTOR=3` in front of a reviews that answers `status`, and the
+/// number of calls reviews got for one page.
+async fn flooded_page(status: StatusCode) -> (usize, String) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
@@ -501,13 +502,11 @@ async fn flood_factor_makes_that_many_extra_reviews_calls_per_page() {
         config: reviews::Config::version("v1", "http://ratings:9080"),
         client: mesh::Client::in_process([]),
     })
-    .layer(axum::middleware::map_request(
-        move |req: axum::extract::Request| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                req
-            }
+    .layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            *response.status_mut() = status;
+            async move { response }
         },
     ));
     let client = mesh::Client::in_process([
@@ -519,14 +518,28 @@ async fn flood_factor_makes_that_many_extra_reviews_calls_per_page() {
     ]);
     let config = productpage::Config::from_env(&[("FLOOD_FACTOR", "3")]).unwrap();
     let app = productpage::app(productpage::State::new(config, client));
-    let page = get(&app, "/productpage").await;
-    assert!(page.body.contains("Book Reviews"));
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(get(&app, "/productpage").await.status, StatusCode::OK);
     let metrics = get(&app, "/metrics").await.body;
+    (calls.load(Ordering::SeqCst), metrics)
+}
+
+/// Upstream's flood calls are whole `getProductReviews` calls: two attempts each when reviews
+/// fails, and each result counted in `request_result`.
+#[tokio::test]
+async fn flood_factor_makes_that_many_extra_reviews_fetches_per_page() {
+    let (calls, metrics) = flooded_page(StatusCode::OK).await;
+    assert_eq!(calls, 4, "3 flood calls and the page's own");
     assert!(
         metrics
-            .contains(r#"request_result_total{destination_app="reviews",response_code="200"} 1"#),
-        "flood calls are not counted: {metrics}"
+            .contains(r#"request_result_total{destination_app="reviews",response_code="200"} 4"#),
+        "{metrics}"
+    );
+    let (calls, metrics) = flooded_page(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(calls, 8, "(3 flood calls + the page's own) x 2 attempts");
+    assert!(
+        metrics
+            .contains(r#"request_result_total{destination_app="reviews",response_code="503"} 4"#),
+        "{metrics}"
     );
 }
 
@@ -647,4 +660,135 @@ async fn a_session_from_one_generated_secret_is_not_valid_under_another() {
     let page = page_with_cookie(&restarted, &cookie).await;
     assert!(page.body.contains("id=\"sign-in-button\""));
     assert!(!page.body.contains("jason"));
+}
+
+async fn request(app: &Router, method: http::Method, uri: &str) -> Reply {
+    send(
+        app,
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "shop:9080")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Flask answers OPTIONS on every route itself, and names OPTIONS in a 405's `Allow`.
+#[tokio::test]
+async fn options_is_answered_as_flask_answers_it() {
+    let app = Mesh::healthy("v1").productpage();
+    for (path, allow) in [
+        ("/productpage", "OPTIONS, GET, HEAD"),
+        ("/api/v1/products/0/ratings", "OPTIONS, GET, HEAD"),
+        ("/static/img/izzy.png", "OPTIONS, GET, HEAD"),
+        ("/login", "OPTIONS, POST"),
+    ] {
+        let reply = request(&app, http::Method::OPTIONS, path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert_eq!(reply.headers[header::ALLOW], allow, "{path}");
+        assert_eq!(reply.body, "", "{path}");
+    }
+    let reply = request(&app, http::Method::PUT, "/productpage").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let allow = reply.headers[header::ALLOW].to_str().unwrap();
+    assert!(
+        allow.contains("OPTIONS") && allow.contains("GET"),
+        "{allow}"
+    );
+    assert_eq!(
+        request(&app, http::Method::OPTIONS, "/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// An id beyond 64 bits comes back digit for digit (Python's and Ruby's integers are
+/// unbounded), not as a float.
+#[tokio::test]
+async fn ids_beyond_64_bits_stay_integers() {
+    let app = Mesh::healthy("v1").productpage();
+    let reply = get(&app, "/api/v1/products/99999999999999999999").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .body
+            .starts_with(r#"{"id": 99999999999999999999, "author": "William Shakespeare""#),
+        "{}",
+        reply.body
+    );
+}
+
+/// gunicorn decodes the path before Flask routes it, and Werkzeug merges slashes.
+#[tokio::test]
+async fn paths_are_decoded_and_merged_as_gunicorn_and_werkzeug_do() {
+    let app = Mesh::healthy("v1").productpage();
+    // `%2F` is a slash: this is the reviews route for product 0.
+    let reviews = get(&app, "/api/v1/products/0%2Freviews").await;
+    assert_eq!(reviews.status, StatusCode::OK);
+    assert!(reviews.body.contains(r#""reviews": ["#), "{}", reviews.body);
+    // `%3F` is part of the path, not a query: no route has it.
+    assert_eq!(
+        get(&app, "/productpage%3Fu=normal").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Escaped letters are letters; leading slashes merge silently.
+    for path in ["/%70roductpage", "//productpage", "///productpage"] {
+        let page = get(&app, path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(page.body.contains("The Comedy of Errors"), "{path}");
+    }
+    // An id is decoded, then quoted again as `requests` does: " 7" reaches details as `%207`,
+    // which WEBrick decodes and Ruby's Integer() reads as 7.
+    let details = get(&app, "/api/v1/products/%207").await;
+    assert!(
+        details.body.starts_with(r#"{"id": 7, "#),
+        "{}",
+        details.body
+    );
+    // Slashes inside the path: 308 to the merged path, query kept.
+    let reply = request(&app, http::Method::GET, "/api//v1/products?x=1&y=%20").await;
+    assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        "http://shop:9080/api/v1/products?x=1&y=%20"
+    );
+    assert!(reply.body.contains("Redirecting..."), "{}", reply.body);
+    // ... but only when the merged path is a route.
+    assert_eq!(get(&app, "/nope//x").await.status, StatusCode::NOT_FOUND);
+}
+
+/// Flask's `request.values` looks in the query string before the form.
+#[tokio::test]
+async fn login_reads_the_query_before_the_form() {
+    let app = Mesh::healthy("v1").productpage();
+    let reply = send(
+        &app,
+        Request::post("/login?username=fromquery&username=second")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("username=fromform&passwd=x"))
+            .unwrap(),
+    )
+    .await;
+    let page = page_with_cookie(&app, &session_cookie(&reply)).await;
+    assert!(page.body.contains("fromquery"), "{}", page.body);
+    assert!(!page.body.contains("fromform") && !page.body.contains("second"));
+}
+
+/// Upstream's stylesheet path answers, with a stylesheet.
+#[tokio::test]
+async fn the_tailwind_path_serves_the_stylesheet() {
+    let css = get(
+        &Mesh::healthy("v1").productpage(),
+        "/static/tailwind/tailwind.css",
+    )
+    .await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(
+        css.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    assert!(css.body.contains('{') && !css.body.contains("function"));
 }

@@ -1,7 +1,7 @@
 //! mesh-proxy: the mesh's proxies built from mesh-lib's layers: the ingress gateway and the
 //! sidecar.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -29,7 +29,7 @@ enum Mode {
         #[arg(long, default_value_t = gateway::DEFAULT_GATEWAY_PORT)]
         port: u16,
         /// Address to bind.
-        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+        #[arg(long, default_value_t = mesh::cli::DEFAULT_BIND)]
         bind: IpAddr,
         /// Instead of serving, check that a gateway answers on --port (for health checks).
         #[arg(long)]
@@ -58,7 +58,7 @@ enum Mode {
         #[arg(long, env = "MESH_INBOUND_PORT", default_value_t = sidecar::DEFAULT_INBOUND_PORT)]
         inbound_port: u16,
         /// Address the inbound port binds.
-        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+        #[arg(long, default_value_t = mesh::cli::DEFAULT_BIND)]
         bind: IpAddr,
         /// The application's HTTP proxy port, on 127.0.0.1 only.
         #[arg(long, env = "MESH_OUTBOUND_PORT", default_value_t = sidecar::DEFAULT_OUTBOUND_PORT)]
