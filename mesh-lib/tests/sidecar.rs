@@ -86,6 +86,8 @@ fn sidecar(meshd: &meshd::daemon::RunningMeshd, root: &std::path::Path, p: &Port
         .env("MESH_TOKEN", "token-alpha")
         .env("MESH_SERVICE_ACCOUNT", "alpha")
         .env("MESH_ADMIN_PORT", p.admin.to_string())
+        // One thread: the single-threaded runtime (the container test runs the default).
+        .env("TOKIO_WORKER_THREADS", "1")
         .env_remove("HTTP_PROXY")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     command
