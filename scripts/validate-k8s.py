@@ -105,6 +105,9 @@ Checks, one output line per group:
               dashboard is on and Service meshd publishes it on the port compose publishes. In the
               base k8s/, productpage alone is scraped, at <pod>:9080/metrics, and no container
               sets OTEL_*
+  mysql       k8s/mysql (optional): ratings v2 on MySQL as upstream's bookinfo-mysql.yaml and
+              bookinfo-ratings-v2-mysql.yaml, the init SQL an exact copy of
+              ratings/mysql/ratings-init.sql, in agreement with compose's ratings-v2 profile
 
 Ends with `k8s: <n> passed, <m> failed` and exits 1 when anything failed.
 Needs PyYAML and kubernetes-validate (`pip install kubernetes-validate`); no cluster; kubectl
@@ -2503,6 +2506,119 @@ def check_compose_config(root, g):
 
 
 # ---------------------------------------------------------------------------------------------
+# mysql
+
+MYSQL_DIR = "mysql"
+MYSQL_FILES = ["bookinfo-mysql.yaml", "deploymentRatingV2Mysql.yaml"]
+MYSQL_INIT_SQL = "ratings/mysql/ratings-init.sql"
+MYSQL_PROFILE = "ratings-v2"
+# ratings v2's variables with values (the password comes from the Secret in k8s).
+RATINGS_V2_ENV = {"SERVICE_VERSION": "v2", "DB_TYPE": "mysql", "MYSQL_DB_HOST": "mysqldb",
+                  "MYSQL_DB_PORT": "3306", "MYSQL_DB_USER": "root"}
+SECRET_REF = {"secretKeyRef": {"name": "mysql-credentials", "key": "rootpasswd"}}
+
+
+def check_mysql(root, docs, g_files, g_parse, g):
+    """k8s/mysql (optional, not in `kubectl apply -k k8s/`): upstream's bookinfo-mysql.yaml
+    (Secret mysql-credentials/rootpasswd, Service mysqldb 3306 `tcp`, Deployment mysqldb-v1 with
+    MYSQL_ROOT_PASSWORD from the Secret and the init SQL from ConfigMap mysqldb-init, an exact
+    copy of ratings/mysql/ratings-init.sql) and bookinfo-ratings-v2-mysql.yaml (Deployment
+    ratings-v2-mysql, app ratings, version v2-mysql, ratings-v1's image and account, v2's env,
+    the password from the Secret); compose's ratings-v2 profile agrees (same env, password, init
+    file, database image). Returns the documents, for the schema check."""
+    base = root / "k8s" / MYSQL_DIR
+    out = []
+    for name in MYSQL_FILES:
+        path = base / name
+        if g_files.check(path.is_file(), "k8s/%s/%s: file missing" % (MYSQL_DIR, name)):
+            out += load_yaml_docs(root, path, g_parse)
+    kust_path = base / "kustomization.yaml"
+    if g_files.check(kust_path.is_file(), "k8s/%s/kustomization.yaml: file missing" % MYSQL_DIR):
+        kust = yaml.safe_load(kust_path.read_text()) or {}
+        g.check(kust.get("resources") == MYSQL_FILES, "k8s/%s/kustomization.yaml: resources %r, expected %r"
+                % (MYSQL_DIR, kust.get("resources"), MYSQL_FILES))
+    top = yaml.safe_load((root / "k8s" / "kustomization.yaml").read_text()) or {}
+    g.check(not any(MYSQL_DIR in str(r) for r in top.get("resources") or []),
+            "k8s/kustomization.yaml: k8s/%s is optional, not in the default apply" % MYSQL_DIR)
+    by = {(d.kind, d.name): d for d in out}
+
+    def need(kind, name):
+        d = by.get((kind, name))
+        g.check(d is not None, "k8s/%s: no %s %s" % (MYSQL_DIR, kind, name))
+        return d
+
+    secret, cm = need("Secret", "mysql-credentials"), need("ConfigMap", "mysqldb-init")
+    svc, db = need("Service", "mysqldb"), need("Deployment", "mysqldb-v1")
+    ratings = need("Deployment", "ratings-v2-mysql")
+    password = None
+    if secret:
+        import base64
+        raw = dig(secret.data, "data", "rootpasswd")
+        try:
+            password = base64.b64decode(str(raw), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            password = None
+        g.check(password == "password", "%s: data.rootpasswd must be base64 of upstream's \"password\", is %r"
+                % (secret.where(), raw))
+    if cm:
+        sql = (root / MYSQL_INIT_SQL).read_text()
+        g.check(dig(cm.data, "data", "ratings-init.sql") == sql,
+                "%s: data[ratings-init.sql] must be an exact copy of %s" % (cm.where(), MYSQL_INIT_SQL))
+    if svc:
+        g.check(dig(svc.data, "spec", "ports") == [{"port": 3306, "name": "tcp"}],
+                "%s: ports must be [3306 tcp], are %r" % (svc.where(), dig(svc.data, "spec", "ports")))
+        g.check(dig(svc.data, "spec", "selector") == {"app": "mysqldb"}, "%s: selector must be app=mysqldb" % svc.where())
+    compose = interpolate(yaml.safe_load((root / "docker-compose.yml").read_text()) or {})
+    services = compose.get("services") or {}
+    c_db, c_ratings = services.get("mysqldb") or {}, services.get("ratings-v2") or {}
+    for name, c in (("mysqldb", c_db), ("ratings-v2", c_ratings)):
+        g.check(c.get("profiles") == [MYSQL_PROFILE], "docker-compose.yml: %s must be in profile %s only, is %r"
+                % (name, MYSQL_PROFILE, c.get("profiles")))
+    if db:
+        c = container_of(db, "mysqldb") or {}
+        env = {e.get("name"): e for e in c.get("env") or []}
+        g.check(env.get("MYSQL_ROOT_PASSWORD", {}).get("valueFrom") == SECRET_REF,
+                "%s: MYSQL_ROOT_PASSWORD must come from Secret mysql-credentials key rootpasswd" % db.where())
+        mounts = {m.get("mountPath"): m.get("name") for m in c.get("volumeMounts") or []}
+        vols = {v.get("name"): v for v in dig(db.data, "spec", "template", "spec", "volumes", default=[]) or []}
+        init = vols.get(mounts.get("/docker-entrypoint-initdb.d")) or {}
+        g.check(dig(init, "configMap", "name") == "mysqldb-init",
+                "%s: /docker-entrypoint-initdb.d must mount ConfigMap mysqldb-init" % db.where())
+        g.check(c.get("image") == c_db.get("image"), "%s: image %r, compose's mysqldb %r"
+                % (db.where(), c.get("image"), c_db.get("image")))
+        g.check(compose_env(c_db).get("MYSQL_ROOT_PASSWORD") == password,
+                "docker-compose.yml: mysqldb's MYSQL_ROOT_PASSWORD must be the Secret's password")
+        g.check("./%s:/docker-entrypoint-initdb.d/ratings-init.sql:ro" % MYSQL_INIT_SQL in (c_db.get("volumes") or []),
+                "docker-compose.yml: mysqldb must mount %s into /docker-entrypoint-initdb.d read-only" % MYSQL_INIT_SQL)
+    if ratings:
+        w = ratings.where()
+        labels = dig(ratings.data, "spec", "template", "metadata", "labels")
+        g.check(labels == {"app": "ratings", "version": "v2-mysql"}, "%s: pod labels %r, expected app=ratings "
+                "version=v2-mysql (upstream's)" % (w, labels))
+        c = container_of(ratings, "ratings") or {}
+        env = {e.get("name"): e for e in c.get("env") or []}
+        got = {k: as_str(env.get(k, {}).get("value")) for k in RATINGS_V2_ENV}
+        g.check(got == RATINGS_V2_ENV, "%s: env %r, expected %r" % (w, got, RATINGS_V2_ENV))
+        g.check(env.get("MYSQL_DB_PASSWORD", {}).get("valueFrom") == SECRET_REF,
+                "%s: MYSQL_DB_PASSWORD must come from Secret mysql-credentials key rootpasswd" % w)
+        c_env = compose_env(c_ratings)
+        g.check({k: c_env.get(k) for k in RATINGS_V2_ENV} == RATINGS_V2_ENV,
+                "docker-compose.yml: ratings-v2's env %r, expected %r" % (c_env, RATINGS_V2_ENV))
+        g.check(c_env.get("MYSQL_DB_PASSWORD") == password,
+                "docker-compose.yml: ratings-v2's MYSQL_DB_PASSWORD must be the Secret's password")
+        v1 = next((d for d in docs if d.kind == "Deployment" and d.name == "ratings-v1"), None)
+        if v1:
+            g.check(c.get("image") == (container_of(v1, "ratings") or {}).get("image"),
+                    "%s: image must be ratings-v1's" % w)
+            g.check(dig(ratings.data, "spec", "template", "spec", "serviceAccountName")
+                    == dig(v1.data, "spec", "template", "spec", "serviceAccountName"),
+                    "%s: service account must be ratings-v1's" % w)
+        for probe in ("readinessProbe", "livenessProbe"):
+            g.check(dig(c, probe, "httpGet", "path") == "/health", "%s: %s must GET /health" % (w, probe))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # contract
 
 
@@ -3101,7 +3217,7 @@ def main():
     root = args.root.resolve()
 
     groups = {n: Group(n) for n in ("files", "parse", "schema", "istio", "kustomize", "mesh", "sidecar",
-                                    "compose", "contract", "monitoring", "telemetry")}
+                                    "compose", "contract", "monitoring", "telemetry", "mysql")}
     docs, kust = load_docs(root, groups["files"], groups["parse"])
     mesh = load_mesh(root, docs, groups["files"], groups["parse"], groups["mesh"])
     # k8s/sidecar deploys k8s/mesh's own files (../mesh/<file>) and patches the base otherwise.
@@ -3113,8 +3229,9 @@ def main():
             print("read %s" % rel)
     # The overlays' own resources and their effective (patched) Deployments and Services get the
     # schema check (a file both overlays deploy, once).
+    mysql_docs = check_mysql(root, docs, groups["files"], groups["parse"], groups["mysql"])
     seen, to_check = set(), []
-    for d in docs + [d for o, _ in overlays for d in o.docs] + \
+    for d in docs + mysql_docs + [d for o, _ in overlays for d in o.docs] + \
             [d for o, _ in overlays for d in list(o.effective.values()) + list(o.effective_services.values())]:
         if (d.rel, d.index) not in seen:
             seen.add((d.rel, d.index))

@@ -1,13 +1,21 @@
-//! Bookinfo ratings: two reviewers' star ratings for any product id, held in memory.
+//! Bookinfo ratings: two reviewers' star ratings for any product id, held in memory (v1 and
+//! the test variants) or read from MySQL (v2).
 //!
 //! Upstream is a Node.js `httpdispatcher` server. Kept: the route regex `^/ratings/[0-9]*`
 //! with the id taken from the raw URL's last `/` segment by JavaScript `parseInt`, 400
 //! `please provide numeric product ID` (capital "ID"), POST storing ratings per id, 404 with an
-//! empty body for unmatched paths, and the test variants selected by `SERVICE_VERSION`.
-//! Fixed: other methods get 405 instead of a request that never ends, and the posted ratings
+//! empty body for unmatched paths, the test variants selected by `SERVICE_VERSION`, v2's
+//! MySQL query, error texts and 501 for POST, and JavaScript's numbers: the id is a double and
+//! every number is written as `JSON.stringify` writes it ([`js`]).
+//! Fixed: other methods get 405 instead of a request that never ends; the posted ratings
 //! are bounded (at most [`MAX_STORED_PRODUCTS`] ids of at most [`MAX_BODY_BYTES`] each) where
-//! upstream grows until the process runs out of memory.
+//! upstream grows until the process runs out of memory; v2 answers **500** when it cannot
+//! connect to the database, where upstream sends its error body with status 200; and v2's
+//! lookups are bounded by [`db::DB_TIMEOUT`] where upstream waits for a hung database forever.
 #![forbid(unsafe_code)]
+
+pub mod db;
+pub mod js;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +31,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use mesh::env::{VarError, Vars};
+
+use crate::db::{Db, DbError, MysqlConfig};
 
 /// How long `v-delayed` holds a delayed answer.
 pub const DELAYED_BY: Duration = Duration::from_secs(7);
@@ -43,6 +53,10 @@ pub enum Variant {
     /// In-memory ratings 5 and 4.
     #[default]
     V1,
+    /// Ratings from MySQL (`DB_TYPE=mysql`, [`Config::mysql`]): the `Rating` of the first two
+    /// rows of table `ratings` in database `test`, whatever the id; POST is 501. Upstream's
+    /// other v2 backend, MongoDB, is not supported.
+    V2,
     /// Each GET has a 50 % chance of 503.
     Faulty,
     /// Each GET has a 50 % chance of a 7 s delay.
@@ -54,23 +68,17 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const NAMES: &'static str = "v1, v-faulty, v-delayed, v-unavailable, v-unhealthy";
+    pub const NAMES: &'static str =
+        "v1, v2 (with DB_TYPE=mysql), v-faulty, v-delayed, v-unavailable, v-unhealthy";
 
     fn parse(value: &str) -> Result<Self, VarError> {
         match value {
             "" | "v1" => Ok(Self::V1),
+            "v2" => Ok(Self::V2),
             "v-faulty" => Ok(Self::Faulty),
             "v-delayed" => Ok(Self::Delayed),
             "v-unavailable" => Ok(Self::Unavailable),
             "v-unhealthy" => Ok(Self::Unhealthy),
-            "v2" => Err(VarError::new(
-                "SERVICE_VERSION",
-                value,
-                format!(
-                    "database-backed ratings (v2) are not supported; use one of {}",
-                    Self::NAMES
-                ),
-            )),
             _ => Err(VarError::new(
                 "SERVICE_VERSION",
                 value,
@@ -88,14 +96,46 @@ pub struct Config {
     /// `RATINGS_MAX_PRODUCTS`: distinct ids that can hold posted ratings (default
     /// [`MAX_STORED_PRODUCTS`]; 0 refuses every new id).
     pub max_products: usize,
+    /// The database of [`Variant::V2`] (`MYSQL_DB_*`); `Some` exactly when the variant is v2.
+    pub mysql: Option<MysqlConfig>,
 }
 
 impl Config {
+    /// Reads `SERVICE_VERSION`, `RATINGS_MAX_PRODUCTS` and, for v2, `DB_TYPE` (which must be
+    /// `mysql`) and [`MysqlConfig`]'s variables.
     pub fn from_env(vars: &impl Vars) -> Result<Self, VarError> {
+        let variant = Variant::parse(&vars.get_or("SERVICE_VERSION", "v1"))?;
+        let mysql = match variant {
+            Variant::V2 => {
+                // Upstream reads MongoDB unless DB_TYPE is exactly `mysql`.
+                let db_type = vars.get("DB_TYPE");
+                if db_type.as_deref() != Some("mysql") {
+                    return Err(VarError::new(
+                        "DB_TYPE",
+                        &db_type.unwrap_or_default(),
+                        "SERVICE_VERSION=v2 without DB_TYPE=mysql means MongoDB, which is not \
+                         supported; set DB_TYPE=mysql (and MYSQL_DB_HOST, MYSQL_DB_PORT, \
+                         MYSQL_DB_USER, MYSQL_DB_PASSWORD)",
+                    ));
+                }
+                Some(MysqlConfig::from_env(vars)?)
+            }
+            _ => None,
+        };
         Ok(Self {
-            variant: Variant::parse(&vars.get_or("SERVICE_VERSION", "v1"))?,
+            variant,
             max_products: vars.parse_or("RATINGS_MAX_PRODUCTS", MAX_STORED_PRODUCTS)?,
+            mysql,
         })
+    }
+
+    /// v2 reading `mysql`.
+    pub fn v2(mysql: MysqlConfig) -> Self {
+        Self {
+            variant: Variant::V2,
+            mysql: Some(mysql),
+            ..Self::default()
+        }
     }
 }
 
@@ -105,6 +145,7 @@ impl Default for Config {
         Self {
             variant: Variant::V1,
             max_products: MAX_STORED_PRODUCTS,
+            mysql: None,
         }
     }
 }
@@ -122,6 +163,8 @@ struct Inner {
     /// `Value` can take many times the bytes of its body (`[0,0,…]` costs a whole `Value` per
     /// two bytes).
     posted: Mutex<HashMap<String, Box<str>>>,
+    /// v2's database.
+    db: Option<Db>,
     started: Instant,
     /// The variants' 50 % chance; replaceable so tests can decide it.
     coin: Box<dyn Fn() -> bool + Send + Sync>,
@@ -137,17 +180,34 @@ impl fmt::Debug for State {
 }
 
 impl State {
+    /// The state for `config`. For v2 this creates the database pool, which connects on the
+    /// first lookup, not here: the service starts whether or not the database is up.
+    ///
+    /// # Panics
+    ///
+    /// When `config` is [`Variant::V2`] without [`Config::mysql`] ([`Config::from_env`] and
+    /// [`Config::v2`] never make one).
     pub fn new(config: Config) -> Self {
         Self::with_coin(config, fastrand::bool)
     }
 
     /// A state whose 50 % chances are decided by `coin` (`true` means fault or delay).
+    ///
+    /// # Panics
+    ///
+    /// As [`State::new`].
     pub fn with_coin(config: Config, coin: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        let db = match (config.variant, &config.mysql) {
+            (Variant::V2, Some(mysql)) => Some(Db::new(mysql)),
+            (Variant::V2, None) => panic!("ratings v2 needs Config::mysql"),
+            _ => None,
+        };
         Self {
             inner: Arc::new(Inner {
                 variant: config.variant,
                 max_products: config.max_products,
                 posted: Mutex::new(HashMap::new()),
+                db,
                 started: Instant::now(),
                 coin: Box::new(coin),
             }),
@@ -223,6 +283,7 @@ async fn get_ratings(state: &State, raw_url: &str) -> Response {
     };
     match state.inner.variant {
         Variant::V1 => {}
+        Variant::V2 => return database_ratings(state, id).await,
         Variant::Faulty => {
             if (state.inner.coin)() {
                 return error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
@@ -244,14 +305,30 @@ async fn get_ratings(state: &State, raw_url: &str) -> Response {
         .posted
         .lock()
         .expect("ratings lock is never poisoned")
-        .get(&id.to_string())
+        .get(&js::number_to_string(id))
         .cloned();
     match posted {
-        Some(ratings) => ratings_response(&id, &ratings),
-        None => json_response(
-            StatusCode::OK,
-            &json!({"id": id, "ratings": {"Reviewer1": 5, "Reviewer2": 4}}),
+        Some(ratings) => ratings_response(id, &ratings),
+        None => ratings_response(id, r#"{"Reviewer1":5,"Reviewer2":4}"#),
+    }
+}
+
+/// v2: the first two rows' ratings, or upstream's error texts with 500.
+async fn database_ratings(state: &State, id: f64) -> Response {
+    let db = state.inner.db.as_ref().expect("v2 always has a database");
+    match db.ratings().await {
+        Ok([first, second]) => ratings_response(
+            id,
+            &format!(r#"{{"Reviewer1":{first},"Reviewer2":{second}}}"#),
         ),
+        Err(e) => {
+            tracing::warn!("ratings v2: {e}");
+            let message = match e {
+                DbError::Connect(_) => "could not connect to ratings database",
+                DbError::Select(_) => "could not perform select",
+            };
+            error(StatusCode::INTERNAL_SERVER_ERROR, message)
+        }
     }
 }
 
@@ -259,16 +336,23 @@ fn post_ratings(state: &State, raw_url: &str, body: &Bytes) -> Response {
     let Some(id) = product_id(raw_url) else {
         return error(StatusCode::BAD_REQUEST, "please provide numeric product ID");
     };
-    let Ok(ratings) = serde_json::from_slice::<Value>(body) else {
+    let Ok(ratings) = js::reserialize(body) else {
         return error(StatusCode::BAD_REQUEST, "please provide valid ratings JSON");
     };
-    let ratings: Box<str> = ratings.to_string().into();
-    // Re-serialising can grow a body (`1e15` becomes `1000000000000000.0`); refusing that keeps
+    // Upstream parses the body before it refuses the POST.
+    if state.inner.variant == Variant::V2 {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "Post not implemented for database backed ratings",
+        );
+    }
+    let ratings: Box<str> = ratings.into();
+    // Re-serialising can grow a body (`1e15` becomes `1000000000000000`); refusing that keeps
     // every stored entry within the body limit.
     if ratings.len() > MAX_BODY_BYTES {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "ratings body too large");
     }
-    let key = id.to_string();
+    let key = js::number_to_string(id);
     let max = state.inner.max_products;
     {
         let mut posted = state
@@ -285,55 +369,24 @@ fn post_ratings(state: &State, raw_url: &str, body: &Bytes) -> Response {
         }
         posted.insert(key, ratings.clone());
     }
-    ratings_response(&id, &ratings)
+    ratings_response(id, &ratings)
 }
 
 /// `{"id":…,"ratings":…}` around ratings already serialised as compact JSON, byte for byte
-/// what serialising the object would give, without parsing the stored text again.
-fn ratings_response(id: &serde_json::Number, ratings: &str) -> Response {
+/// what `JSON.stringify` of the object gives, without parsing the stored text again.
+fn ratings_response(id: f64, ratings: &str) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        format!(r#"{{"id":{id},"ratings":{ratings}}}"#),
+        format!(r#"{{"id":{},"ratings":{ratings}}}"#, js::json_number(id)),
     )
         .into_response()
 }
 
-/// The id upstream reads: JavaScript `parseInt` of the raw URL's last `/` segment.
-fn product_id(raw_url: &str) -> Option<serde_json::Number> {
-    parse_js_int(raw_url.rsplit('/').next().unwrap_or(""))
-}
-
-/// JavaScript's `parseInt(text)`: leading whitespace, an optional sign, `0x` for hex, then as
-/// many digits as there are. `None` where JavaScript gives `NaN`.
-pub fn parse_js_int(text: &str) -> Option<serde_json::Number> {
-    let s = text.trim_start();
-    let (negative, s) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let (radix, s) = match s.get(..2) {
-        Some("0x" | "0X") => (16, &s[2..]),
-        _ => (10, s),
-    };
-    let digits: Vec<u32> = s.chars().map_while(|c| c.to_digit(radix)).collect();
-    if digits.is_empty() {
-        return None;
-    }
-    // JavaScript numbers are doubles: exact as integers up to 2^53, approximate beyond.
-    let mut exact: Option<i64> = Some(0);
-    let mut approx = 0f64;
-    for d in digits {
-        exact = exact
-            .and_then(|v| v.checked_mul(i64::from(radix)))
-            .and_then(|v| v.checked_add(i64::from(d)));
-        approx = approx * f64::from(radix) + f64::from(d);
-    }
-    match exact {
-        Some(v) => Some(serde_json::Number::from(if negative { -v } else { v })),
-        None => serde_json::Number::from_f64(if negative { -approx } else { approx }),
-    }
+/// The id upstream reads: JavaScript `parseInt` of the raw URL's last `/` segment, a double
+/// (possibly infinite, which `JSON.stringify` writes as `null`, as upstream does).
+fn product_id(raw_url: &str) -> Option<f64> {
+    js::parse_int(raw_url.rsplit('/').next().unwrap_or(""))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -354,38 +407,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_int_is_as_lenient_as_javascript() {
-        for (text, want) in [
-            ("0", "0"),
-            ("1abc", "1"),
-            ("-3", "-3"),
-            ("0?x=1", "0"),
-            ("  42", "42"),
-            ("0x1A", "26"),
-            ("007", "7"),
-        ] {
-            assert_eq!(parse_js_int(text).unwrap().to_string(), want, "{text:?}");
-        }
-        for text in ["", "abc", "-", "?x=1", "0x", " x1"] {
-            assert!(parse_js_int(text).is_none(), "{text:?}");
-        }
-    }
-
-    #[test]
     fn service_version_selects_variants_and_rejects_others_clearly() {
         let v = |s| Config::from_env(&[("SERVICE_VERSION", s)]).map(|c| c.variant);
         assert_eq!(v("v1"), Ok(Variant::V1));
         assert_eq!(v("v-faulty"), Ok(Variant::Faulty));
         assert_eq!(v("v-unhealthy"), Ok(Variant::Unhealthy));
-        let err = v("v2").unwrap_err();
-        assert!(err.reason.contains("not supported"), "{err}");
         let err = v("v9").unwrap_err();
         assert!(
-            err.to_string().contains("expected one of v1, v-faulty"),
+            err.to_string()
+                .contains("expected one of v1, v2 (with DB_TYPE=mysql), v-faulty"),
             "{err}"
         );
         let empty: [(&str, &str); 0] = [];
         assert_eq!(Config::from_env(&empty).unwrap().variant, Variant::V1);
+    }
+
+    #[test]
+    fn v2_reads_mysql_and_refuses_mongodb_clearly() {
+        let mysql = [
+            ("SERVICE_VERSION", "v2"),
+            ("DB_TYPE", "mysql"),
+            ("MYSQL_DB_HOST", "mysqldb"),
+            ("MYSQL_DB_PORT", "3306"),
+            ("MYSQL_DB_USER", "root"),
+            ("MYSQL_DB_PASSWORD", "password"),
+        ];
+        let config = Config::from_env(&mysql).unwrap();
+        assert_eq!(config.variant, Variant::V2);
+        let db = config.mysql.unwrap();
+        assert_eq!((db.host.as_str(), db.port), ("mysqldb", 3306));
+        for db_type in [None, Some("mongodb"), Some("MySQL")] {
+            let mut vars = vec![("SERVICE_VERSION", "v2"), ("MYSQL_DB_HOST", "db")];
+            vars.extend(db_type.map(|t| ("DB_TYPE", t)));
+            let vars: HashMap<&str, &str> = vars.into_iter().collect();
+            let err = Config::from_env(&vars).unwrap_err();
+            assert_eq!(err.name, "DB_TYPE", "{db_type:?}");
+            assert!(
+                err.reason.contains("means MongoDB, which is not supported"),
+                "{err}"
+            );
+            assert!(err.reason.contains("set DB_TYPE=mysql"), "{err}");
+        }
+        let no_host = [("SERVICE_VERSION", "v2"), ("DB_TYPE", "mysql")];
+        assert_eq!(
+            Config::from_env(&no_host).unwrap_err().name,
+            "MYSQL_DB_HOST"
+        );
+        // DB_TYPE and MYSQL_DB_* mean nothing to the other variants, as upstream.
+        let v1 = Config::from_env(&[("DB_TYPE", "mysql"), ("MYSQL_DB_PORT", "x")]).unwrap();
+        assert_eq!((v1.variant, v1.mysql), (Variant::V1, None));
     }
 
     #[test]

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use axum::Router;
-use axum::body::Body;
-use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use common::call;
+use http::{Method, StatusCode};
 use ratings::{Config, State, Variant};
-use tower::ServiceExt;
 
 fn app(variant: Variant) -> Router {
     ratings::app(State::new(Config {
@@ -28,23 +28,6 @@ fn limited_app(max_products: usize) -> Router {
 
 async fn post(app: &Router, uri: &str, body: &str) -> (StatusCode, String) {
     call(app, Method::POST, uri, body).await
-}
-
-async fn call(app: &Router, method: Method, uri: &str, body: &str) -> (StatusCode, String) {
-    let response = app
-        .clone()
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(Body::from(body.to_owned()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, String) {
@@ -356,7 +339,8 @@ async fn a_body_over_the_limit_is_413_and_changes_nothing() {
 #[tokio::test]
 async fn a_body_that_grows_past_the_limit_when_stored_is_413() {
     let app = app(Variant::V1);
-    // `1e15` is stored as `1000000000000000.0`: under the limit as posted, over it as stored.
+    // `1e15` is stored as JavaScript writes it, `1000000000000000`: under the limit as posted,
+    // over it as stored.
     let mut body = String::from("[1e15");
     while body.len() < ratings::MAX_BODY_BYTES - 6 {
         body.push_str(",1e15");
