@@ -91,5 +91,8 @@ fn a_bad_ratings_variant_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("expected one of v1, v-faulty"), "{err}");
+    assert!(
+        err.contains("'v9'") && err.contains("expected one of v1") && err.contains("v-faulty"),
+        "{err}"
+    );
 }
