@@ -107,17 +107,38 @@ impl App {
 
     /// Of `n` page loads, how many show stars.
     async fn starred(&self, n: usize, cookie: Option<&str>) -> usize {
-        let mut starred = 0;
+        self.served_by(n, cookie).await.starred
+    }
+
+    /// Of `n` page loads, which reviews version served each and how many show stars.
+    async fn served_by(&self, n: usize, cookie: Option<&str>) -> Tally {
+        let mut tally = Tally::default();
         for _ in 0..n {
             let (status, body) = self.page(cookie).await;
             assert_eq!(status, StatusCode::OK);
             assert!(body.contains("Book Reviews"), "{body}");
-            if body.contains(STAR) {
-                starred += 1;
+            tally.starred += usize::from(body.contains(STAR));
+            tally.ratings_errors += usize::from(body.contains(RATINGS_ERROR));
+            match ["v1", "v2", "v3"]
+                .iter()
+                .position(|v| body.contains(&format!("reviews-{v}-")))
+            {
+                Some(i) => tally.by_version[i] += 1,
+                None => tally.reviews_errors += 1,
             }
         }
-        starred
+        tally
     }
+}
+
+/// What a run of page loads showed.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Pages served by reviews v1, v2 and v3.
+    by_version: [usize; 3],
+    starred: usize,
+    ratings_errors: usize,
+    reviews_errors: usize,
 }
 
 async fn the_gateway_routes_the_tutorials_paths_and_nothing_else(mode: Mode) {
@@ -168,18 +189,26 @@ async fn request_routing_all_v1_then_jason_gets_black_stars(mode: Mode) {
     app.running.shutdown().await;
 }
 
-async fn traffic_shifting_lands_within_ten_of_the_weights_over_100_loads(mode: Mode) {
+async fn traffic_shifting_lands_within_ten_points_of_the_weights(mode: Mode) {
     let app = App::start(mode).await;
     app.apply(&["virtual-service-all-v1.yaml"]).await;
-    let none = app.starred(100, None).await;
+    let none = app.served_by(100, None).await;
     app.apply(&["virtual-service-reviews-50-v3.yaml"]).await;
-    let half = app.starred(100, None).await;
+    // 400 loads: a fair split misses 40-60 % once in 20,000 runs (100 loads: once in 18).
+    let half = app.served_by(400, None).await;
     app.apply(&["virtual-service-reviews-v3.yaml"]).await;
-    let all = app.starred(100, None).await;
-    eprintln!("starred pages of 100: all-v1 {none}, 50-v3 {half}, v3 {all}");
-    assert!(none < 10, "all-v1: {none}");
-    assert!((41..60).contains(&half), "50-v3: {half}");
-    assert!(all > 90, "v3: {all}");
+    let all = app.served_by(100, None).await;
+    eprintln!("all-v1 {none:?}, 50-v3 {half:?}, v3 {all:?}");
+    assert_eq!(none.by_version, [100, 0, 0], "all-v1: {none:?}");
+    assert_eq!(none.starred, 0, "all-v1: {none:?}");
+    // The split is checked on who served the page; stars also need ratings, which a loaded
+    // machine may miss within reviews' 2.5 s budget (that page says so instead).
+    let [v1, v2, v3] = half.by_version;
+    assert!(v2 == 0 && v1 + v3 == 400, "50-v3: {half:?}");
+    assert!((160..=240).contains(&v3), "50-v3: {half:?}");
+    assert_eq!(half.starred + half.ratings_errors, v3, "50-v3: {half:?}");
+    assert_eq!(all.by_version, [0, 0, 100], "v3: {all:?}");
+    assert!(all.starred > 90, "v3: {all:?}");
     app.running.shutdown().await;
 }
 
@@ -399,7 +428,7 @@ async fn local_rate_limiting_answers_429_after_four_requests_a_minute(mode: Mode
 test_support::in_both_modes!(
     the_gateway_routes_the_tutorials_paths_and_nothing_else,
     request_routing_all_v1_then_jason_gets_black_stars,
-    traffic_shifting_lands_within_ten_of_the_weights_over_100_loads,
+    traffic_shifting_lands_within_ten_points_of_the_weights,
     a_7s_ratings_delay_for_jason_gives_the_reviews_error_after_about_6s,
     a_ratings_abort_for_jason_shows_the_ratings_error_for_jason_only,
     a_half_second_reviews_timeout_and_2s_ratings_delay_fail_after_about_1s,
