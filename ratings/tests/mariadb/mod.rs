@@ -40,8 +40,8 @@ impl MariaDb {
     pub(crate) async fn seeded() -> Option<Self> {
         let (mariadbd, install_db) = test_support::required(
             find(),
-            "MariaDB (mariadbd, mariadb-install-db)",
-            "apt-get install mariadb-server-core",
+            "MariaDB (mariadbd, mariadb-install-db, my_print_defaults)",
+            "apt-get install mariadb-server-core mariadb-client-core",
         )?;
         let dir = test_support::tempdir("mariadb");
         let out = Command::new(&install_db)
@@ -186,6 +186,10 @@ fn find() -> Option<(PathBuf, PathBuf)> {
     .filter(|p| p.is_file())?;
     let install_db = on_path("mariadb-install-db")
         .or_else(|| Some(PathBuf::from("/usr/bin/mariadb-install-db")))
+        .filter(|p| p.is_file())?;
+    // mariadb-install-db reads the server's defaults with it (mariadb-client-core).
+    on_path("my_print_defaults")
+        .or_else(|| Some(PathBuf::from("/usr/bin/my_print_defaults")))
         .filter(|p| p.is_file())?;
     Some((mariadbd, install_db))
 }
