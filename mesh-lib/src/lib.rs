@@ -14,6 +14,8 @@
 //! - [`env`], [`cli`], [`logging`], [`shutdown`], [`run`]: what every service binary shares.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "mimalloc")]
+mod alloc;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -40,6 +42,13 @@ pub use dataplane::{Mesh, PeerIdentity};
 pub use nofile::raise_nofile_limit;
 pub use outbound::{Client, Endpoints, OutboundError};
 pub use server::{BindError, Server, ServerLimits};
+
+/// The global allocator this build uses (see the `mimalloc` feature), for benchmarks to report.
+pub const GLOBAL_ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "the system's malloc"
+};
 
 /// The error type every layer of the mesh stacks returns: boxed, inspected by downcasting.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -926,9 +926,11 @@ async fn run(rounds: usize, length: Duration, connections: usize) -> Result<(), 
     println!(
         "GET /productpage, closed loop: {connections} kept-alive HTTP/1.1 connections per row, \
          {rounds} rounds of {:.1} s blocks per row (new order each round), after {:.1} s of \
-         warm-up each; {cores} cores shared by every app and this load generator",
+         warm-up each; {cores} cores shared by every app and this load generator; our apps \
+         allocate with {}",
         length.as_secs_f64(),
-        WARM_UP.as_secs_f64()
+        WARM_UP.as_secs_f64(),
+        mesh::GLOBAL_ALLOCATOR
     );
     println!(
         "plain: our four services, no mesh, client -> productpage; mesh via gateway: meshd, \

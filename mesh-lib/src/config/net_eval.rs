@@ -230,8 +230,31 @@ fn host_score(pattern: &str, namespace: &str, names: &[String]) -> Option<usize>
             .any(|n| n.len() > suffix.len() && n.ends_with(suffix))
             .then_some(suffix.len());
     }
-    let full = resolve_host(pattern, namespace);
-    names.contains(&full).then_some(usize::MAX)
+    names
+        .iter()
+        .any(|n| is_resolved(n, pattern, namespace))
+        .then_some(usize::MAX)
+}
+
+/// Whether `name` is `resolve_host(host, namespace)`, without building that string: this runs
+/// for every resource on every request.
+fn is_resolved(name: &str, host: &str, namespace: &str) -> bool {
+    let lower_eq = |a: &str, b: &str| {
+        a.len() == b.len()
+            && a.bytes()
+                .zip(b.bytes())
+                .all(|(a, b)| a == b.to_ascii_lowercase())
+    };
+    if host.contains('.') || host.contains('*') {
+        return lower_eq(name, host);
+    }
+    name.get(..host.len())
+        .is_some_and(|head| lower_eq(head, host))
+        && name[host.len()..]
+            .strip_prefix('.')
+            .and_then(|rest| rest.strip_prefix(namespace))
+            .and_then(|rest| rest.strip_prefix('.'))
+            == Some(CLUSTER_SUFFIX)
 }
 
 /// Whether `gateways` (of a resource in `namespace`) covers where the request is: `None`
@@ -356,4 +379,49 @@ fn percent_decode(text: &str) -> String {
 fn host_port(host: &str) -> Option<u16> {
     let bare = strip_port(host);
     host.get(bare.len()..)?.strip_prefix(':')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_resolved_agrees_with_resolve_host() {
+        let hosts = [
+            "reviews",
+            "Reviews",
+            "reviews.default",
+            "reviews.default.svc.cluster.local",
+            "*.example.com",
+            "*",
+            "ré",
+            "r",
+            "",
+        ];
+        let names = [
+            "reviews.default.svc.cluster.local",
+            "reviews.prod.svc.cluster.local",
+            "reviews.default",
+            "reviews.default.svc.cluster.localx",
+            "reviews.defaultx.svc.cluster.local",
+            "reviewsx.default.svc.cluster.local",
+            "*.example.com",
+            "*",
+            "ré.default.svc.cluster.local",
+            "r.default.svc.cluster.local",
+            ".default.svc.cluster.local",
+            "",
+        ];
+        for host in hosts {
+            for namespace in ["default", "prod", ""] {
+                for name in names {
+                    assert_eq!(
+                        is_resolved(name, host, namespace),
+                        name == resolve_host(host, namespace),
+                        "{name} vs {host} in {namespace}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -60,7 +60,7 @@ where
         + Clone
         + Send
         + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -71,34 +71,36 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let mut inner = super::take_ready(&mut self.inner);
         let fault = req
             .extensions()
             .get::<Arc<RoutePlan>>()
             .and_then(|p| p.fault.clone());
+        // Without a fault the request goes straight on: no copy of the stack below.
+        let Some(fault) = fault else {
+            return Box::pin(self.inner.call(req));
+        };
+        let mut inner = super::take_ready(&mut self.inner);
         let roll = self.roll.clone();
         Box::pin(async move {
-            if let Some(fault) = fault {
-                let attempt = req.extensions().get::<Attempt>().cloned();
-                if let Some((delay, percent)) = fault.delay
-                    && roll(percent)
-                {
-                    if let Some(a) = &attempt {
-                        a.flag("DI");
-                    }
-                    tokio::time::sleep(delay).await;
+            let attempt = req.extensions().get::<Attempt>().cloned();
+            if let Some((delay, percent)) = fault.delay
+                && roll(percent)
+            {
+                if let Some(a) = &attempt {
+                    a.flag("DI");
                 }
-                if let Some((status, percent)) = fault.abort
-                    && roll(percent)
-                {
-                    let status =
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    return Ok(Response::builder()
-                        .status(status)
-                        .header(header::CONTENT_TYPE, "text/plain")
-                        .body(Body::from(ABORT_BODY))
-                        .expect("a valid synthetic response"));
-                }
+                tokio::time::sleep(delay).await;
+            }
+            if let Some((status, percent)) = fault.abort
+                && roll(percent)
+            {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Ok(Response::builder()
+                    .status(status)
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    .body(Body::from(ABORT_BODY))
+                    .expect("a valid synthetic response"));
             }
             inner.call(req).await
         })

@@ -256,9 +256,13 @@ impl ClientBuilder {
             .layer(breaker::BreakerLayer::new(health))
             .service(transport);
         let direct = BoxCloneSyncService::new(stack);
+        // Shared, so that cloning the client's service (once per call) does not copy the
+        // stacks; the one call below copies the stack it uses.
+        let stacks = Arc::new((proxied, direct));
         // Bodies are buffered once at the top so any attempt below can resend them.
         Client::from_service(tower::service_fn(move |req: Request<Body>| {
-            let stack = match &proxied {
+            let (proxied, direct) = &*stacks;
+            let stack = match proxied {
                 Some((proxy, via_proxy))
                     if req.uri().host().is_some_and(|h| proxy.applies_to(h)) =>
                 {

@@ -146,7 +146,7 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let inner = super::take_ready(&mut self.inner);
+        let mut inner = super::take_ready(&mut self.inner);
         let budget = self.budget.clone();
         // Outside the mesh (no plan) the application's own policy is all there is.
         let Some(plan) = req
@@ -161,8 +161,8 @@ where
             let mut backoff = BASE_BACKOFF;
             let mut attempt = 0;
             loop {
-                let mut svc = inner.clone();
-                let call = tower::ServiceExt::ready(&mut svc)
+                // The same service for every attempt: a call's future owns what it needs.
+                let call = tower::ServiceExt::ready(&mut inner)
                     .await?
                     .call(clone_request(&req));
                 let result = match plan.per_try_timeout {

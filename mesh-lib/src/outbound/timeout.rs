@@ -41,7 +41,7 @@ where
         + Clone
         + Send
         + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -52,7 +52,6 @@ where
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let mut inner = super::take_ready(&mut self.inner);
         let from_header = req
             .headers()
             .get(TIMEOUT_HEADER)
@@ -65,10 +64,11 @@ where
                 .get::<Arc<RoutePlan>>()
                 .and_then(|p| p.timeout)
         });
+        let call = self.inner.call(req);
         Box::pin(async move {
             match timeout {
-                None => inner.call(req).await,
-                Some(limit) => match tokio::time::timeout(limit, inner.call(req)).await {
+                None => call.await,
+                Some(limit) => match tokio::time::timeout(limit, call).await {
                     Ok(result) => result,
                     Err(_) => Err(LocalError::RouteTimeout.into()),
                 },
