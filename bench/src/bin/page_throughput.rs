@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use bench::{Errors, ProcStat, TempDir, proc_stat, ticks_per_second};
 use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Uri};
@@ -314,44 +315,11 @@ impl Drop for Proc {
     }
 }
 
-/// A directory removed when dropped (the apps' logs).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // CPU from /proc.
 
-struct Stat {
-    pgrp: u32,
-    utime: u64,
-    stime: u64,
-    /// Of its children reaped so far.
-    cutime: u64,
-    cstime: u64,
-}
-
-fn proc_stat(pid: u32) -> Option<Stat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the parenthesised command name: state is the 3rd field of the line.
-    let close = stat.rfind(')')?;
-    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    Some(Stat {
-        pgrp: field(2)? as u32,
-        utime: field(11)?,
-        stime: field(12)?,
-        cutime: field(13)?,
-        cstime: field(14)?,
-    })
-}
-
 /// The processes of process group `pgid`.
-fn group_members(pgid: u32) -> Vec<(u32, Stat)> {
+fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -396,17 +364,6 @@ fn our_ticks(procs: &[Proc]) -> u64 {
 
 fn own_cpu_ticks() -> u64 {
     proc_stat(std::process::id()).map_or(0, |s| s.utime + s.stime)
-}
-
-/// Linux's `USER_HZ`, the unit of `/proc/<pid>/stat`'s CPU times.
-fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,27 +426,6 @@ fn excerpt(body: &[u8]) -> String {
 fn good_page(body: &[u8]) -> bool {
     std::str::from_utf8(body)
         .is_ok_and(|page| page.contains(MARKER) && !BROKEN.iter().any(|b| page.contains(b)))
-}
-
-/// Failures seen: how many, and the first one's message.
-#[derive(Default)]
-struct Errors {
-    count: u64,
-    first: Option<String>,
-}
-
-impl Errors {
-    fn add(&mut self, e: String) {
-        self.count += 1;
-        self.first.get_or_insert(e);
-    }
-
-    fn merge(&mut self, other: Errors) {
-        self.count += other.count;
-        if self.first.is_none() {
-            self.first = other.first;
-        }
-    }
 }
 
 /// One block of one row.

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
+use bench::{Errors, TempDir, proc_stat, rss_kib, ticks_per_second};
 use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Uri};
@@ -147,15 +148,6 @@ impl Drop for Proc {
     }
 }
 
-/// A directory removed when dropped (it holds private keys).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One kept-alive HTTP/1.1 connection that writes the request target exactly as given
 /// (origin-form to the app, absolute-form to a proxy); reconnects after a failure.
 struct Conn {
@@ -227,46 +219,9 @@ struct Row {
     proxies: Vec<(&'static str, u32)>,
 }
 
-/// Failures seen: how many, and the first one's message.
-#[derive(Default)]
-struct Errors {
-    count: usize,
-    first: Option<String>,
-}
-
-impl Errors {
-    fn add(&mut self, e: String) {
-        self.count += 1;
-        self.first.get_or_insert(e);
-    }
-
-    fn merge(&mut self, other: Errors) {
-        self.count += other.count;
-        if self.first.is_none() {
-            self.first = other.first;
-        }
-    }
-}
-
-/// User and system CPU time of every thread of process `pid` so far, in clock ticks. (With
-/// tick-based accounting the kernel scales the two so that their sum is the precise run time;
-/// the split between them is sampled.)
+/// User and system CPU time of every thread of process `pid` so far, in clock ticks.
 fn cpu_ticks(pid: u32) -> [u64; 2] {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return [0, 0];
-    };
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let Some(close) = stat.rfind(')') else {
-        return [0, 0];
-    };
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    [field(11), field(12)]
+    proc_stat(pid).map_or([0, 0], |s| [s.utime, s.stime])
 }
 
 /// CPU ticks (user, system) of `pid` since `before`.
@@ -276,26 +231,6 @@ fn cpu_since(pid: u32, before: [u64; 2]) -> [u64; 2] {
         now[0].saturating_sub(before[0]),
         now[1].saturating_sub(before[1]),
     ]
-}
-
-/// VmRSS of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Linux's `USER_HZ`, the unit of `/proc/<pid>/stat`'s CPU times.
-fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

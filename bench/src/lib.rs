@@ -1,0 +1,110 @@
+//! What the benchmarks share: a temporary directory that goes away, a tally of failures, and
+//! the CPU and memory figures Linux keeps in `/proc`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A directory removed when dropped (logs, and private keys in some benches).
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Failures seen: how many, and the first one's message.
+#[derive(Debug, Default)]
+pub struct Errors {
+    pub count: u64,
+    pub first: Option<String>,
+}
+
+impl Errors {
+    pub fn add(&mut self, e: String) {
+        self.count += 1;
+        self.first.get_or_insert(e);
+    }
+
+    pub fn merge(&mut self, other: Errors) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// A process's `/proc/<pid>/stat` fields the benches read; CPU times in clock ticks
+/// ([`ticks_per_second`]). With tick-based accounting the kernel scales user and system time
+/// so that their sum is the precise run time; the split between them is sampled.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    pub pgrp: u32,
+    pub utime: u64,
+    pub stime: u64,
+    /// Of its children reaped so far.
+    pub cutime: u64,
+    pub cstime: u64,
+}
+
+/// `/proc/<pid>/stat`, or `None` once the process is gone.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the parenthesised command name: state is the 3rd field of the line.
+    let close = stat.rfind(')')?;
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some(ProcStat {
+        pgrp: u32::try_from(field(2)?).ok()?,
+        utime: field(11)?,
+        stime: field(12)?,
+        cutime: field(13)?,
+        cstime: field(14)?,
+    })
+}
+
+/// VmRSS of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Linux's `USER_HZ`, the unit of `/proc/<pid>/stat`'s CPU times.
+pub fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let me = std::process::id();
+        let stat = proc_stat(me).expect("our own stat");
+        assert!(stat.pgrp > 0);
+        assert!(rss_kib(me).is_some_and(|kib| kib > 0));
+        assert!(ticks_per_second() > 0.0);
+    }
+
+    #[test]
+    fn errors_keep_the_first_message_and_count_all() {
+        let mut a = Errors::default();
+        a.add("one".into());
+        a.add("two".into());
+        let mut b = Errors::default();
+        b.add("three".into());
+        b.merge(a);
+        assert_eq!((b.count, b.first.as_deref()), (3, Some("three")));
+    }
+}
