@@ -37,10 +37,7 @@ pub struct RouteTimeout<S> {
 
 impl<S> Service<Request<Bytes>> for RouteTimeout<S>
 where
-    S: Service<Request<Bytes>, Response = Response<Body>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Bytes>, Response = Response<Body>, Error = BoxError>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
