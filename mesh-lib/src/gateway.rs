@@ -47,12 +47,13 @@ pub fn router(mesh: Mesh, port: u16) -> Router {
     Router::new()
         .fallback(handle)
         .with_state(Gateway { mesh, client, port })
-        .layer(axum::middleware::from_fn(
-            crate::inbound::normalize::normalize,
-        ))
 }
 
 async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
+    let request = match crate::inbound::normalize::normalize(request) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
     let snapshot = gw.mesh.snapshot();
     let gateways: Vec<String> = snapshot
         .config
@@ -62,7 +63,7 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         .collect();
     let (mut parts, body) = match forward::buffer(request).await {
         Ok(buffered) => buffered,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     if !parts.headers.contains_key("x-request-id") {
         let id = format!("{:032x}", fastrand::u128(..));

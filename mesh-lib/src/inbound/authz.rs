@@ -2,9 +2,8 @@
 //! reaches the service, with the peer's mTLS identity as the principal. A denial is Envoy's
 //! RBAC filter response: 403 with the body `RBAC: access denied`.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::config::{Decision, RequestAttrs};
@@ -13,7 +12,12 @@ use crate::dataplane::{Mesh, PeerIdentity};
 /// The body of a denied request.
 pub const DENIED_BODY: &str = "RBAC: access denied";
 
-pub(crate) async fn authorize(State(mesh): State<Mesh>, request: Request, next: Next) -> Response {
+/// Envoy's RBAC answer when `mesh`'s policies deny `request`; `None` lets it through.
+pub(crate) fn deny(mesh: &Mesh, request: &Request) -> Option<Response> {
+    // Without a policy there is nothing to decide, nor a principal to spell out.
+    if mesh.snapshot().config.authorization_policies.is_empty() {
+        return None;
+    }
     let principal = request
         .extensions()
         .get::<PeerIdentity>()
@@ -26,7 +30,7 @@ pub(crate) async fn authorize(State(mesh): State<Mesh>, request: Request, next: 
         principal: principal.as_deref(),
     });
     match decision {
-        Decision::Allow => next.run(request).await,
+        Decision::Allow => None,
         Decision::Deny { policy } => {
             tracing::info!(
                 workload = %mesh.service(),
@@ -36,12 +40,14 @@ pub(crate) async fn authorize(State(mesh): State<Mesh>, request: Request, next: 
                 policy = %policy,
                 "request denied"
             );
-            (
-                StatusCode::FORBIDDEN,
-                [(header::CONTENT_TYPE, "text/plain")],
-                DENIED_BODY,
+            Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    DENIED_BODY,
+                )
+                    .into_response(),
             )
-                .into_response()
         }
     }
 }

@@ -7,9 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
@@ -71,51 +70,47 @@ impl Limiter {
             bucket: Arc::default(),
         }
     }
-}
 
-pub(crate) async fn limit(
-    State(limiter): State<Limiter>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let snapshot = limiter.mesh.snapshot();
-    let workload = Workload {
-        namespace: &limiter.mesh.identity().namespace,
-        labels: limiter.mesh.labels(),
-    };
-    let Some(policy) = snapshot.config.local_rate_limit(&workload) else {
-        return next.run(request).await;
-    };
-    let allowed = {
-        let mut slot = limiter
-            .bucket
-            .lock()
-            .expect("rate limit lock is never poisoned");
-        if slot.as_ref().is_none_or(|(p, _)| p != policy) {
-            let bucket = TokenBucket::new(
-                policy.max_tokens,
-                policy.tokens_per_fill,
-                policy.fill_interval,
-            );
-            *slot = Some((policy.clone(), bucket));
+    /// The answer for `request` when the bucket is empty; `None` lets it through.
+    pub(crate) fn refuse(&self, request: &Request) -> Option<Response> {
+        let snapshot = self.mesh.snapshot();
+        let workload = Workload {
+            namespace: &self.mesh.identity().namespace,
+            labels: self.mesh.labels(),
+        };
+        let policy = snapshot.config.local_rate_limit(&workload)?;
+        let allowed = {
+            let mut slot = self
+                .bucket
+                .lock()
+                .expect("rate limit lock is never poisoned");
+            if slot.as_ref().is_none_or(|(p, _)| p != policy) {
+                let bucket = TokenBucket::new(
+                    policy.max_tokens,
+                    policy.tokens_per_fill,
+                    policy.fill_interval,
+                );
+                *slot = Some((policy.clone(), bucket));
+            }
+            slot.as_mut().expect("just set").1.try_take()
+        };
+        if allowed {
+            return None;
         }
-        slot.as_mut().expect("just set").1.try_take()
-    };
-    if allowed {
-        return next.run(request).await;
-    }
-    tracing::debug!(workload = %limiter.mesh.service(), "local rate limit: {} refused", request.uri().path());
-    let status = StatusCode::from_u16(policy.status_code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-    let mut response = (status, "local_rate_limited").into_response();
-    for (name, value) in &policy.response_headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::from_str(value),
-        ) {
-            response.headers_mut().insert(n, v);
+        tracing::debug!(workload = %self.mesh.service(), "local rate limit: {} refused", request.uri().path());
+        let status =
+            StatusCode::from_u16(policy.status_code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+        let mut response = (status, "local_rate_limited").into_response();
+        for (name, value) in &policy.response_headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::from_str(value),
+            ) {
+                response.headers_mut().insert(n, v);
+            }
         }
+        Some(response)
     }
-    response
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! peer header), into the Istio metrics and the access log. Outermost in the inbound mesh
 //! stack, so rate-limited and denied requests count too.
 
+use std::future::Future;
+
 use axum::body::HttpBody as _;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use http::header;
 use opentelemetry::trace::SpanKind;
@@ -28,7 +29,12 @@ struct Logged {
     protocol: String,
 }
 
-pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next: Next) -> Response {
+/// Serves `request` with `next` and records what it answered.
+pub(crate) async fn record<Next, Served>(mesh: &Mesh, mut request: Request, next: Next) -> Response
+where
+    Next: FnOnce(Request) -> Served,
+    Served: Future<Output = Response>,
+{
     let start = Instant::now();
     let peer = request
         .extensions()
@@ -67,7 +73,7 @@ pub(crate) async fn record(State(mesh): State<Mesh>, mut request: Request, next:
             protocol: format!("{:?}", request.version()),
         }
     });
-    let response = next.run(request).await;
+    let response = next(request).await;
     if let Some(span) = span {
         span.finish(response.status().as_u16(), None);
     }

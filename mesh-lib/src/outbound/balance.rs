@@ -12,7 +12,7 @@
 //! round-robin order, while the `Host` header keeps the logical name. It sits just above the
 //! connection pool because the choice is per request, never per connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 use super::classify::{LocalError, classify};
 use super::dns::DnsSpread;
 use super::health::Health;
-use super::plan::{LbPolicy, OutlierPlan};
+use super::plan::{LbPolicy, OutlierPlan, TrafficPlan};
 use super::split::Chosen;
 use crate::dataplane::Mesh;
 use crate::telemetry::outbound::Attempt;
@@ -246,17 +246,19 @@ impl<S> Balance<S> {
         mesh: &Mesh,
         req: &Request<B>,
     ) -> Result<Option<MeshPick>, crate::BoxError> {
-        let chosen = req.extensions().get::<Chosen>().map(|c| c.0.clone());
+        let chosen = req.extensions().get::<Chosen>().map(Chosen::destination);
         let host = req.uri().host().unwrap_or_default();
-        let (service, labels, policy) = match &chosen {
-            Some(d) => (d.service.clone(), d.subset_labels.clone(), d.policy.clone()),
+        let no_labels = BTreeMap::new();
+        let default_policy = TrafficPlan::default();
+        let (service, labels, policy) = match chosen {
+            Some(d) => (d.service.as_str(), &d.subset_labels, &d.policy),
             None => (
-                host.split('.').next().unwrap_or(host).to_owned(),
-                Default::default(),
-                Default::default(),
+                host.split('.').next().unwrap_or(host),
+                &no_labels,
+                &default_policy,
             ),
         };
-        let all = mesh.endpoints_of(&service);
+        let all = mesh.endpoints_of(service);
         let candidates: Vec<SocketAddr> = all
             .iter()
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
@@ -306,7 +308,7 @@ impl<S> Balance<S> {
         Ok(Some(MeshPick {
             addr,
             peers: candidates,
-            outlier: policy.outlier,
+            outlier: policy.outlier.clone(),
         }))
     }
 }

@@ -59,9 +59,8 @@ where
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let limit = req.extensions().get::<Chosen>().and_then(|c| {
-            c.0.policy
-                .max_in_flight
-                .map(|max| (c.0.service.clone(), max))
+            let d = c.destination();
+            d.policy.max_in_flight.map(|max| (d.service.clone(), max))
         });
         let Some((service, max)) = limit else {
             return Box::pin(self.inner.call(req));

@@ -32,6 +32,7 @@ impl<S> Layer<S> for RouteLayer {
         Route {
             inner,
             mesh: self.mesh.clone(),
+            plans: Arc::default(),
         }
     }
 }
@@ -40,6 +41,7 @@ impl<S> Layer<S> for RouteLayer {
 pub struct Route<S> {
     inner: S,
     mesh: Mesh,
+    plans: Arc<super::routing::Plans>,
 }
 
 impl<S> Service<Request<Bytes>> for Route<S>
@@ -55,8 +57,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
-        let plan = super::routing::plan(&self.mesh, &mut req);
-        req.extensions_mut().insert(Arc::new(plan));
+        let plan = super::routing::plan(&self.mesh, &self.plans, &mut req);
+        req.extensions_mut().insert(plan);
         self.inner.call(req)
     }
 }

@@ -3,7 +3,8 @@
 //! its weighted destinations resolved to DestinationRule subsets and traffic policies, and its
 //! timeout, retries and fault. No VirtualService: Istio's defaults for the named service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +14,10 @@ use super::plan::{
     Destination, FaultPlan, LbPolicy, OutlierPlan, RetryOn, RetryPlan, RoutePlan, TrafficPlan,
 };
 use crate::config::{
-    HttpRoute, LoadBalancer, MeshConfig, RouteRequest, StringMatch, TlsMode, TrafficPolicy,
-    resolve_host,
+    HttpRoute, LoadBalancer, MeshConfig, RouteMatch, RouteRequest, StringMatch, TlsMode,
+    TrafficPolicy, resolve_host,
 };
+use crate::control::Snapshot;
 use crate::dataplane::Mesh;
 
 /// Set on a request that arrived at an ingress gateway: the gateways (`namespace/name`) whose
@@ -30,29 +32,96 @@ pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
 /// A connection-pool limit that is not given, when another one is.
 const UNSET_POOL_LIMIT: usize = 1024;
 
+/// The plans made from one snapshot of the mesh, by what each was made for: the matched rule,
+/// or (Istio's default route) the request's host. A plan depends on nothing else, and making
+/// one resolves hosts, subsets and traffic policies, work a request would otherwise repeat.
+#[derive(Debug, Default)]
+pub(crate) struct Plans {
+    made: Mutex<Option<Made>>,
+}
+
+#[derive(Debug)]
+struct Made {
+    /// Held, so the rules' addresses below stay theirs.
+    snapshot: Arc<Snapshot>,
+    /// By the VirtualService's address in the snapshot and the rule's index.
+    rules: HashMap<(usize, usize), Arc<RoutePlan>>,
+    /// Default plans by host.
+    defaults: HashMap<Box<str>, Arc<RoutePlan>>,
+}
+
+/// Default plans kept at most: hosts are whatever the application asks for (any URL, behind
+/// a sidecar), and beyond this the table starts again rather than grow.
+const MAX_DEFAULT_PLANS: usize = 1024;
+
+impl Plans {
+    fn rule(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        key: (usize, usize),
+        make: impl FnOnce() -> RoutePlan,
+    ) -> Arc<RoutePlan> {
+        let mut made = self.made.lock().expect("plans lock is never poisoned");
+        let made = Made::of(&mut made, snapshot);
+        Arc::clone(made.rules.entry(key).or_insert_with(|| Arc::new(make())))
+    }
+
+    fn default(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        host: &str,
+        make: impl FnOnce() -> RoutePlan,
+    ) -> Arc<RoutePlan> {
+        let mut made = self.made.lock().expect("plans lock is never poisoned");
+        let made = Made::of(&mut made, snapshot);
+        if let Some(plan) = made.defaults.get(host) {
+            return Arc::clone(plan);
+        }
+        if made.defaults.len() >= MAX_DEFAULT_PLANS {
+            made.defaults.clear();
+        }
+        let plan = Arc::new(make());
+        made.defaults.insert(host.into(), Arc::clone(&plan));
+        plan
+    }
+}
+
+impl Made {
+    /// The plans of `snapshot`, forgetting those of an earlier one.
+    fn of<'a>(made: &'a mut Option<Made>, snapshot: &Arc<Snapshot>) -> &'a mut Made {
+        if made
+            .as_ref()
+            .is_none_or(|m| !Arc::ptr_eq(&m.snapshot, snapshot))
+        {
+            *made = Some(Made {
+                snapshot: Arc::clone(snapshot),
+                rules: HashMap::new(),
+                defaults: HashMap::new(),
+            });
+        }
+        made.as_mut().expect("just set")
+    }
+}
+
 /// The plan for `req`, applying rewrites and header operations of the matched rule to it.
-pub(crate) fn plan(mesh: &Mesh, req: &mut Request<Bytes>) -> RoutePlan {
+pub(crate) fn plan(mesh: &Mesh, plans: &Plans, req: &mut Request<Bytes>) -> Arc<RoutePlan> {
     let snapshot = mesh.snapshot();
-    let config = &snapshot.config;
-    let namespace = mesh.identity().namespace.clone();
-    let gateways = req
-        .extensions()
-        .get::<GatewayContext>()
-        .map(|g| g.0.clone());
-    match gateways {
-        Some(gateways) => {
+    let namespace = mesh.identity().namespace.as_str();
+    // The route layer is the context's only reader.
+    match req.extensions_mut().remove::<GatewayContext>() {
+        Some(GatewayContext(gateways)) => {
             for gateway in &gateways {
-                if let Some(plan) = matched(config, mesh, &namespace, Some(gateway), req) {
+                if let Some(plan) = matched(plans, &snapshot, mesh, namespace, Some(gateway), req) {
                     return plan;
                 }
             }
-            RoutePlan {
+            Arc::new(RoutePlan {
                 source: "no route".into(),
                 ..RoutePlan::default()
-            }
+            })
         }
-        None => matched(config, mesh, &namespace, None, req)
-            .unwrap_or_else(|| default_plan(config, mesh, &namespace, req)),
+        None => matched(plans, &snapshot, mesh, namespace, None, req)
+            .unwrap_or_else(|| default_plan(plans, &snapshot, namespace, req)),
     }
 }
 
@@ -97,45 +166,17 @@ fn route_request<'a>(
 }
 
 fn matched(
-    config: &MeshConfig,
+    plans: &Plans,
+    snapshot: &Arc<Snapshot>,
     mesh: &Mesh,
     namespace: &str,
     gateway: Option<&str>,
     req: &mut Request<Bytes>,
-) -> Option<RoutePlan> {
-    let (rule, vs_namespace, source) = {
-        let found = config.route(&route_request(mesh, namespace, gateway, req))?;
-        (
-            found.rule.clone(),
-            found.virtual_service.metadata.namespace.clone(),
-            format!(
-                "{}/{}#{}",
-                found.virtual_service.metadata.namespace,
-                found.virtual_service.metadata.name,
-                found.rule_index
-            ),
-        )
-    };
-    apply_request_edits(&rule, req);
-    let weights = rule.weights();
-    let destinations: Vec<Destination> = rule
-        .route
-        .iter()
-        .zip(weights)
-        .map(|(d, weight)| {
-            let fqdn = resolve_host(&d.destination.host, &vs_namespace);
-            let (service, dest_ns) = service_and_namespace(&fqdn, &vs_namespace);
-            destination(
-                config,
-                &d.destination.host,
-                &vs_namespace,
-                service,
-                dest_ns,
-                d.destination.subset.clone(),
-                weight,
-            )
-        })
-        .collect();
+) -> Option<Arc<RoutePlan>> {
+    let config = &snapshot.config;
+    let found = config.route(&route_request(mesh, namespace, gateway, req))?;
+    let rule = found.rule;
+    apply_request_edits(rule, req);
     // The gateway's request carries only a path: aim it at the first destination.
     if gateway.is_some()
         && let Some(first) = rule.route.first()
@@ -155,6 +196,40 @@ fn matched(
             *req.uri_mut() = uri;
         }
     }
+    let key = (
+        std::ptr::from_ref(found.virtual_service).addr(),
+        found.rule_index,
+    );
+    Some(plans.rule(snapshot, key, || rule_plan(config, &found)))
+}
+
+/// The plan a matched rule makes.
+fn rule_plan(config: &MeshConfig, found: &RouteMatch<'_>) -> RoutePlan {
+    let rule = found.rule;
+    let vs_namespace = &found.virtual_service.metadata.namespace;
+    let source = format!(
+        "{}/{}#{}",
+        vs_namespace, found.virtual_service.metadata.name, found.rule_index
+    );
+    let weights = rule.weights();
+    let destinations: Vec<Destination> = rule
+        .route
+        .iter()
+        .zip(weights)
+        .map(|(d, weight)| {
+            let fqdn = resolve_host(&d.destination.host, vs_namespace);
+            let (service, dest_ns) = service_and_namespace(&fqdn, vs_namespace);
+            destination(
+                config,
+                &d.destination.host,
+                vs_namespace,
+                service,
+                dest_ns,
+                d.destination.subset.clone(),
+                weight,
+            )
+        })
+        .collect();
     let fault = rule.fault.as_ref().map(|f| FaultPlan {
         delay: f
             .delay
@@ -175,15 +250,15 @@ fn matched(
             },
         )
     } else {
-        (rule.timeout, retry_plan(&rule))
+        (rule.timeout, retry_plan(rule))
     };
-    Some(RoutePlan {
+    RoutePlan {
         destinations,
         timeout,
         retry,
         fault,
         source,
-    })
+    }
 }
 
 fn retry_plan(rule: &HttpRoute) -> RetryPlan {
@@ -204,28 +279,31 @@ fn retry_plan(rule: &HttpRoute) -> RetryPlan {
 
 /// Istio's default route: the service the host names, with its DestinationRule's policy.
 fn default_plan(
-    config: &MeshConfig,
-    mesh: &Mesh,
+    plans: &Plans,
+    snapshot: &Arc<Snapshot>,
     namespace: &str,
     req: &Request<Bytes>,
-) -> RoutePlan {
+) -> Arc<RoutePlan> {
     let host = req.uri().host().unwrap_or_default();
-    let fqdn = resolve_host(host, namespace);
-    let (service, dest_ns) = service_and_namespace(&fqdn, namespace);
-    let known = !mesh.endpoints_of(&service).is_empty()
-        || config.destination_rule(host, namespace).is_some();
-    let destinations = if known {
-        vec![destination(
-            config, host, namespace, service, dest_ns, None, 100,
-        )]
-    } else {
-        Vec::new()
-    };
-    RoutePlan {
-        destinations,
-        source: "default".into(),
-        ..RoutePlan::default()
-    }
+    plans.default(snapshot, host, || {
+        let config = &snapshot.config;
+        let fqdn = resolve_host(host, namespace);
+        let (service, dest_ns) = service_and_namespace(&fqdn, namespace);
+        let known = snapshot.endpoints_of(&service).next().is_some()
+            || config.destination_rule(host, namespace).is_some();
+        let destinations = if known {
+            vec![destination(
+                config, host, namespace, service, dest_ns, None, 100,
+            )]
+        } else {
+            Vec::new()
+        };
+        RoutePlan {
+            destinations,
+            source: "default".into(),
+            ..RoutePlan::default()
+        }
+    })
 }
 
 fn destination(

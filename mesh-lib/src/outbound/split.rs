@@ -13,20 +13,30 @@ use tower::{Layer, Service};
 use super::plan::{Destination, RoutePlan};
 use crate::BoxError;
 
-/// The destination chosen for this attempt.
+/// The destination chosen for this attempt: one of its plan's, which it shares rather than
+/// copies (a destination holds its labels and policy).
 #[derive(Debug, Clone)]
-pub struct Chosen(pub Arc<Destination>);
+pub struct Chosen {
+    plan: Arc<RoutePlan>,
+    index: usize,
+}
 
-/// Picks by cumulative weight; `roll` is in `0..total`.
-pub fn pick(destinations: &[Destination], roll: u64) -> Option<&Destination> {
+impl Chosen {
+    pub fn destination(&self) -> &Destination {
+        &self.plan.destinations[self.index]
+    }
+}
+
+/// The index of the destination a `roll` in `0..total` weight picks (cumulative weights).
+pub fn pick(destinations: &[Destination], roll: u64) -> Option<usize> {
     let mut acc = 0u64;
-    for d in destinations {
+    for (i, d) in destinations.iter().enumerate() {
         acc += u64::from(d.weight);
         if roll < acc {
-            return Some(d);
+            return Some(i);
         }
     }
-    destinations.last()
+    destinations.len().checked_sub(1)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -60,13 +70,18 @@ where
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
         let chosen = req.extensions().get::<Arc<RoutePlan>>().and_then(|plan| {
             let total: u64 = plan.destinations.iter().map(|d| u64::from(d.weight)).sum();
-            if total == 0 {
-                return plan.destinations.first().cloned();
-            }
-            pick(&plan.destinations, fastrand::u64(..total)).cloned()
+            let index = if total == 0 {
+                (!plan.destinations.is_empty()).then_some(0)
+            } else {
+                pick(&plan.destinations, fastrand::u64(..total))
+            }?;
+            Some(Chosen {
+                plan: Arc::clone(plan),
+                index,
+            })
         });
-        if let Some(destination) = chosen {
-            req.extensions_mut().insert(Chosen(Arc::new(destination)));
+        if let Some(chosen) = chosen {
+            req.extensions_mut().insert(chosen);
         }
         self.inner.call(req)
     }
@@ -90,13 +105,14 @@ mod tests {
     #[test]
     fn picks_by_cumulative_weight() {
         let d = [dest("v1", 50), dest("v3", 50)];
-        assert_eq!(pick(&d, 0).unwrap().subset.as_deref(), Some("v1"));
-        assert_eq!(pick(&d, 49).unwrap().subset.as_deref(), Some("v1"));
-        assert_eq!(pick(&d, 50).unwrap().subset.as_deref(), Some("v3"));
-        assert_eq!(pick(&d, 99).unwrap().subset.as_deref(), Some("v3"));
+        let subset = |roll| d[pick(&d, roll).unwrap()].subset.as_deref();
+        assert_eq!(subset(0), Some("v1"));
+        assert_eq!(subset(49), Some("v1"));
+        assert_eq!(subset(50), Some("v3"));
+        assert_eq!(subset(99), Some("v3"));
         let d = [dest("v1", 90), dest("v2", 10)];
         let v2 = (0..100)
-            .filter(|r| pick(&d, *r).unwrap().subset.as_deref() == Some("v2"))
+            .filter(|r| d[pick(&d, *r).unwrap()].subset.as_deref() == Some("v2"))
             .count();
         assert_eq!(v2, 10);
     }
