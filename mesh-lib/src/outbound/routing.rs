@@ -55,7 +55,7 @@ struct Made {
 const MAX_DEFAULT_PLANS: usize = 1024;
 
 impl Plans {
-    fn rule(
+    fn for_rule(
         &self,
         snapshot: &Arc<Snapshot>,
         key: (usize, usize),
@@ -66,7 +66,7 @@ impl Plans {
         Arc::clone(made.rules.entry(key).or_insert_with(|| Arc::new(make())))
     }
 
-    fn default(
+    fn for_host(
         &self,
         snapshot: &Arc<Snapshot>,
         host: &str,
@@ -200,7 +200,7 @@ fn matched(
         std::ptr::from_ref(found.virtual_service).addr(),
         found.rule_index,
     );
-    Some(plans.rule(snapshot, key, || rule_plan(config, &found)))
+    Some(plans.for_rule(snapshot, key, || rule_plan(config, &found)))
 }
 
 /// The plan a matched rule makes.
@@ -285,7 +285,7 @@ fn default_plan(
     req: &Request<Bytes>,
 ) -> Arc<RoutePlan> {
     let host = req.uri().host().unwrap_or_default();
-    plans.default(snapshot, host, || {
+    plans.for_host(snapshot, host, || {
         let config = &snapshot.config;
         let fqdn = resolve_host(host, namespace);
         let (service, dest_ns) = service_and_namespace(&fqdn, namespace);
@@ -446,6 +446,47 @@ fn apply_request_edits(rule: &HttpRoute, req: &mut Request<Bytes>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plans_are_made_once_per_snapshot_and_host_and_the_table_is_bounded() {
+        let plans = Plans::default();
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            RoutePlan::default()
+        };
+        let first = Arc::new(Snapshot::default());
+        let a = plans.for_host(&first, "reviews", make);
+        let b = plans.for_host(&first, "reviews", make);
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the same host on the same snapshot shares its plan"
+        );
+        plans.for_host(&first, "ratings", make);
+        assert_eq!(made.get(), 2);
+
+        let rule = plans.for_rule(&first, (1, 0), make);
+        assert!(Arc::ptr_eq(&rule, &plans.for_rule(&first, (1, 0), make)));
+        assert_eq!(made.get(), 3);
+
+        // A new snapshot (a config or endpoint push) forgets every plan of the old one.
+        let second = Arc::new(Snapshot::default());
+        let c = plans.for_host(&second, "reviews", make);
+        assert!(!Arc::ptr_eq(&a, &c));
+        plans.for_rule(&second, (1, 0), make);
+        assert_eq!(made.get(), 5);
+
+        for i in 0..MAX_DEFAULT_PLANS {
+            plans.for_host(&second, &format!("host-{i}"), make);
+        }
+        let made_before = made.get();
+        plans.for_host(&second, "reviews", make);
+        assert_eq!(
+            made.get(),
+            made_before + 1,
+            "past the bound the table started again"
+        );
+    }
 
     #[test]
     fn circuit_breaker_sample_becomes_a_limit() {
