@@ -21,9 +21,13 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use http::uri::{Authority, PathAndQuery, Scheme};
+
 use crate::dataplane::Mesh;
 use crate::forward::{self, UPSTREAM_DEADLINE};
-use crate::outbound::Client;
+use crate::outbound::connect::MeshConnector;
+use crate::outbound::pool::Pool;
+use crate::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, OutboundError};
 
 /// Where the mesh reaches the application through the sidecar (Istio's inbound capture port).
 pub const DEFAULT_INBOUND_PORT: u16 = 15006;
@@ -77,17 +81,23 @@ pub fn listeners(
 
 #[derive(Clone)]
 struct Inbound {
-    client: Client,
-    app: SocketAddr,
+    /// Plaintext connections to the application, which is beside us, not in the mesh.
+    pool: Pool,
+    app: Authority,
 }
 
 /// The inbound listener's service (inside the mesh's inbound stack): every request to the
 /// application, plaintext, with its `Host` kept.
+///
+/// The mesh's policies have been applied by then and the application is one address on
+/// loopback, so a request goes straight to a pooled connection to it: Istio's inbound cluster
+/// has no routing, retries or balancing either.
 pub fn inbound_router(app: &App) -> Router {
+    let connector = MeshConnector::new(crate::outbound::tcp_connector(), None);
     Router::new().fallback(pass_in).with_state(Inbound {
-        // Plain: the application is beside us, not in the mesh.
-        client: Client::new(),
-        app: app.addr,
+        pool: Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT),
+        app: Authority::try_from(app.addr.to_string())
+            .expect("a socket address is a valid authority"),
     })
 }
 
@@ -96,21 +106,25 @@ async fn pass_in(State(inbound): State<Inbound>, request: Request) -> Response {
         Ok(buffered) => buffered,
         Err(refused) => return refused,
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    match Uri::builder()
-        .scheme("http")
-        .authority(inbound.app.to_string())
-        .path_and_query(path)
-        .build()
-    {
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(inbound.app.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    match Uri::from_parts(uri) {
         Ok(uri) => parts.uri = uri,
         Err(_) => return StatusCode::BAD_REQUEST.into_response(),
     }
-    forward::send(&inbound.client, parts, body, UPSTREAM_DEADLINE).await
+    let sent = inbound.pool.send(http::Request::from_parts(parts, body));
+    match tokio::time::timeout(UPSTREAM_DEADLINE, sent).await {
+        Ok(Ok(response)) => forward::respond(response),
+        Ok(Err(source)) => forward::failure(&OutboundError::Request {
+            authority: inbound.app.to_string(),
+            source,
+        }),
+        Err(_) => forward::failure(&OutboundError::Timeout(UPSTREAM_DEADLINE)),
+    }
 }
 
 #[derive(Clone)]

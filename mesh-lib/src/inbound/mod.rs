@@ -22,32 +22,100 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse as _, Response};
-use tower::{Service, ServiceExt as _};
-use tower_http::trace::TraceLayer;
+use hyper::body::Incoming;
+use tower::{Layer as _, Service, ServiceExt as _};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{
+    DefaultMakeSpan, DefaultOnBodyChunk, DefaultOnEos, DefaultOnFailure, DefaultOnRequest,
+    DefaultOnResponse, Trace, TraceLayer,
+};
 
 use crate::dataplane::Mesh;
 
 pub use transport::TLS_HANDSHAKE_TIMEOUT;
 
-/// The inbound stack around a service's router, outermost first: request spans and access
-/// logs at `debug`, then (in the mesh) [`Inbound`].
-pub fn stack(app: Router, mesh: Option<Mesh>) -> Router {
+/// `S` with a request span and access log at `debug` (tower-http's trace layer).
+type Traced<S> = Trace<
+    S,
+    SharedClassifier<ServerErrorsAsFailures>,
+    DefaultMakeSpan,
+    DefaultOnRequest,
+    DefaultOnResponse,
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    DefaultOnFailure,
+>;
+
+fn traced<S>(service: S) -> Traced<S> {
     // A 5xx answered on purpose (a readiness probe before the certificate, Envoy's 503s) is
     // not an error of this process: the access log and metrics record it; at `error` it would
     // drown the lines that are.
-    let trace = TraceLayer::new_for_http()
-        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    TraceLayer::new_for_http()
+        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG))
+        .layer(service)
+}
+
+/// What a listener runs for each request: the inbound stack around a service's router.
+/// Called directly by the connection, with no router of its own around it (a router's
+/// dispatch and boxed route cost more than the steps here).
+#[derive(Clone)]
+pub struct Stack(Layers);
+
+#[derive(Clone)]
+enum Layers {
+    /// In the mesh: request spans, then [`Inbound`].
+    Mesh(Traced<Inbound>),
+    /// Out of it: request spans, then the router.
+    Plain(Traced<Router>),
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Layers::Mesh(_) => "Stack(mesh)",
+            Layers::Plain(_) => "Stack(plain)",
+        })
+    }
+}
+
+/// The inbound stack around a service's router, outermost first: request spans and access
+/// logs at `debug`, then (in the mesh) [`Inbound`].
+pub fn stack(app: Router, mesh: Option<Mesh>) -> Stack {
     match mesh {
-        Some(mesh) => Router::new().fallback_service(
-            tower::ServiceBuilder::new().layer(trace).service(Inbound {
-                limiter: ratelimit::Limiter::new(mesh.clone()),
-                mesh,
-                app,
-            }),
-        ),
-        None => app.layer(trace),
+        Some(mesh) => Stack(Layers::Mesh(traced(Inbound {
+            limiter: ratelimit::Limiter::new(mesh.clone()),
+            mesh,
+            app,
+        }))),
+        None => Stack(Layers::Plain(traced(app))),
+    }
+}
+
+impl Service<http::Request<Incoming>> for Stack {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready (Inbound, and an axum router).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+        let request = request.map(Body::new);
+        match &mut self.0 {
+            Layers::Mesh(inbound) => {
+                let call = inbound.call(request);
+                Box::pin(async move { Ok(call.await?.map(Body::new)) })
+            }
+            Layers::Plain(router) => {
+                let call = router.call(request);
+                Box::pin(async move { Ok(call.await?.map(Body::new)) })
+            }
+        }
     }
 }
 

@@ -27,6 +27,13 @@ pub struct MeshStream {
     via_proxy: bool,
 }
 
+impl MeshStream {
+    /// Whether this is a connection to an HTTP proxy (which takes absolute-form requests).
+    pub fn via_proxy(&self) -> bool {
+        self.via_proxy
+    }
+}
+
 /// The destination is a mesh endpoint but this workload has no certificate yet.
 #[derive(Debug, thiserror::Error)]
 #[error("no workload certificate yet; refusing to connect to a mesh endpoint without mTLS")]

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod fault;
 pub mod health;
 pub mod plan;
+pub mod pool;
 pub mod proxy;
 pub mod rescue;
 pub mod retry;
@@ -45,10 +46,8 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -61,8 +60,9 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TCP connect may take before the attempt fails.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The boxed outbound stack: a request in, a streaming response out.
-pub type OutboundService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+/// The boxed outbound stack: a request whose body is in memory (so any attempt can resend
+/// it) in, a response out.
+pub type OutboundService = BoxCloneSyncService<Request<Bytes>, Response<Body>, BoxError>;
 
 /// Why an outbound call produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,11 @@ impl Client {
         S::Future: Send + 'static,
     {
         Self {
-            stack: BoxCloneSyncService::new(service.map_err(Into::into)),
+            stack: BoxCloneSyncService::new(
+                service
+                    .map_request(|r: Request<Bytes>| r.map(Body::from))
+                    .map_err(Into::into),
+            ),
         }
     }
 
@@ -163,21 +167,47 @@ impl Client {
                     reason: e.to_string(),
                 })?;
         let mut request = Request::get(uri)
-            .body(Body::empty())
+            .body(Bytes::new())
             .expect("a parsed uri makes a valid request");
         *request.headers_mut() = headers;
-        self.send(request, timeout).await
+        self.send_buffered(request, timeout).await
     }
 
     /// Sends `request` (an absolute `http://` URI), the whole response due within `timeout`.
+    /// The body is read into memory first (at most [`MAX_REQUEST_BODY`]), so that any attempt
+    /// can resend it.
     pub async fn send(
         &self,
         request: Request<Body>,
         timeout: Duration,
     ) -> Result<Response<Bytes>, OutboundError> {
+        let (parts, body) = request.into_parts();
+        let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(source) => {
+                let authority = parts.uri.authority().map(ToString::to_string);
+                return Err(OutboundError::Request {
+                    authority: authority.unwrap_or_default(),
+                    source,
+                });
+            }
+        };
+        self.send_buffered(Request::from_parts(parts, body), timeout)
+            .await
+    }
+
+    /// [`send`](Self::send) for a request whose body is already in memory.
+    pub async fn send_buffered(
+        &self,
+        request: Request<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, OutboundError> {
         let uri = request.uri();
         let authority = match uri.authority() {
-            Some(a) if uri.scheme_str() == Some("http") => a.to_string(),
+            Some(a) if uri.scheme_str() == Some("http") => a.clone(),
             _ => {
                 return Err(OutboundError::InvalidUrl {
                     url: uri.to_string(),
@@ -188,15 +218,44 @@ impl Client {
         let call = async {
             let response = self.stack.clone().oneshot(request).await?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, body))
+            Ok::<_, BoxError>(Response::from_parts(parts, collect(body).await?))
         };
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(OutboundError::Timeout(timeout)),
-            Ok(Err(source)) => Err(OutboundError::Request { authority, source }),
+            Ok(Err(source)) => Err(OutboundError::Request {
+                authority: authority.to_string(),
+                source,
+            }),
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// A whole body in memory; one that came in one piece (as the stack's responses do) is not
+/// copied.
+pub(crate) async fn collect(mut body: Body) -> Result<Bytes, BoxError> {
+    let mut first = None;
+    let mut rest: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut all = bytes::BytesMut::with_capacity(head.len() + data.len());
+                all.extend_from_slice(head);
+                all.extend_from_slice(&data);
+                rest = Some(all);
+            }
+            (Some(_), Some(all)) => all.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(all)) => all.freeze(),
+        (Some(one), None) => one,
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// Builds a [`Client`].
@@ -230,9 +289,7 @@ impl ClientBuilder {
     }
 
     pub fn build(self) -> Client {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+        let http = tcp_connector();
         let proxied = match (&self.proxy, &self.mesh) {
             (Some(p), None) => Some((
                 p.clone(),
@@ -256,50 +313,39 @@ impl ClientBuilder {
             .layer(breaker::BreakerLayer::new(health))
             .service(transport);
         let direct = BoxCloneSyncService::new(stack);
-        // Shared, so that cloning the client's service (once per call) does not copy the
-        // stacks; the one call below copies the stack it uses.
-        let stacks = Arc::new((proxied, direct));
-        // Bodies are buffered once at the top so any attempt below can resend them.
-        Client::from_service(tower::service_fn(move |req: Request<Body>| {
-            let (proxied, direct) = &*stacks;
-            let stack = match proxied {
-                Some((proxy, via_proxy))
-                    if req.uri().host().is_some_and(|h| proxy.applies_to(h)) =>
-                {
+        let Some((proxy, via_proxy)) = proxied else {
+            return Client { stack: direct };
+        };
+        // Behind a sidecar: every call but NO_PROXY's goes to the proxy.
+        let stacks = Arc::new((via_proxy, direct));
+        Client {
+            stack: BoxCloneSyncService::new(tower::service_fn(move |req: Request<Bytes>| {
+                let (via_proxy, direct) = &*stacks;
+                let stack = if req.uri().host().is_some_and(|h| proxy.applies_to(h)) {
                     via_proxy.clone()
-                }
-                _ => direct.clone(),
-            };
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = http_body_util::Limited::new(body, MAX_REQUEST_BODY)
-                    .collect()
-                    .await?
-                    .to_bytes();
-                stack.oneshot(Request::from_parts(parts, body)).await
-            }
-        }))
+                } else {
+                    direct.clone()
+                };
+                stack.oneshot(req)
+            })),
+        }
     }
 }
 
-/// The bottom of the stack: pooled HTTP/1.1 connections from `connector`, connection failures
-/// marked as such for the classifier.
+/// TCP connections as every outbound connection opens them: TCP_NODELAY (small request and
+/// response exchanges are latency-bound), bounded by [`DEFAULT_CONNECT_TIMEOUT`].
+pub(crate) fn tcp_connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+    http
+}
+
+/// The bottom of the stack: pooled HTTP/1.1 connections from `connector` ([`pool`]).
 fn transport(
     connector: connect::MeshConnector,
 ) -> BoxCloneSyncService<Request<Bytes>, Response<Body>, BoxError> {
-    let client = HyperClient::builder(TokioExecutor::new())
-        .pool_idle_timeout(DEFAULT_POOL_IDLE_TIMEOUT)
-        .build::<_, Full<Bytes>>(connector)
-        .map_request(|r: Request<Bytes>| r.map(Full::new))
-        .map_response(|r| r.map(Body::new))
-        .map_err(|e: hyper_util::client::legacy::Error| -> BoxError {
-            if e.is_connect() {
-                Box::new(classify::ConnectError(Box::new(e)))
-            } else {
-                Box::new(e)
-            }
-        });
-    BoxCloneSyncService::new(client)
+    BoxCloneSyncService::new(pool::Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT))
 }
 
 #[cfg(test)]

@@ -11,12 +11,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
-use tower::ServiceExt;
+use tower::Service as _;
 
 use super::ServerLimits;
 use super::activity::{Expiry, InFlightBody, Watched};
@@ -26,7 +25,7 @@ use crate::dataplane::{Mesh, PeerIdentity};
 /// What every connection of one listener shares.
 #[derive(Debug)]
 pub(super) struct Listener {
-    pub(super) app: Router,
+    pub(super) app: crate::inbound::Stack,
     pub(super) http: auto::Builder<TokioExecutor>,
     pub(super) mesh: Option<Mesh>,
     pub(super) limits: ServerLimits,
@@ -77,7 +76,8 @@ pub(super) async fn serve(
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let in_flight = activity.begin_request();
             req.extensions_mut().insert(peer_identity.clone());
-            let response = app.clone().oneshot(req);
+            // The stack is always ready.
+            let response = app.clone().call(req);
             async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
