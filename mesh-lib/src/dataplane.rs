@@ -42,6 +42,8 @@ struct Inner {
     name: WorkloadName,
     /// `name.workload`, shared by the spans of the requests this workload serves.
     workload: Arc<str>,
+    /// What all of this workload's outbound clients share.
+    outbound: crate::outbound::Shared,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -172,6 +174,7 @@ impl Mesh {
                 telemetry,
                 workload: Arc::from(name.workload.as_str()),
                 name,
+                outbound: crate::outbound::Shared::default(),
                 tasks,
             }),
         })
@@ -276,6 +279,11 @@ impl Mesh {
     }
 
     /// An outbound client that routes through the mesh.
+    /// What every outbound client of this workload shares.
+    pub(crate) fn outbound_shared(&self) -> &crate::outbound::Shared {
+        &self.inner.outbound
+    }
+
     pub fn client(&self) -> crate::Client {
         crate::Client::builder().mesh(self.clone()).build()
     }

@@ -78,6 +78,30 @@ pub struct Server {
     limits: ServerLimits,
 }
 
+/// A listener's socket on its way to another thread's runtime (see [`Server::for_workers`]).
+#[derive(Debug)]
+pub struct SharedServer {
+    name: String,
+    listener: std::net::TcpListener,
+    grace: Duration,
+    mesh: Option<Mesh>,
+    limits: ServerLimits,
+}
+
+impl SharedServer {
+    /// The listener, registered with the runtime this is called in.
+    pub fn into_server(self) -> io::Result<Server> {
+        self.listener.set_nonblocking(true)?;
+        Ok(Server {
+            name: self.name,
+            listener: TcpListener::from_std(self.listener)?,
+            grace: self.grace,
+            mesh: self.mesh,
+            limits: self.limits,
+        })
+    }
+}
+
 /// The listening socket could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("{name} cannot listen on {addr}: {source}{hint}")]
@@ -138,6 +162,28 @@ impl Server {
             mesh: None,
             limits: ServerLimits::default(),
         }
+    }
+
+    /// This listener for `workers` threads: itself, and `workers - 1` copies of its socket
+    /// for other threads' runtimes ([`SharedServer::into_server`] there). The kernel hands
+    /// each new connection to one of them. The connection limit is split between them, so
+    /// the listener as a whole still holds at most its `max_connections`.
+    pub fn for_workers(mut self, workers: usize) -> io::Result<(Self, Vec<SharedServer>)> {
+        let workers = workers.max(1);
+        self.limits.max_connections = (self.limits.max_connections / workers).max(1);
+        let copies = (1..workers)
+            .map(|_| {
+                let socket = socket2::SockRef::from(&self.listener).try_clone()?;
+                Ok(SharedServer {
+                    name: self.name.clone(),
+                    listener: socket.into(),
+                    grace: self.grace,
+                    mesh: self.mesh.clone(),
+                    limits: self.limits.clone(),
+                })
+            })
+            .collect::<io::Result<_>>()?;
+        Ok((self, copies))
     }
 
     /// Serves through this workload's data plane: mTLS per PeerAuthentication, the peer's

@@ -72,11 +72,18 @@ pub fn listeners(
     inbound: crate::Server,
     outbound: crate::Server,
 ) -> Vec<(crate::Server, Router)> {
-    let outbound_router = outbound_router(mesh, outbound.local_addr());
-    vec![
-        (inbound.with_mesh(mesh.clone()), inbound_router(app)),
-        (outbound, outbound_router),
-    ]
+    let routers = routers(mesh, app, outbound.local_addr());
+    vec![inbound.with_mesh(mesh.clone()), outbound]
+        .into_iter()
+        .zip(routers)
+        .collect()
+}
+
+/// The routers of [`listeners`], inbound's then outbound's (listening at `outbound`): each
+/// call makes a fresh pair with connections of their own, for one worker thread
+/// ([`crate::workload::serve_on_workers`]).
+pub fn routers(mesh: &Mesh, app: &App, outbound: SocketAddr) -> Vec<Router> {
+    vec![inbound_router(app), outbound_router(mesh, outbound)]
 }
 
 #[derive(Clone)]

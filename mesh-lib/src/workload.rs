@@ -278,21 +278,137 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
+    serve_here(&mesh, listeners, admin, shutdown, stop).await;
+    drop(stopped);
+    crate::telemetry::tracing::flush_at_exit(mesh.telemetry().tracing.as_ref()).await;
+}
+
+/// Serves `listeners` and `admin` on this thread's runtime until `shutdown`, then says so on
+/// `stop` and waits for them to drain.
+async fn serve_here(
+    mesh: &Mesh,
+    listeners: Vec<(Server, Router)>,
+    admin: Option<(Server, Readiness)>,
+    shutdown: impl Future<Output = ()>,
+    stop: tokio::sync::watch::Sender<bool>,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     if let Some((server, readiness)) = admin {
-        tasks.spawn(server.serve(
-            admin_router(&mesh, readiness),
-            until_stopped(stopped.clone()),
-        ));
+        tasks.spawn(server.serve(admin_router(mesh, readiness), until(stop.subscribe())));
     }
     for (server, app) in listeners {
-        tasks.spawn(server.serve(app, until_stopped(stopped.clone())));
+        tasks.spawn(server.serve(app, until(stop.subscribe())));
     }
     shutdown.await;
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
+}
+
+/// How many worker threads serve a proxy's listeners: `TOKIO_WORKER_THREADS` when set (as
+/// tokio reads it), else one per core.
+pub fn worker_count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// [`serve`] on `workers` threads, each with a single-threaded runtime of its own, as Envoy
+/// runs its workers: every listener's socket is shared by all of them (the kernel gives each
+/// new connection to one), and each worker builds its own routers with `routers` (one per
+/// server, in the same order), so its outbound connections are its own as well. A request
+/// then never leaves the thread that accepted it: no wake-up crosses threads, which on a
+/// small VM costs more than the request's own work. What the workload's clients must agree
+/// on (endpoint health, the retry budget) is shared through `mesh`.
+///
+/// This thread's runtime runs the control loops, the admin listener and the first worker; it
+/// should be single-threaded too.
+pub async fn serve_on_workers<R>(
+    mesh: Mesh,
+    servers: Vec<Server>,
+    routers: R,
+    admin: Option<(Server, Readiness)>,
+    shutdown: impl Future<Output = ()>,
+    workers: usize,
+) where
+    R: Fn() -> Vec<Router> + Send + Sync + 'static,
+{
+    let workers = workers.max(1);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut here = Vec::new();
+    let mut elsewhere: Vec<Vec<crate::server::SharedServer>> =
+        (1..workers).map(|_| Vec::new()).collect();
+    for server in servers {
+        match server.for_workers(workers) {
+            Ok((server, copies)) => {
+                here.push(server);
+                for (worker, copy) in elsewhere.iter_mut().zip(copies) {
+                    worker.push(copy);
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot share a listener between worker threads: {e}");
+                return;
+            }
+        }
+    }
+    let routers = std::sync::Arc::new(routers);
+    let mut threads = Vec::new();
+    for (n, servers) in elsewhere.into_iter().enumerate() {
+        let (routers, stopped) = (routers.clone(), stopped.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("mesh-worker-{}", n + 1))
+            .spawn(move || worker(servers, &*routers, stopped));
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => tracing::warn!("cannot start worker thread {}: {e}", n + 1),
+        }
+    }
+    let listeners = here.into_iter().zip(routers()).collect();
+    serve_here(&mesh, listeners, admin, shutdown, stop).await;
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    });
+    let _ = joined.await;
     crate::telemetry::tracing::flush_at_exit(mesh.telemetry().tracing.as_ref()).await;
+}
+
+/// Resolves once `stopped` says so (or its sender is gone).
+async fn until(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// One worker thread: its own runtime, its copies of the listeners, its own routers.
+fn worker(
+    servers: Vec<crate::server::SharedServer>,
+    routers: &(dyn Fn() -> Vec<Router> + Send + Sync),
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("a worker thread cannot start its runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (shared, app) in servers.into_iter().zip(routers()) {
+            match shared.into_server() {
+                Ok(server) => {
+                    tasks.spawn(server.serve(app, until(stopped.clone())));
+                }
+                Err(e) => tracing::error!("a worker thread cannot take a listener: {e}"),
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    });
 }

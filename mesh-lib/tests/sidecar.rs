@@ -75,6 +75,16 @@ struct Ports {
 }
 
 fn sidecar(meshd: &meshd::daemon::RunningMeshd, root: &std::path::Path, p: &Ports) -> Command {
+    sidecar_on(meshd, root, p, 1)
+}
+
+/// The sidecar with `workers` worker threads.
+fn sidecar_on(
+    meshd: &meshd::daemon::RunningMeshd,
+    root: &std::path::Path,
+    p: &Ports,
+    workers: usize,
+) -> Command {
     let mut command = Command::new(SIDECAR);
     command
         .args(["sidecar", "--service", "alpha", "--bind", "127.0.0.1"])
@@ -86,8 +96,7 @@ fn sidecar(meshd: &meshd::daemon::RunningMeshd, root: &std::path::Path, p: &Port
         .env("MESH_TOKEN", "token-alpha")
         .env("MESH_SERVICE_ACCOUNT", "alpha")
         .env("MESH_ADMIN_PORT", p.admin.to_string())
-        // One thread: the single-threaded runtime (the container test runs the default).
-        .env("TOKIO_WORKER_THREADS", "1")
+        .env("TOKIO_WORKER_THREADS", workers.to_string())
         .env_remove("HTTP_PROXY")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     command
@@ -196,6 +205,89 @@ async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
         .await
         .unwrap();
     assert_eq!(looped.status(), StatusCode::LOOP_DETECTED);
+    meshd.shutdown().await;
+}
+
+/// The names of `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_threads_share_the_listeners_and_a_sigterm_still_drains_them() {
+    let dir = tempdir("sidecar-workers");
+    let meshd = test_support::meshd(&dir, Duration::from_secs(3600)).await;
+    let root = dir.join("root-cert.pem");
+    std::fs::write(&root, meshd.root_pem()).unwrap();
+    let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
+    let outbound = free_port();
+    let (app, _) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
+    let ports = Ports {
+        app,
+        inbound: free_port(),
+        outbound,
+        admin: free_port(),
+    };
+    let mut sidecar = Killed(sidecar_on(&meshd, &root, &ports, 3).spawn().unwrap());
+    until_ready_is(ports.admin, 200).await;
+    let names = thread_names(sidecar.0.id());
+    for worker in ["mesh-worker-1", "mesh-worker-2"] {
+        assert!(names.iter().any(|n| n == worker), "{names:?}");
+    }
+    test_support::sees(&gamma, "alpha").await;
+
+    // Many connections at once (each call of its own client opens its own): whichever worker
+    // the kernel gives each to, every one is served over mTLS, and so is the proxy's way out.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let client = gamma.client();
+        let path = if i % 2 == 0 { "/hello" } else { "/health" };
+        calls.spawn(async move {
+            let r = client
+                .get(
+                    &format!("http://alpha:9080{path}"),
+                    Default::default(),
+                    PATIENCE,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(r.status())
+        });
+    }
+    for status in calls.join_all().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let proxy = Client::builder()
+        .proxy(Some(Proxy::new(SocketAddr::from((
+            [127, 0, 0, 1],
+            ports.outbound,
+        )))))
+        .build();
+    let body = proxy
+        .get("http://alpha:9080/hello", Default::default(), PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(body.status(), StatusCode::OK);
+
+    // SIGTERM: every worker drains and the process exits cleanly.
+    let pid = rustix::process::Pid::from_raw(i32::try_from(sidecar.0.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = sidecar.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not exit on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
     meshd.shutdown().await;
 }
 

@@ -10,8 +10,8 @@ use mesh::workload::{Readiness, WorkloadEnv};
 use mesh::{Server, gateway, sidecar};
 
 /// mesh-proxy: proxies for the Bookinfo mesh, built from the same tower layers as the
-/// embedded data plane. Threads: one per core by default; TOKIO_WORKER_THREADS=N sets them,
-/// and TOKIO_WORKER_THREADS=1 runs everything on a single thread (the cheapest per request).
+/// embedded data plane. Worker threads: one per core by default, TOKIO_WORKER_THREADS=N sets
+/// them; each serves the connections it accepts, and the requests on them, alone.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -135,17 +135,12 @@ fn join_env(vars: &impl Vars, service: &str) -> Result<WorkloadEnv, ExitCode> {
 fn run(main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     mesh::logging::init();
     mesh::nofile::raise_at_start();
-    // One thread: a single-threaded runtime, where a request's tasks (the server connection
-    // and the pooled client connection) wake each other without crossing threads. Measured
-    // with `bench sidecar-pair`: 0.74x Envoy's CPU per request against 0.90x with two workers.
-    let one_thread = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1");
-    let runtime = if one_thread {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Runtime::new()
-    };
+    // This thread's runtime runs the control loops, the admin port and the first worker; the
+    // listeners are served by `workload::serve_on_workers`, one single-threaded runtime per
+    // worker thread, so a request and the connections it uses stay on one thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     match runtime {
         Ok(runtime) => runtime.block_on(main),
         Err(e) => {
@@ -195,12 +190,15 @@ async fn gateway_main(mut env: WorkloadEnv, addr: SocketAddr) -> ExitCode {
     );
     // The way in from outside: plain HTTP, its mesh work is in the router (routes, then the
     // outbound stack).
-    let router = gateway::router(mesh.clone(), addr.port());
-    mesh::workload::serve(
+    let routing = mesh.clone();
+    let port = addr.port();
+    mesh::workload::serve_on_workers(
         mesh,
-        vec![(server, router)],
+        vec![server],
+        move || vec![gateway::router(routing.clone(), port)],
         Some((admin, Readiness::Mesh)),
         mesh::shutdown::signal(),
+        mesh::workload::worker_count(),
     )
     .await;
     ExitCode::SUCCESS
@@ -235,12 +233,14 @@ async fn sidecar_main(
         outbound.local_addr(),
         admin.local_addr()
     );
-    let listeners = sidecar::listeners(&mesh, &app, inbound, outbound);
-    mesh::workload::serve(
-        mesh,
-        listeners,
-        Some((admin, app.readiness())),
+    let (routing, readiness, own) = (mesh.clone(), app.readiness(), outbound.local_addr());
+    mesh::workload::serve_on_workers(
+        mesh.clone(),
+        vec![inbound.with_mesh(mesh), outbound],
+        move || sidecar::routers(&routing, &app, own),
+        Some((admin, readiness)),
         mesh::shutdown::signal(),
+        mesh::workload::worker_count(),
     )
     .await;
     ExitCode::SUCCESS

@@ -258,6 +258,17 @@ pub(crate) async fn collect(mut body: Body) -> Result<Bytes, BoxError> {
     })
 }
 
+/// What every client of one workload shares, however many it has (one per worker thread of
+/// a proxy): endpoint health (requests in flight per endpoint and service, outlier
+/// ejections) and the retry budget, so that connection-pool limits, outlier detection and
+/// the budget hold for the workload as a whole, as Envoy keeps them per cluster across its
+/// workers. Connections and round-robin turns stay each client's own.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    health: Arc<health::Health>,
+    budget: Arc<retry::RetryBudget>,
+}
+
 /// Builds a [`Client`].
 #[derive(Debug, Default)]
 pub struct ClientBuilder {
@@ -298,7 +309,11 @@ impl ClientBuilder {
             _ => None,
         };
         let transport = transport(connect::MeshConnector::new(http, self.mesh.clone()));
-        let health = Arc::new(health::Health::default());
+        let shared = self
+            .mesh
+            .as_ref()
+            .map_or_else(Shared::default, |m| m.outbound_shared().clone());
+        let health = shared.health;
         let balance = BalanceLayer::new(self.endpoints.unwrap_or_default())
             .with_mesh(self.mesh.clone())
             .with_health(health.clone());
@@ -307,7 +322,7 @@ impl ClientBuilder {
             .option_layer(self.mesh.clone().map(route::RouteLayer::new))
             .layer(fault::FaultLayer::new(fault::random_roll()))
             .layer(timeout::RouteTimeoutLayer)
-            .layer(retry::RetryLayer::new(Arc::default()))
+            .layer(retry::RetryLayer::new(shared.budget))
             .layer(split::SplitLayer)
             .layer(balance)
             .layer(breaker::BreakerLayer::new(health))

@@ -35,8 +35,6 @@ pub(super) struct Activity {
     /// When the first byte of the next HTTP/1 request head arrived, or [`NO_HEAD`].
     head_started: AtomicU64,
     closing: AtomicBool,
-    /// Wakes the connection's driver to recompute its deadline.
-    changed: Notify,
     /// Asks the connection's driver to close.
     close: Notify,
 }
@@ -60,7 +58,6 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NO_HEAD),
             closing: AtomicBool::new(false),
-            changed: Notify::new(),
             close: Notify::new(),
         };
         activity
@@ -141,11 +138,6 @@ impl Activity {
         self.close.notified().await;
     }
 
-    /// Resolves when the state may have moved on (a request ended, a head began).
-    pub(super) async fn changed(&self) {
-        self.changed.notified().await;
-    }
-
     /// HTTP/1 bytes arrived: with nothing in flight, they begin the next request head.
     fn note_http1_bytes(&self) {
         if self.in_flight.load(Ordering::Acquire) == 0
@@ -153,14 +145,12 @@ impl Activity {
         {
             self.head_started
                 .store(self.stamp(Instant::now()), Ordering::Release);
-            self.changed.notify_one();
         }
     }
 
     /// The connection turned out to be HTTP/2, whose bytes are frames, not request heads.
     fn forget_head(&self) {
         self.head_started.store(NO_HEAD, Ordering::Release);
-        self.changed.notify_one();
     }
 }
 
@@ -177,7 +167,6 @@ impl Drop for InFlight {
             activity
                 .idle_since
                 .fetch_max(activity.stamp(Instant::now()), Ordering::AcqRel);
-            activity.changed.notify_one();
         }
     }
 }

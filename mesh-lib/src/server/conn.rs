@@ -90,8 +90,21 @@ pub(super) async fn serve(
     );
     tokio::pin!(conn);
 
+    // The timers are checked rather than re-armed on every change: requests and request
+    // heads only record when they began and ended (see `Activity`), and this loop looks at
+    // least every `check`, which is no longer than the shortest timer, so it wakes no more
+    // than that per connection, not twice per request. A deadline is kept to the instant:
+    // each check sleeps until the deadline in force or the next check, whichever is sooner.
+    let check = limits.header_read_timeout.min(limits.idle_timeout);
+    let next = |now: Instant| {
+        let deadline = activity.next_expiry(limits.header_read_timeout, limits.idle_timeout);
+        deadline.map_or(now + check, |(at, _)| at.min(now + check))
+    };
+    let timer = sleep_until(next(Instant::now()));
+    tokio::pin!(timer);
+    let close = activity.close_requested();
+    tokio::pin!(close);
     loop {
-        let next = activity.next_expiry(limits.header_read_timeout, limits.idle_timeout);
         tokio::select! {
             biased;
             ended = conn.as_mut() => {
@@ -100,12 +113,11 @@ pub(super) async fn serve(
                 }
                 return;
             }
-            () = activity.close_requested() => break,
-            () = activity.changed() => {}
-            () = sleep_until(next.map_or_else(Instant::now, |(at, _)| at)), if next.is_some() => {
-                // Recomputed: a request may have begun since, without waking this loop.
+            () = &mut close => break,
+            () = &mut timer => {
+                let now = Instant::now();
                 match activity.next_expiry(limits.header_read_timeout, limits.idle_timeout) {
-                    Some((at, Expiry::HeaderRead)) if at <= Instant::now() => {
+                    Some((at, Expiry::HeaderRead)) if at <= now => {
                         tracing::debug!(
                             %peer,
                             "request head not complete within {:?}: closing",
@@ -113,25 +125,31 @@ pub(super) async fn serve(
                         );
                         return;
                     }
-                    Some((at, Expiry::Idle)) if at <= Instant::now() => {
+                    Some((at, Expiry::Idle)) if at <= now => {
                         tracing::debug!(%peer, "idle for {:?}: closing", limits.idle_timeout);
                         break;
                     }
-                    _ => {}
+                    _ => timer.as_mut().reset(next(now)),
                 }
             }
         }
     }
 
     // HTTP/1 closes at once when idle, or after the request in flight; HTTP/2 sends GOAWAY,
-    // finishes its streams and waits for the PING that confirms the client saw it.
+    // finishes its streams and waits for the PING that confirms the client saw it. The
+    // backstop is checked the same way: a request in flight defers it.
     conn.as_mut().graceful_shutdown();
     let closing = Instant::now();
     let close_timeout = limits.close_timeout;
-    loop {
-        let deadline = activity
+    let overdue_at = || {
+        activity
             .idle_since()
-            .map(|idle| idle.max(closing) + close_timeout);
+            .map(|idle| idle.max(closing) + close_timeout)
+    };
+    let next =
+        |now: Instant| overdue_at().map_or(now + close_timeout, |at| at.min(now + close_timeout));
+    timer.as_mut().reset(next(closing));
+    loop {
         tokio::select! {
             biased;
             ended = conn.as_mut() => {
@@ -140,15 +158,13 @@ pub(super) async fn serve(
                 }
                 return;
             }
-            () = activity.changed() => {}
-            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                let overdue = activity
-                    .idle_since()
-                    .is_some_and(|idle| idle.max(closing) + close_timeout <= Instant::now());
-                if overdue {
+            () = &mut timer => {
+                let now = Instant::now();
+                if overdue_at().is_some_and(|at| at <= now) {
                     tracing::debug!(%peer, "graceful close took over {close_timeout:?}: dropping");
                     return;
                 }
+                timer.as_mut().reset(next(now));
             }
         }
     }
