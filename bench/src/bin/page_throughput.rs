@@ -639,6 +639,10 @@ fn app_command(mode: &str) -> Result<Command, String> {
     ] {
         command.env_remove(var);
     }
+    // The apps' tokio worker threads, when the bench is asked for another number.
+    if let Ok(n) = std::env::var("BENCH_APP_WORKERS") {
+        command.env("TOKIO_WORKER_THREADS", n);
+    }
     Ok(command)
 }
 
