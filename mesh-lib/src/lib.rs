@@ -21,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod env;
+mod fast_hash;
 pub(crate) mod forward;
 pub mod gateway;
 pub mod identity;

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use super::health::Health;
 use super::plan::{LbPolicy, OutlierPlan, TrafficPlan};
 use super::split::Chosen;
 use crate::dataplane::Mesh;
+use crate::fast_hash::{FastMap, Fnv};
 use crate::telemetry::outbound::Attempt;
 
 /// The addresses behind each logical `host:port`.
@@ -81,8 +83,8 @@ pub struct BalanceLayer {
     health: Arc<Health>,
 }
 
-/// Round-robin positions per mesh service.
-type Turns = Arc<std::sync::Mutex<HashMap<String, usize>>>;
+/// Round-robin positions per mesh service and subset labels (by their hash).
+type Turns = Arc<std::sync::Mutex<FastMap<u64, usize>>>;
 
 impl BalanceLayer {
     pub fn new(endpoints: Arc<Endpoints>) -> Self {
@@ -258,9 +260,11 @@ impl<S> Balance<S> {
                 &default_policy,
             ),
         };
-        let all = mesh.endpoints_of(service);
-        let candidates: Vec<SocketAddr> = all
-            .iter()
+        let snapshot = mesh.snapshot();
+        let mut any = false;
+        let candidates: Vec<SocketAddr> = snapshot
+            .endpoints_of(service)
+            .inspect(|_| any = true)
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             .map(|e| e.addr)
             .collect();
@@ -268,18 +272,12 @@ impl<S> Balance<S> {
             // A routed destination with no endpoint is Envoy's 503; an unknown name is not
             // the mesh's business (DNS decides).
             return match chosen {
-                Some(d) if d.subset.is_some() || !all.is_empty() => {
-                    Err(LocalError::NoHealthyUpstream.into())
-                }
+                Some(d) if d.subset.is_some() || any => Err(LocalError::NoHealthyUpstream.into()),
                 _ => Ok(None),
             };
         }
-        let healthy: Vec<SocketAddr> = candidates
-            .iter()
-            .copied()
-            .filter(|a| !self.health.is_ejected(*a))
-            .collect();
         // All ejected: use them all rather than fail (Envoy's panic threshold).
+        let healthy = self.health.not_ejected(&candidates);
         let pool = if healthy.is_empty() {
             &candidates
         } else {
@@ -287,9 +285,10 @@ impl<S> Balance<S> {
         };
         let addr = match policy.lb {
             LbPolicy::RoundRobin => {
-                let key = format!("{service}/{labels:?}");
+                let mut key = Fnv::default();
+                (service, labels).hash(&mut key);
                 let mut turns = self.turns.lock().expect("turns lock is never poisoned");
-                let turn = turns.entry(key).or_default();
+                let turn = turns.entry(key.finish()).or_default();
                 let addr = pool[*turn % pool.len()];
                 *turn = turn.wrapping_add(1);
                 addr
@@ -320,8 +319,7 @@ fn route_to<B>(req: &mut Request<B>, logical: &str, addr: SocketAddr) {
     }
     let mut parts = req.uri().clone().into_parts();
     parts.authority = Some(
-        addr.to_string()
-            .parse()
+        Authority::from_maybe_shared(bytes::Bytes::from(addr.to_string()))
             .expect("a socket address is a valid authority"),
     );
     *req.uri_mut() = Uri::from_parts(parts).expect("only the authority changed");

@@ -2,7 +2,6 @@
 //! in flight (for least-request balancing and the circuit breaker) and outlier-detection state
 //! (consecutive failures, ejections). One per client, shared by the layers that use it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -10,6 +9,7 @@ use tokio::time::Instant;
 
 use super::classify::Class;
 use super::plan::OutlierPlan;
+use crate::fast_hash::FastMap;
 
 #[derive(Debug, Default)]
 struct EndpointState {
@@ -23,8 +23,8 @@ struct EndpointState {
 /// Per-endpoint and per-service traffic state.
 #[derive(Debug, Default)]
 pub struct Health {
-    endpoints: Mutex<HashMap<SocketAddr, EndpointState>>,
-    services: Mutex<HashMap<String, usize>>,
+    endpoints: Mutex<FastMap<SocketAddr, EndpointState>>,
+    services: Mutex<FastMap<String, usize>>,
 }
 
 impl Health {
@@ -38,6 +38,25 @@ impl Health {
             .get(&addr)
             .and_then(|e| e.ejected_until)
             .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Those of `addrs` not ejected now, in order.
+    pub fn not_ejected(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let now = Instant::now();
+        let endpoints = self
+            .endpoints
+            .lock()
+            .expect("health lock is never poisoned");
+        addrs
+            .iter()
+            .copied()
+            .filter(|a| {
+                endpoints
+                    .get(a)
+                    .and_then(|e| e.ejected_until)
+                    .is_none_or(|until| until <= now)
+            })
+            .collect()
     }
 
     /// Requests in flight to `addr`.
@@ -121,7 +140,10 @@ impl Health {
     /// Takes a slot for `service` unless `limit` are in flight; `false` means overflow.
     pub fn admit(&self, service: &str, limit: usize) -> bool {
         let mut services = self.services.lock().expect("health lock is never poisoned");
-        let in_flight = services.entry(service.to_owned()).or_default();
+        if !services.contains_key(service) {
+            services.insert(service.to_owned(), 0);
+        }
+        let in_flight = services.get_mut(service).expect("inserted above");
         if *in_flight >= limit {
             return false;
         }

@@ -308,6 +308,8 @@ impl ClientBuilder {
             )),
             _ => None,
         };
+        // Not boxed: each layer copies the service below it once per call, and a boxed one
+        // would be an allocation at every level.
         let transport = transport(connect::MeshConnector::new(http, self.mesh.clone()));
         let shared = self
             .mesh
@@ -336,12 +338,12 @@ impl ClientBuilder {
         Client {
             stack: BoxCloneSyncService::new(tower::service_fn(move |req: Request<Bytes>| {
                 let (via_proxy, direct) = &*stacks;
-                let stack = if req.uri().host().is_some_and(|h| proxy.applies_to(h)) {
-                    via_proxy.clone()
+                let call: BoxFuture<_> = if req.uri().host().is_some_and(|h| proxy.applies_to(h)) {
+                    Box::pin(via_proxy.clone().oneshot(req))
                 } else {
-                    direct.clone()
+                    Box::pin(direct.clone().oneshot(req))
                 };
-                stack.oneshot(req)
+                call
             })),
         }
     }
@@ -357,10 +359,8 @@ pub(crate) fn tcp_connector() -> HttpConnector {
 }
 
 /// The bottom of the stack: pooled HTTP/1.1 connections from `connector` ([`pool`]).
-fn transport(
-    connector: connect::MeshConnector,
-) -> BoxCloneSyncService<Request<Bytes>, Response<Body>, BoxError> {
-    BoxCloneSyncService::new(pool::Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT))
+fn transport(connector: connect::MeshConnector) -> pool::Pool {
+    pool::Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT)
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@
 //! on a fresh connection, as hyper-util retries canceled requests. Connections idle for
 //! longer than the idle timeout are closed when the pool is next used.
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -37,6 +36,7 @@ use super::BoxFuture;
 use super::classify::ConnectError;
 use super::connect::{MeshConnector, MeshStream};
 use crate::BoxError;
+use crate::fast_hash::FastMap;
 
 /// How many idle connections to one authority the pool keeps; more are closed.
 pub const MAX_IDLE_PER_AUTHORITY: usize = 64;
@@ -61,7 +61,7 @@ struct Inner {
 
 struct Idle {
     /// Most recently used last: a connection used a moment ago is the likeliest to be open.
-    by_authority: HashMap<Authority, Vec<Conn>>,
+    by_authority: FastMap<Authority, Vec<Conn>>,
     /// When expired connections were last closed.
     swept: Instant,
 }
@@ -94,7 +94,7 @@ impl Pool {
                 connector,
                 idle_timeout,
                 idle: Mutex::new(Idle {
-                    by_authority: HashMap::new(),
+                    by_authority: FastMap::default(),
                     swept: Instant::now(),
                 }),
             }),
