@@ -84,6 +84,27 @@ pub fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// What kind of build an executable is, for the reader of a benchmark: its size, and whether
+/// it is linked statically (as the images ship it) or against the system's libc (a plain
+/// `cargo build`). An ELF executable that names a program interpreter is dynamic.
+pub fn describe_executable(path: &std::path::Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return format!("{} (unreadable)", path.display());
+    };
+    let head = &bytes[..bytes.len().min(4096)];
+    let dynamic = head.windows(3).any(|w| w == b"ld-") && head.windows(3).any(|w| w == b".so");
+    format!(
+        "{} ({:.1} MB, {})",
+        path.display(),
+        bytes.len() as f64 / 1e6,
+        if dynamic {
+            "dynamically linked"
+        } else {
+            "static"
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,13 +100,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let number = |i: usize, default: usize| {
-        args.get(i).map_or(default, |a| {
-            a.parse()
-                .expect("ROUNDS and REQUESTS_PER_ROUND are numbers")
-        })
+    let number = |i: usize, default: usize| args.get(i).map_or(Some(default), |a| a.parse().ok());
+    let (Some(rounds), Some(per_round)) = (number(0, 10), number(1, 2000)) else {
+        eprintln!(
+            "usage: mtls-hop [ROUNDS [REQUESTS_PER_ROUND [CONFIGURATION]]] \
+             (defaults 10 and 2000; CONFIGURATION: the end of one row's name, to run it alone)"
+        );
+        std::process::exit(2);
     };
-    let (rounds, per_round) = (number(0, 10), number(1, 2000));
     // Only the configuration whose name ends with this (e.g. "metrics only", to profile it).
     let only = args.get(2).cloned();
 

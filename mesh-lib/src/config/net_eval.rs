@@ -57,10 +57,15 @@ impl MeshConfig {
     ///
     /// When this is `Some` but [`MeshConfig::route`] is `None`, Istio answers 404.
     pub fn virtual_service_for(&self, req: &RouteRequest<'_>) -> Option<&VirtualService> {
-        let names = host_names(req.host, req.source_namespace);
-        self.virtual_services
+        let mut applicable = self
+            .virtual_services
             .iter()
             .filter(|vs| applies_at(&vs.gateways, &vs.metadata.namespace, req.gateway))
+            .peekable();
+        // The host's names are made only when some resource could claim it.
+        applicable.peek()?;
+        let names = host_names(req.host, req.source_namespace);
+        applicable
             .filter_map(|vs| {
                 let score = vs
                     .hosts
@@ -92,6 +97,9 @@ impl MeshConfig {
     /// The destination rule of `host` (short names are expanded in `namespace`): the most
     /// specific host match, then one in `namespace`, then by (namespace, name).
     pub fn destination_rule(&self, host: &str, namespace: &str) -> Option<&DestinationRule> {
+        if self.destination_rules.is_empty() {
+            return None;
+        }
         let names = host_names(host, namespace);
         self.destination_rules
             .iter()
