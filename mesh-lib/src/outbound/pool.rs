@@ -61,7 +61,8 @@ struct Inner {
 
 struct Idle {
     /// Most recently used last: a connection used a moment ago is the likeliest to be open.
-    by_authority: FastMap<Authority, Vec<Conn>>,
+    /// Boxed, so that checking one out and back moves a pointer, not hyper's connection state.
+    by_authority: FastMap<Authority, Vec<Box<Conn>>>,
     /// When expired connections were last closed.
     swept: Instant,
 }
@@ -135,7 +136,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, uri: Uri) -> Result<Conn, BoxError> {
+    async fn connect(&self, uri: Uri) -> Result<Box<Conn>, BoxError> {
         let mut connector = self.inner.connector.clone();
         let stream = async {
             poll_fn(|cx| connector.poll_ready(cx)).await?;
@@ -148,17 +149,17 @@ impl Pool {
             .handshake(stream)
             .await
             .map_err(|e| -> BoxError { Box::new(ConnectError(e.into())) })?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             conn,
             via_proxy,
             done: false,
             idle_since: Instant::now(),
-        })
+        }))
     }
 
     /// The most recently used idle connection to `authority` that has not expired.
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    fn checkout(&self, authority: &Authority) -> Option<Box<Conn>> {
         let now = Instant::now();
         let mut idle = self.inner.idle.lock().expect("pool lock is never poisoned");
         self.sweep(&mut idle, now);
@@ -174,7 +175,7 @@ impl Pool {
     /// The response, its connection back in the pool if it can carry another request.
     fn finish(
         &self,
-        mut conn: Conn,
+        mut conn: Box<Conn>,
         authority: Authority,
         response: Response<Body>,
     ) -> Response<Body> {
