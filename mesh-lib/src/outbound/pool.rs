@@ -62,6 +62,10 @@ struct Inner {
 struct Idle {
     /// Most recently used last: a connection used a moment ago is the likeliest to be open.
     /// Boxed, so that checking one out and back moves a pointer, not hyper's connection state.
+    #[expect(
+        clippy::vec_box,
+        reason = "a `Conn` is moved in and out on every request; a box moves as one pointer"
+    )]
     by_authority: FastMap<Authority, Vec<Box<Conn>>>,
     /// When expired connections were last closed.
     swept: Instant,
