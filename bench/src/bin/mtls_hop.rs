@@ -3,8 +3,9 @@
 //! balance, breaker) with mTLS turned off by a PeerAuthentication DISABLE, which isolates the
 //! stack's cost; and through the mesh with mTLS and the inbound stack (authorization), with
 //! telemetry off, metrics only, and metrics with tracing (propagation only; spans to OTLP; to
-//! the ring; to the ring with B3 on every client span), each against telemetry off. Blocks of
-//! requests alternate so machine noise hits all alike.
+//! the ring; to the ring with B3 on every client span), each against telemetry off, and
+//! tracing's own cost against metrics only. Blocks of requests alternate so machine noise
+//! hits all alike.
 //!
 //! `cargo run --release -p bench --bin mtls-hop [-- ROUNDS REQUESTS_PER_ROUND [ONLY]]`
 
@@ -305,6 +306,21 @@ async fn main() {
             percentile(on, 0.5).as_secs_f64() / percentile(off, 0.5).as_secs_f64(),
             percentile(on, 0.99).as_secs_f64() / percentile(off, 0.99).as_secs_f64(),
             *on_cpu as f64 / cpu[1] as f64
+        );
+    }
+    // The spans' own cost: each tracing configuration against metrics only, so that what
+    // is compared differs by tracing alone (issue 14's goal is on spans).
+    let metrics_only = &samples[2];
+    for (((name, _), on), on_cpu) in clients.iter().zip(&samples).zip(&cpu).skip(3) {
+        if on.is_empty() || metrics_only.is_empty() {
+            continue;
+        }
+        println!(
+            "span cost, {:<23} on / metrics only: p50 {:.3}x, p99 {:.3}x, CPU {:.2}x   (goal <= 1.05x p50)",
+            name.trim_start_matches("mesh + mTLS, "),
+            percentile(on, 0.5).as_secs_f64() / percentile(metrics_only, 0.5).as_secs_f64(),
+            percentile(on, 0.99).as_secs_f64() / percentile(metrics_only, 0.99).as_secs_f64(),
+            *on_cpu as f64 / cpu[2] as f64
         );
     }
     println!("goal: ratios <= 1.30x");
