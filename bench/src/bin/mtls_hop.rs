@@ -294,35 +294,32 @@ async fn main() {
             cpu_per_request(*ticks)
         );
     }
+    // What one configuration costs against another, for every configuration from `first` on
+    // (p50, p99 and CPU ratios).
+    let cost = |what: &str, first: usize, base: usize, base_name: &str| {
+        for (((name, _), on), on_cpu) in clients.iter().zip(&samples).zip(&cpu).skip(first) {
+            let reference = &samples[base];
+            if on.is_empty() || reference.is_empty() {
+                continue;
+            }
+            let label = format!("{what}, {}", name.trim_start_matches("mesh + mTLS, "));
+            // A short run may not last one clock tick of CPU.
+            let cpu_ratio = match cpu[base] {
+                0 => "n/a (too short a run)".to_owned(),
+                ticks => format!("{:.2}x", *on_cpu as f64 / ticks as f64),
+            };
+            println!(
+                "{label:<34} on / {base_name}: p50 {:.3}x, p99 {:.3}x, CPU {cpu_ratio}   (goal <= 1.05x p50)",
+                percentile(on, 0.5).as_secs_f64() / percentile(reference, 0.5).as_secs_f64(),
+                percentile(on, 0.99).as_secs_f64() / percentile(reference, 0.99).as_secs_f64(),
+            );
+        }
+    };
     // Telemetry's cost: each telemetry configuration against the same mesh with it off.
-    let off = &samples[1];
-    for (((name, _), on), on_cpu) in clients.iter().zip(&samples).zip(&cpu).skip(2) {
-        if on.is_empty() || off.is_empty() {
-            continue;
-        }
-        println!(
-            "telemetry cost, {:<18} on / off: p50 {:.3}x, p99 {:.3}x, CPU {:.2}x   (goal <= 1.05x p50)",
-            name.trim_start_matches("mesh + mTLS, "),
-            percentile(on, 0.5).as_secs_f64() / percentile(off, 0.5).as_secs_f64(),
-            percentile(on, 0.99).as_secs_f64() / percentile(off, 0.99).as_secs_f64(),
-            *on_cpu as f64 / cpu[1] as f64
-        );
-    }
-    // The spans' own cost: each tracing configuration against metrics only, so that what
-    // is compared differs by tracing alone (issue 14's goal is on spans).
-    let metrics_only = &samples[2];
-    for (((name, _), on), on_cpu) in clients.iter().zip(&samples).zip(&cpu).skip(3) {
-        if on.is_empty() || metrics_only.is_empty() {
-            continue;
-        }
-        println!(
-            "span cost, {:<23} on / metrics only: p50 {:.3}x, p99 {:.3}x, CPU {:.2}x   (goal <= 1.05x p50)",
-            name.trim_start_matches("mesh + mTLS, "),
-            percentile(on, 0.5).as_secs_f64() / percentile(metrics_only, 0.5).as_secs_f64(),
-            percentile(on, 0.99).as_secs_f64() / percentile(metrics_only, 0.99).as_secs_f64(),
-            *on_cpu as f64 / cpu[2] as f64
-        );
-    }
+    cost("telemetry cost", 2, 1, "off");
+    // The spans' own cost: each tracing configuration against metrics only, so that what is
+    // compared differs by tracing alone (issue 14's goal is on spans).
+    cost("span cost", 3, 2, "metrics only");
     println!("goal: ratios <= 1.30x");
     for meshd in meshds {
         meshd.shutdown().await;
