@@ -15,6 +15,10 @@ cd "$(dirname "$0")/.."
 bench=${1:-}
 case "$bench" in
   sidecar-pair | page-throughput | mtls-hop | span-cost) shift ;;
+  -h | --help)
+    echo "usage: $0 sidecar-pair|page-throughput|mtls-hop|span-cost [ARGS...]  (NAME --help: a benchmark's own)"
+    exit 0
+    ;;
   *)
     echo "usage: $0 sidecar-pair|page-throughput|mtls-hop|span-cost [ARGS...]" >&2
     exit 2

@@ -105,6 +105,19 @@ pub fn describe_executable(path: &std::path::Path) -> String {
     )
 }
 
+/// Whether the command line asks for help (`-h`, `--help`); if so, prints `usage` and `about`
+/// to standard output, as a `--help` should, and the caller exits with success.
+pub fn help_requested(args: &[String], usage: &str, about: &str) -> bool {
+    let asked = matches!(
+        args.first().map(String::as_str),
+        Some("-h" | "--help" | "help")
+    );
+    if asked {
+        println!("{usage}\n\n{about}");
+    }
+    asked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +140,15 @@ mod tests {
         b.add("three".into());
         b.merge(a);
         assert_eq!((b.count, b.first.as_deref()), (3, Some("three")));
+    }
+
+    #[test]
+    fn help_is_asked_only_by_its_flags_in_first_place() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(help_requested(&args(&["--help"]), "usage", "about"));
+        assert!(help_requested(&args(&["-h"]), "usage", "about"));
+        assert!(!help_requested(&args(&[]), "usage", "about"));
+        assert!(!help_requested(&args(&["10", "--help"]), "usage", "about"));
+        assert!(!help_requested(&args(&["10"]), "usage", "about"));
     }
 }

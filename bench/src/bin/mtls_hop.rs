@@ -94,6 +94,12 @@ fn cpu_ticks() -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+const ABOUT: &str =
+    "One hop, side by side: plain hyper, the mesh's outbound stack without TLS, and the mesh
+with mTLS and its inbound stack with telemetry off, metrics only and metrics with spans (to
+OTLP, to the ring, with B3). Prints p50/p99 ratios to plain hyper, telemetry's cost against
+telemetry off and the spans' cost against metrics only. Figures: bench/README.md.";
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -101,12 +107,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "usage: mtls-hop [ROUNDS [REQUESTS_PER_ROUND [CONFIGURATION]]] \
+        (defaults 10 and 2000; CONFIGURATION: the end of one row's name, to run it alone)";
+    if bench::help_requested(&args, USAGE, ABOUT) {
+        return;
+    }
     let number = |i: usize, default: usize| args.get(i).map_or(Some(default), |a| a.parse().ok());
     let (Some(rounds), Some(per_round)) = (number(0, 10), number(1, 2000)) else {
-        eprintln!(
-            "usage: mtls-hop [ROUNDS [REQUESTS_PER_ROUND [CONFIGURATION]]] \
-             (defaults 10 and 2000; CONFIGURATION: the end of one row's name, to run it alone)"
-        );
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
     // Only the configuration whose name ends with this (e.g. "metrics only", to profile it).

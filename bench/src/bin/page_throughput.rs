@@ -59,6 +59,13 @@ const WARM_UP: Duration = Duration::from_secs(1);
 const UPSTREAM_WORKERS: usize = 8;
 const UPSTREAM_FLAGS: [&str; 4] = ["--keep-alive", "2", "-k", "gevent"];
 const USAGE: &str = "usage: page-throughput [ROUNDS [SECONDS_PER_BLOCK [CONNECTIONS]]]";
+const ABOUT: &str =
+    "Pages per second of GET /productpage, closed loop, rows alternating in blocks: our app
+without the mesh, the whole embedded mesh through the ingress gateway and without it, and
+upstream's Python productpage under gunicorn when BENCH_UPSTREAM_VENV and
+BENCH_UPSTREAM_PRODUCTPAGE are set (BENCH_UPSTREAM_WORKERS: gunicorn's workers;
+BENCH_APP_WORKERS: our apps' tokio workers). Defaults: 5 rounds, 2 s blocks, 16 connections.
+Figures: bench/README.md.";
 const GET_UPSTREAM: &str = "set BENCH_UPSTREAM_VENV to a venv with upstream productpage's \
     requirements.txt installed (its bin/gunicorn) and BENCH_UPSTREAM_PRODUCTPAGE to upstream's \
     samples/bookinfo/src/productpage (productpage.py, templates/, static/)";
@@ -983,6 +990,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--app") {
         return serve_app(args.get(1).map_or("", String::as_str));
+    }
+    if bench::help_requested(&args, USAGE, ABOUT) {
+        return ExitCode::SUCCESS;
     }
     let number = |i: usize, default: f64| -> Result<f64, String> {
         args.get(i).map_or(Ok(default), |a| {

@@ -60,9 +60,20 @@ fn per_iteration(n: u32, mut f: impl FnMut()) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: u32 = std::env::args()
-        .nth(1)
-        .map_or(200_000, |a| a.parse().expect("ITERATIONS is a number"));
+    const USAGE: &str = "usage: span-cost [ITERATIONS] (default 200000)";
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if bench::help_requested(
+        &args,
+        USAGE,
+        "Tracing's CPU per request without sockets: a client and a server span into the ring \
+         or the OTLP queue, in a tight loop.",
+    ) {
+        return;
+    }
+    let Some(n) = args.first().map_or(Some(200_000u32), |a| a.parse().ok()) else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
     let metrics = MeshMetrics::new();
     let ring = Tracing::ring(Arc::new(SpanRing::default()), "bench", Sampler::default());
     let unsampled = Tracing::ring(
