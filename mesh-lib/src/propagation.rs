@@ -9,51 +9,56 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Headers productpage copies verbatim. It does not copy an incoming `end-user` (it sets its
 /// own from the session) nor raw B3 headers (it re-emits them, see [`b3_reinject`]).
-pub const PRODUCTPAGE_FORWARDED: &[&str] = &[
-    "x-request-id",
-    "x-ot-span-context",
-    "x-datadog-trace-id",
-    "x-datadog-parent-id",
-    "x-datadog-sampling-priority",
-    "traceparent",
-    "tracestate",
-    "x-cloud-trace-context",
-    "grpc-trace-bin",
-    "sw8",
-    "user-agent",
-    "cookie",
-    "authorization",
-    "jwt",
+pub static PRODUCTPAGE_FORWARDED: [HeaderName; 14] = [
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-ot-span-context"),
+    HeaderName::from_static("x-datadog-trace-id"),
+    HeaderName::from_static("x-datadog-parent-id"),
+    HeaderName::from_static("x-datadog-sampling-priority"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("x-cloud-trace-context"),
+    HeaderName::from_static("grpc-trace-bin"),
+    HeaderName::from_static("sw8"),
+    HeaderName::from_static("user-agent"),
+    HeaderName::from_static("cookie"),
+    HeaderName::from_static("authorization"),
+    HeaderName::from_static("jwt"),
 ];
 
 /// What reviews (to ratings) and details (to its external book service) copy in addition to
 /// [`PRODUCTPAGE_FORWARDED`]: the raw B3 headers and `end-user`.
-pub const BACKEND_ALSO_FORWARDED: &[&str] = &[
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "end-user",
+pub static BACKEND_ALSO_FORWARDED: [HeaderName; 6] = [
+    HeaderName::from_static("x-b3-traceid"),
+    HeaderName::from_static("x-b3-spanid"),
+    HeaderName::from_static("x-b3-parentspanid"),
+    HeaderName::from_static("x-b3-sampled"),
+    HeaderName::from_static("x-b3-flags"),
+    HeaderName::from_static("end-user"),
 ];
 
 /// The headers reviews and details forward: productpage's list plus B3 and `end-user`.
 pub fn backend_forwarded(incoming: &HeaderMap) -> HeaderMap {
-    let mut out = forwarded(incoming, PRODUCTPAGE_FORWARDED);
-    out.extend(forwarded(incoming, BACKEND_ALSO_FORWARDED));
+    let mut out = forwarded(incoming, &PRODUCTPAGE_FORWARDED);
+    copy_allowed(incoming, &BACKEND_ALSO_FORWARDED, &mut out);
     out
 }
 
 /// The headers of `incoming` named in `allowed`, every value kept, in list order.
-pub fn forwarded(incoming: &HeaderMap, allowed: &[&'static str]) -> HeaderMap {
+pub fn forwarded(incoming: &HeaderMap, allowed: &[HeaderName]) -> HeaderMap {
     let mut out = HeaderMap::new();
+    copy_allowed(incoming, allowed, &mut out);
+    out
+}
+
+/// The names are constants, not strings made into names on every call: that validation,
+/// per name and per backend call, was most of what forwarding cost.
+fn copy_allowed(incoming: &HeaderMap, allowed: &[HeaderName], out: &mut HeaderMap) {
     for name in allowed {
-        let name = HeaderName::from_static(name);
-        for value in incoming.get_all(&name) {
+        for value in incoming.get_all(name) {
             out.append(name.clone(), value.clone());
         }
     }
-    out
 }
 
 /// Re-emits incoming B3 context the way an OpenTelemetry B3 multi-header propagator does
@@ -160,7 +165,7 @@ mod tests {
             ("cookie", "b=2"),
             ("x-secret", "no"),
         ]);
-        let out = forwarded(&incoming, PRODUCTPAGE_FORWARDED);
+        let out = forwarded(&incoming, &PRODUCTPAGE_FORWARDED);
         assert_eq!(out["x-request-id"], "abc");
         assert_eq!(out["sw8"], "1-xyz");
         assert_eq!(out.get_all("cookie").iter().count(), 2);

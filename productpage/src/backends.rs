@@ -36,7 +36,7 @@ pub(crate) struct Fetched {
 /// The headers productpage sends on every backend call: the allow-list, re-emitted B3
 /// context, and `end-user` from the session (never from the incoming request).
 pub(crate) fn outbound_headers(incoming: &HeaderMap, session: &Session) -> HeaderMap {
-    let mut headers = forwarded(incoming, PRODUCTPAGE_FORWARDED);
+    let mut headers = forwarded(incoming, &PRODUCTPAGE_FORWARDED);
     b3_reinject(incoming, &mut headers);
     if let Some(user) = session.end_user() {
         headers.insert("end-user", user);
