@@ -278,12 +278,12 @@ impl Mesh {
         (mode != MtlsMode::Disable).then(|| endpoint.identity.clone())
     }
 
-    /// An outbound client that routes through the mesh.
     /// What every outbound client of this workload shares.
     pub(crate) fn outbound_shared(&self) -> &crate::outbound::Shared {
         &self.inner.outbound
     }
 
+    /// An outbound client that routes through the mesh.
     pub fn client(&self) -> crate::Client {
         crate::Client::builder().mesh(self.clone()).build()
     }

@@ -9,9 +9,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 
-use crate::outbound::{Client, MAX_REQUEST_BODY, OutboundError};
+use crate::outbound::{Client, OutboundError};
 
 /// How long a proxy waits for an upstream answer (Istio sets no route timeout by default;
 /// this only bounds a request nobody answers).
@@ -59,11 +58,8 @@ pub(crate) async fn buffer(
     request: axum::extract::Request,
 ) -> Result<(http::request::Parts, Bytes), Response> {
     let (mut parts, body) = request.into_parts();
-    let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    let body = match crate::outbound::read_limited(body).await {
+        Ok(body) => body,
         Err(_) => {
             return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response());
         }

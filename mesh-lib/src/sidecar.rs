@@ -27,7 +27,7 @@ use crate::dataplane::Mesh;
 use crate::forward::{self, UPSTREAM_DEADLINE};
 use crate::outbound::connect::MeshConnector;
 use crate::outbound::pool::Pool;
-use crate::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, OutboundError};
+use crate::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, within};
 
 /// Where the mesh reaches the application through the sidecar (Istio's inbound capture port).
 pub const DEFAULT_INBOUND_PORT: u16 = 15006;
@@ -73,10 +73,16 @@ pub fn listeners(
     outbound: crate::Server,
 ) -> Vec<(crate::Server, Router)> {
     let routers = routers(mesh, app, outbound.local_addr());
-    vec![inbound.with_mesh(mesh.clone()), outbound]
+    servers(mesh, inbound, outbound)
         .into_iter()
         .zip(routers)
         .collect()
+}
+
+/// The sidecar's two listeners in the order [`routers`] makes theirs: inbound (with the mesh's
+/// inbound stack), then outbound.
+pub fn servers(mesh: &Mesh, inbound: crate::Server, outbound: crate::Server) -> Vec<crate::Server> {
+    vec![inbound.with_mesh(mesh.clone()), outbound]
 }
 
 /// The routers of [`listeners`], inbound's then outbound's (listening at `outbound`): each
@@ -124,13 +130,9 @@ async fn pass_in(State(inbound): State<Inbound>, request: Request) -> Response {
         Err(_) => return StatusCode::BAD_REQUEST.into_response(),
     }
     let sent = inbound.pool.send(http::Request::from_parts(parts, body));
-    match tokio::time::timeout(UPSTREAM_DEADLINE, sent).await {
-        Ok(Ok(response)) => forward::respond(response),
-        Ok(Err(source)) => forward::failure(&OutboundError::Request {
-            authority: inbound.app.to_string(),
-            source,
-        }),
-        Err(_) => forward::failure(&OutboundError::Timeout(UPSTREAM_DEADLINE)),
+    match within(UPSTREAM_DEADLINE, &inbound.app, sent).await {
+        Ok(response) => forward::respond(response),
+        Err(e) => forward::failure(&e),
     }
 }
 

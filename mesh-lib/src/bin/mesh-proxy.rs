@@ -236,7 +236,7 @@ async fn sidecar_main(
     let (routing, readiness, own) = (mesh.clone(), app.readiness(), outbound.local_addr());
     mesh::workload::serve_on_workers(
         mesh.clone(),
-        vec![inbound.with_mesh(mesh), outbound],
+        sidecar::servers(&mesh, inbound, outbound),
         move || sidecar::routers(&routing, &app, own),
         Some((admin, readiness)),
         mesh::shutdown::signal(),

@@ -107,16 +107,20 @@ impl Service<http::Request<Incoming>> for Stack {
     fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
         let request = request.map(Body::new);
         match &mut self.0 {
-            Layers::Mesh(inbound) => {
-                let call = inbound.call(request);
-                Box::pin(async move { Ok(call.await?.map(Body::new)) })
-            }
-            Layers::Plain(router) => {
-                let call = router.call(request);
-                Box::pin(async move { Ok(call.await?.map(Body::new)) })
-            }
+            Layers::Mesh(inbound) => answer(inbound.call(request)),
+            Layers::Plain(router) => answer(router.call(request)),
         }
     }
+}
+
+/// The response of either stack, its body as axum's.
+fn answer<F, B>(call: F) -> <Stack as Service<http::Request<Incoming>>>::Future
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    Box::pin(async move { Ok(call.await?.map(Body::new)) })
 }
 
 /// Steps 2–6 as one service: one future per request rather than a boxed service and future

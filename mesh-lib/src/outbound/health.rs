@@ -20,6 +20,13 @@ struct EndpointState {
     ejections: u32,
 }
 
+/// Whether an endpoint in `state` is ejected at `now`.
+fn ejected(state: Option<&EndpointState>, now: Instant) -> bool {
+    state
+        .and_then(|e| e.ejected_until)
+        .is_some_and(|until| now < until)
+}
+
 /// Per-endpoint and per-service traffic state.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -34,10 +41,7 @@ impl Health {
             .endpoints
             .lock()
             .expect("health lock is never poisoned");
-        endpoints
-            .get(&addr)
-            .and_then(|e| e.ejected_until)
-            .is_some_and(|until| Instant::now() < until)
+        ejected(endpoints.get(&addr), Instant::now())
     }
 
     /// Those of `addrs` not ejected now, in order.
@@ -50,12 +54,7 @@ impl Health {
         addrs
             .iter()
             .copied()
-            .filter(|a| {
-                endpoints
-                    .get(a)
-                    .and_then(|e| e.ejected_until)
-                    .is_none_or(|until| until <= now)
-            })
+            .filter(|a| !ejected(endpoints.get(a), now))
             .collect()
     }
 

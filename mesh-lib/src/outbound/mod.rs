@@ -182,11 +182,8 @@ impl Client {
         timeout: Duration,
     ) -> Result<Response<Bytes>, OutboundError> {
         let (parts, body) = request.into_parts();
-        let body = match http_body_util::Limited::new(body, MAX_REQUEST_BODY)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
+        let body = match read_limited(body).await {
+            Ok(body) => body,
             Err(source) => {
                 let authority = parts.uri.authority().map(ToString::to_string);
                 return Err(OutboundError::Request {
@@ -220,42 +217,77 @@ impl Client {
             let (parts, body) = response.into_parts();
             Ok::<_, BoxError>(Response::from_parts(parts, collect(body).await?))
         };
-        match tokio::time::timeout(timeout, call).await {
-            Err(_) => Err(OutboundError::Timeout(timeout)),
-            Ok(Err(source)) => Err(OutboundError::Request {
-                authority: authority.to_string(),
-                source,
-            }),
-            Ok(Ok(response)) => Ok(response),
-        }
+        within(timeout, &authority, call).await
     }
 }
 
-/// A whole body in memory; one that came in one piece (as the stack's responses do) is not
-/// copied.
-pub(crate) async fn collect(mut body: Body) -> Result<Bytes, BoxError> {
-    let mut first = None;
-    let mut rest: Option<bytes::BytesMut> = None;
+/// `call`'s outcome as an outbound call's to `authority`: a timeout after `deadline`, its
+/// error the request's.
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    authority: &http::uri::Authority,
+    call: impl Future<Output = Result<T, BoxError>>,
+) -> Result<T, OutboundError> {
+    match tokio::time::timeout(deadline, call).await {
+        Err(_) => Err(OutboundError::Timeout(deadline)),
+        Ok(Err(source)) => Err(OutboundError::Request {
+            authority: authority.to_string(),
+            source,
+        }),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
+/// A request body in memory, so that any attempt can resend it: at most
+/// [`MAX_REQUEST_BODY`], beyond which it is an error.
+pub(crate) async fn read_limited(body: Body) -> Result<Bytes, BoxError> {
+    collect(http_body_util::Limited::new(body, MAX_REQUEST_BODY)).await
+}
+
+/// A whole body in memory.
+pub(crate) async fn collect<B>(mut body: B) -> Result<Bytes, BoxError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut gathered = Gathered::default();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
+        if let Ok(data) = frame.map_err(Into::into)?.into_data() {
+            gathered.push(data);
+        }
+    }
+    Ok(gathered.into_bytes())
+}
+
+/// A body's data as it arrives, made one buffer at the end; a body that came in one piece
+/// (as the stack's responses do, and most small ones) is not copied.
+#[derive(Default)]
+pub(crate) struct Gathered {
+    first: Option<Bytes>,
+    rest: Option<bytes::BytesMut>,
+}
+
+impl Gathered {
+    pub(crate) fn push(&mut self, data: Bytes) {
+        match (&self.first, &mut self.rest) {
+            (None, _) => self.first = Some(data),
             (Some(head), None) => {
                 let mut all = bytes::BytesMut::with_capacity(head.len() + data.len());
                 all.extend_from_slice(head);
                 all.extend_from_slice(&data);
-                rest = Some(all);
+                self.rest = Some(all);
             }
             (Some(_), Some(all)) => all.extend_from_slice(&data),
         }
     }
-    Ok(match (first, rest) {
-        (_, Some(all)) => all.freeze(),
-        (Some(one), None) => one,
-        (None, None) => Bytes::new(),
-    })
+
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match (self.first, self.rest) {
+            (_, Some(all)) => all.freeze(),
+            (Some(one), None) => one,
+            (None, None) => Bytes::new(),
+        }
+    }
 }
 
 /// What every client of one workload shares, however many it has (one per worker thread of

@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::Full;
@@ -287,13 +287,13 @@ async fn read_body(
     conn: &mut http1::Connection<MeshStream, Full<Bytes>>,
     done: &mut bool,
 ) -> Result<Bytes, hyper::Error> {
-    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut gathered = super::Gathered::default();
     poll_fn(|cx: &mut Context<'_>| {
         loop {
             match Pin::new(&mut body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        chunks.push(data);
+                        gathered.push(data);
                     }
                     continue;
                 }
@@ -320,17 +320,7 @@ async fn read_body(
             poll_fn(|cx| Poll::Ready(Pin::new(&mut *conn).poll_without_shutdown(cx).is_ready()))
                 .await;
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().expect("one chunk"),
-        _ => {
-            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            for chunk in chunks {
-                all.extend_from_slice(&chunk);
-            }
-            all.freeze()
-        }
-    })
+    Ok(gathered.into_bytes())
 }
 
 /// `Host` for a request to `authority` that did not name one: the host, and the port unless
@@ -449,6 +439,13 @@ mod tests {
         }
     }
 
+    impl Server {
+        /// `http://` the server's address `/`.
+        fn root(&self) -> String {
+            format!("http://{}/", self.addr)
+        }
+    }
+
     fn pool(idle_timeout: Duration) -> Pool {
         Pool::new(MeshConnector::new(HttpConnector::new(), None), idle_timeout)
     }
@@ -492,7 +489,7 @@ mod tests {
         let server = server(Answer::CloseSilently).await;
         let pool = pool(Duration::from_secs(30));
         for _ in 0..4 {
-            let body = get(&pool, format!("http://{}/", server.addr)).await;
+            let body = get(&pool, server.root()).await;
             assert_eq!(body.unwrap(), "ok");
         }
         // Every request needed a connection of its own, and none failed for it.
@@ -503,19 +500,9 @@ mod tests {
     async fn connection_close_keeps_the_connection_out_of_the_pool() {
         let server = server(Answer::Close).await;
         let pool = pool(Duration::from_secs(30));
-        assert_eq!(
-            get(&pool, format!("http://{}/", server.addr))
-                .await
-                .unwrap(),
-            "ok"
-        );
+        assert_eq!(get(&pool, server.root()).await.unwrap(), "ok");
         assert_eq!(pool.idle_count(), 0);
-        assert_eq!(
-            get(&pool, format!("http://{}/", server.addr))
-                .await
-                .unwrap(),
-            "ok"
-        );
+        assert_eq!(get(&pool, server.root()).await.unwrap(), "ok");
         assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -524,7 +511,7 @@ mod tests {
         let server = server(Answer::Chunked).await;
         let pool = pool(Duration::from_secs(30));
         for _ in 0..3 {
-            let body = get(&pool, format!("http://{}/", server.addr)).await;
+            let body = get(&pool, server.root()).await;
             assert_eq!(body.unwrap(), "onetwothree");
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
@@ -535,12 +522,7 @@ mod tests {
         let server = server(Answer::KeepAlive).await;
         let pool = pool(Duration::ZERO);
         for _ in 0..3 {
-            assert_eq!(
-                get(&pool, format!("http://{}/", server.addr))
-                    .await
-                    .unwrap(),
-                "ok"
-            );
+            assert_eq!(get(&pool, server.root()).await.unwrap(), "ok");
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
     }
@@ -584,7 +566,7 @@ mod tests {
         let pool = pool(Duration::from_secs(30));
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..8 {
-            let (pool, uri) = (pool.clone(), format!("http://{}/", server.addr));
+            let (pool, uri) = (pool.clone(), server.root());
             calls.spawn(async move { get(&pool, uri).await.map_err(|e| e.to_string()) });
         }
         for body in calls.join_all().await {
@@ -594,9 +576,7 @@ mod tests {
         assert_eq!(pool.idle_count(), opened);
         // Now one after another: they reuse what is there.
         for _ in 0..8 {
-            get(&pool, format!("http://{}/", server.addr))
-                .await
-                .unwrap();
+            get(&pool, server.root()).await.unwrap();
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), opened);
     }
