@@ -88,21 +88,47 @@ pub fn ticks_per_second() -> f64 {
 /// it is linked statically (as the images ship it) or against the system's libc (a plain
 /// `cargo build`). An ELF executable that names a program interpreter is dynamic.
 pub fn describe_executable(path: &std::path::Path) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    let (Ok(size), Ok(interpreted)) = (
+        std::fs::metadata(path).map(|m| m.len()),
+        names_an_interpreter(path),
+    ) else {
         return format!("{} (unreadable)", path.display());
     };
-    let head = &bytes[..bytes.len().min(4096)];
-    let dynamic = head.windows(3).any(|w| w == b"ld-") && head.windows(3).any(|w| w == b".so");
     format!(
         "{} ({:.1} MB, {})",
         path.display(),
-        bytes.len() as f64 / 1e6,
-        if dynamic {
+        size as f64 / 1e6,
+        if interpreted {
             "dynamically linked"
         } else {
             "static"
         }
     )
+}
+
+/// Whether the 64-bit little-endian ELF file at `path` has a `PT_INTERP` program header; only
+/// its headers are read.
+fn names_an_interpreter(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_INTERP: u32 = 3;
+    let mut file = std::fs::File::open(path)?;
+    let mut header = [0u8; 64];
+    file.read_exact(&mut header)?;
+    if &header[..4] != b"\x7fELF" {
+        return Ok(false);
+    }
+    let phoff = u64::from_le_bytes(header[0x20..0x28].try_into().expect("8 bytes"));
+    let phentsize = u16::from_le_bytes([header[0x36], header[0x37]]);
+    let phnum = u16::from_le_bytes([header[0x38], header[0x39]]);
+    let mut entry = vec![0u8; usize::from(phentsize).max(4)];
+    for n in 0..u64::from(phnum) {
+        file.seek(SeekFrom::Start(phoff + n * u64::from(phentsize)))?;
+        file.read_exact(&mut entry)?;
+        if u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) == PT_INTERP {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether the command line asks for help (`-h`, `--help`); if so, prints `usage` and `about`
@@ -150,5 +176,16 @@ mod tests {
         assert!(!help_requested(&args(&[]), "usage", "about"));
         assert!(!help_requested(&args(&["10", "--help"]), "usage", "about"));
         assert!(!help_requested(&args(&["10"]), "usage", "about"));
+    }
+
+    #[test]
+    fn this_test_binary_is_told_apart_by_its_interpreter() {
+        let me = std::env::current_exe().unwrap();
+        let static_build = std::env::var("RUSTFLAGS").is_ok_and(|f| f.contains("crt-static"));
+        assert_eq!(names_an_interpreter(&me).unwrap(), !static_build);
+        assert!(describe_executable(&me).contains(" MB, "));
+        assert!(
+            describe_executable(std::path::Path::new("/nonexistent")).ends_with("(unreadable)")
+        );
     }
 }

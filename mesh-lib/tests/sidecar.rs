@@ -74,6 +74,31 @@ struct Ports {
     admin: u16,
 }
 
+/// meshd in `dir` with its root certificate written there for the sidecar, and the app
+/// (calling out through the sidecar's outbound port) with free ports for the sidecar's
+/// listeners; the app's health flag.
+async fn meshd_and_app(
+    dir: &std::path::Path,
+) -> (
+    meshd::daemon::RunningMeshd,
+    std::path::PathBuf,
+    Ports,
+    Arc<AtomicBool>,
+) {
+    let meshd = test_support::meshd(dir, Duration::from_secs(3600)).await;
+    let root = dir.join("root-cert.pem");
+    std::fs::write(&root, meshd.root_pem()).unwrap();
+    let outbound = free_port();
+    let (app, healthy) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
+    let ports = Ports {
+        app,
+        inbound: free_port(),
+        outbound,
+        admin: free_port(),
+    };
+    (meshd, root, ports, healthy)
+}
+
 fn sidecar(meshd: &meshd::daemon::RunningMeshd, root: &std::path::Path, p: &Ports) -> Command {
     sidecar_on(meshd, root, p, 1)
 }
@@ -137,20 +162,10 @@ async fn until_ready_is(admin: u16, want: u16) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
     let dir = tempdir("sidecar-binary");
-    let meshd = test_support::meshd(&dir, Duration::from_secs(3600)).await;
-    let root = dir.join("root-cert.pem");
-    std::fs::write(&root, meshd.root_pem()).unwrap();
+    let (meshd, root, ports, healthy) = meshd_and_app(&dir).await;
     let (_, _beta) = test_support::workload(&meshd, "beta", "beta").await;
     let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
 
-    let outbound = free_port();
-    let (app, healthy) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
-    let ports = Ports {
-        app,
-        inbound: free_port(),
-        outbound,
-        admin: free_port(),
-    };
     let _sidecar = Killed(sidecar(&meshd, &root, &ports).spawn().unwrap());
     until_ready_is(ports.admin, 200).await;
     test_support::sees(&gamma, "alpha").await;
@@ -220,18 +235,8 @@ fn thread_names(pid: u32) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_threads_share_the_listeners_and_a_sigterm_still_drains_them() {
     let dir = tempdir("sidecar-workers");
-    let meshd = test_support::meshd(&dir, Duration::from_secs(3600)).await;
-    let root = dir.join("root-cert.pem");
-    std::fs::write(&root, meshd.root_pem()).unwrap();
+    let (meshd, root, ports, _) = meshd_and_app(&dir).await;
     let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
-    let outbound = free_port();
-    let (app, _) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
-    let ports = Ports {
-        app,
-        inbound: free_port(),
-        outbound,
-        admin: free_port(),
-    };
     let mut sidecar = Killed(sidecar_on(&meshd, &root, &ports, 3).spawn().unwrap());
     until_ready_is(ports.admin, 200).await;
     let names = thread_names(sidecar.0.id());
