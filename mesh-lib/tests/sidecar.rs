@@ -74,20 +74,24 @@ struct Ports {
     admin: u16,
 }
 
-/// meshd in `dir` with its root certificate written there for the sidecar, and the app
-/// (calling out through the sidecar's outbound port) with free ports for the sidecar's
-/// listeners; the app's health flag.
-async fn meshd_and_app(
+/// The tests that start a sidecar take turns: each picks free ports for its sidecar, and
+/// another test's workloads binding meanwhile could take one of them.
+static ONE_SIDECAR_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// meshd in `dir`, with its root certificate written there for the sidecar.
+async fn meshd_with_root(
     dir: &std::path::Path,
-) -> (
-    meshd::daemon::RunningMeshd,
-    std::path::PathBuf,
-    Ports,
-    Arc<AtomicBool>,
-) {
+) -> (meshd::daemon::RunningMeshd, std::path::PathBuf) {
     let meshd = test_support::meshd(dir, Duration::from_secs(3600)).await;
     let root = dir.join("root-cert.pem");
     std::fs::write(&root, meshd.root_pem()).unwrap();
+    (meshd, root)
+}
+
+/// The app (calling out through the sidecar's outbound port) and free ports for the
+/// sidecar's listeners; the app's health flag. Called after the test's own workloads have
+/// bound theirs, so that none of them takes a port chosen here.
+async fn app_and_ports() -> (Ports, Arc<AtomicBool>) {
     let outbound = free_port();
     let (app, healthy) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
     let ports = Ports {
@@ -96,7 +100,7 @@ async fn meshd_and_app(
         outbound,
         admin: free_port(),
     };
-    (meshd, root, ports, healthy)
+    (ports, healthy)
 }
 
 fn sidecar(meshd: &meshd::daemon::RunningMeshd, root: &std::path::Path, p: &Ports) -> Command {
@@ -161,10 +165,13 @@ async fn until_ready_is(admin: u16, want: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
+    let _turn = ONE_SIDECAR_AT_A_TIME.lock().await;
     let dir = tempdir("sidecar-binary");
-    let (meshd, root, ports, healthy) = meshd_and_app(&dir).await;
+    let (meshd, root) = meshd_with_root(&dir).await;
     let (_, _beta) = test_support::workload(&meshd, "beta", "beta").await;
     let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
+
+    let (ports, healthy) = app_and_ports().await;
 
     let _sidecar = Killed(sidecar(&meshd, &root, &ports).spawn().unwrap());
     until_ready_is(ports.admin, 200).await;
@@ -234,9 +241,11 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_threads_share_the_listeners_and_a_sigterm_still_drains_them() {
+    let _turn = ONE_SIDECAR_AT_A_TIME.lock().await;
     let dir = tempdir("sidecar-workers");
-    let (meshd, root, ports, _) = meshd_and_app(&dir).await;
+    let (meshd, root) = meshd_with_root(&dir).await;
     let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
+    let (ports, _) = app_and_ports().await;
     let mut sidecar = Killed(sidecar_on(&meshd, &root, &ports, 3).spawn().unwrap());
     until_ready_is(ports.admin, 200).await;
     let names = thread_names(sidecar.0.id());
