@@ -484,3 +484,91 @@ fn roots_file_for(dir: &std::path::Path, ca: &CertificateAuthority) -> TrustRoot
     std::fs::write(&path, ca.root_pem()).unwrap();
     TrustRoots::from_file(path)
 }
+
+/// A TLS 1.3 connection to `meshd` that presents no client certificate (what anyone can open).
+async fn anonymous_tls(
+    meshd: &RunningMeshd,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(meshd.addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("meshd").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewals_succeed_while_thousands_of_anonymous_connections_are_held() {
+    // 5,000 connections held by the attacker side of this process, meshd's side beside them.
+    let _ = mesh::nofile::raise_nofile_limit();
+    const HOSTILE: usize = 5_000;
+    const MAX: usize = 256;
+    const GRACE: Duration = Duration::from_secs(2);
+    let mut tokens = Tokens::default();
+    tokens.insert("default", "bookinfo-ratings", RATINGS_TOKEN);
+    let meshd = daemon::start(MeshdConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tokens,
+        trust_domain: TD.to_owned(),
+        cert_ttl: Duration::from_secs(3600),
+        listener: meshd::listener::ListenerLimits {
+            max_connections: MAX,
+            uncertified_grace: GRACE,
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ratings = ratings_holder(&meshd).await;
+    let spec = ratings_spec(meshd.url(), meshd.trust_roots());
+
+    let config = Arc::new({
+        let mut c = rustls::ClientConfig::builder_with_provider(mesh::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(meshd.trust_roots().load().unwrap().store.clone())
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        c
+    });
+    // Half finish TLS without a certificate and then say nothing; half never say a word.
+    let mut held_tls = Vec::new();
+    let mut held_tcp = Vec::new();
+    for i in 0..HOSTILE {
+        if i % 2 == 0 {
+            // A handshake meshd already closed (its lobby was full) is still a held socket.
+            if let Ok(tls) = anonymous_tls(&meshd, config.clone()).await {
+                held_tls.push(tls);
+            }
+        } else {
+            held_tcp.push(tokio::net::TcpStream::connect(meshd.addr).await.unwrap());
+        }
+    }
+
+    // While they are all held, a renewal (mTLS) and a first certificate (token) both succeed.
+    let renewed = client::certify(&spec, &ratings).await;
+    assert!(renewed.is_ok(), "renewal failed: {:?}", renewed.err());
+    let fresh = Credentials::new(id("bookinfo-ratings"));
+    let first = client::certify(&spec, &fresh).await;
+    assert!(first.is_ok(), "first certificate failed: {:?}", first.err());
+    // The flood was real: meshd finished most of those handshakes, and closes them in turn.
+    assert!(
+        held_tls.len() > HOSTILE / 4,
+        "only {} anonymous handshakes finished",
+        held_tls.len()
+    );
+
+    // An anonymous connection that nothing pushes out is closed once its grace is over.
+    let mut late = anonymous_tls(&meshd, config).await.unwrap();
+    let started = std::time::Instant::now();
+    // meshd speaks first (its HTTP/2 settings): read until it closes.
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(GRACE + PATIENCE, late.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "an anonymous connection stayed open");
+    assert!(
+        started.elapsed() + Duration::from_millis(100) >= GRACE,
+        "closed before its grace: {:?}",
+        started.elapsed()
+    );
+    drop((held_tls, held_tcp));
+}

@@ -53,8 +53,8 @@ pub struct MeshdConfig {
     pub serving_names: Vec<String>,
     /// Registration rules and the re-registration window.
     pub plane: PlaneOptions,
-    /// Connections meshd holds open at most.
-    pub max_connections: usize,
+    /// Connections meshd holds open at most, and how long one may go without a certificate.
+    pub listener: listener::ListenerLimits,
     /// Where to write the root certificate (PEM, public) for workloads to mount as
     /// `MESH_CA_FILE`, e.g. a volume shared read-only with them.
     pub publish_root: Option<PathBuf>,
@@ -99,7 +99,7 @@ impl Default for MeshdConfig {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             serving_names: Vec::new(),
             plane: PlaneOptions::default(),
-            max_connections: listener::DEFAULT_MAX_CONNECTIONS,
+            listener: listener::ListenerLimits::default(),
             publish_root: None,
             kubernetes: None,
         }
@@ -281,7 +281,7 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
         source,
     })?;
     let service = plane.clone().service();
-    let incoming = listener::incoming(listener, tls, config.max_connections, stopped.clone());
+    let incoming = listener::incoming(listener, tls, config.listener, stopped.clone());
     let mut stopped_grpc = stopped;
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()

@@ -104,9 +104,15 @@ struct Cli {
     /// endpoints they knew while workloads re-register (e.g. 10s; 0s to skip).
     #[arg(long, env = "MESHD_REGISTRATION_GRACE", default_value = "10s", value_parser = mesh::cli::parse_duration)]
     registration_grace: Duration,
-    /// Connections meshd holds open at most; more are closed at accept.
+    /// Connections with a client certificate (watches, renewals) meshd holds open at most;
+    /// more are closed after their handshake. A quarter as many more (at least 64) may be
+    /// handshaking or without a certificate, the oldest closed to make room for a newcomer.
     #[arg(long, env = "MESHD_MAX_CONNECTIONS", default_value_t = meshd::listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// How long a connection that presents no client certificate may stay open (enough to
+    /// get a first certificate with a bootstrap token, e.g. 15s).
+    #[arg(long, env = "MESHD_UNCERTIFIED_GRACE", default_value = "15s", value_parser = mesh::cli::parse_duration)]
+    uncertified_grace: Duration,
     /// Generate the root CA in --ca-dir if it is not there, write --publish-root if given,
     /// print where they are, and exit (to create a Kubernetes Secret from them).
     #[arg(long, conflicts_with_all = ["ca_cert", "ca_key", "health_check"])]
@@ -181,6 +187,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(mesh::run::EXIT_CONFIG);
     }
+    if cli.uncertified_grace < Duration::from_secs(1) {
+        eprintln!(
+            "meshd: --uncertified-grace must be at least 1s (a first certificate needs one RPC)"
+        );
+        return ExitCode::from(mesh::run::EXIT_CONFIG);
+    }
     let wants_kubernetes = from_kubernetes || cli.token_review || cli.kubernetes_endpoints;
     let config = MeshdConfig {
         kubernetes: None,
@@ -201,7 +213,10 @@ fn main() -> ExitCode {
             },
             registration_grace: cli.registration_grace,
         },
-        max_connections: cli.max_connections,
+        listener: meshd::listener::ListenerLimits {
+            max_connections: cli.max_connections,
+            uncertified_grace: cli.uncertified_grace,
+        },
         publish_root: cli.publish_root,
         dashboard: match cli.dashboard.as_str() {
             "off" => None,
