@@ -53,19 +53,31 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request's head with its hop-by-hop headers gone, and its whole body; 413 beyond the
-/// outbound limit.
+/// outbound limit, 408 when the client stopped sending it (Envoy's answers).
 pub(crate) async fn buffer(
     request: axum::extract::Request,
 ) -> Result<(http::request::Parts, Bytes), Response> {
     let (mut parts, body) = request.into_parts();
     let body = match crate::outbound::read_limited(body).await {
         Ok(body) => body,
-        Err(_) => {
-            return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response());
+        Err(e) => {
+            let refusal = if caused_by::<crate::server::BodyReadTimeout>(&*e) {
+                (StatusCode::REQUEST_TIMEOUT, "request timeout")
+            } else if caused_by::<http_body_util::LengthLimitError>(&*e) {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            } else {
+                (StatusCode::BAD_REQUEST, "request body could not be read")
+            };
+            return Err(refusal.into_response());
         }
     };
     strip_hop_by_hop(&mut parts.headers);
     Ok((parts, body))
+}
+
+/// Whether `E` is `error` or anywhere in its sources.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
 }
 
 /// Sends the request (an absolute `http://` URI) through `client` and answers with what came
@@ -131,5 +143,32 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["end-user", "x-request-id"]);
+    }
+
+    /// A body that fails with `error` on its first read.
+    fn failing(error: crate::BoxError) -> axum::body::Body {
+        let frames = tokio_stream::iter([Err::<hyper::body::Frame<Bytes>, _>(error)]);
+        axum::body::Body::new(http_body_util::StreamBody::new(frames))
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_408_an_oversized_one_413_a_broken_one_400() {
+        let stalled = crate::server::BodyReadTimeout(std::time::Duration::from_secs(15));
+        for (error, status) in [
+            (crate::BoxError::from(stalled), StatusCode::REQUEST_TIMEOUT),
+            ("connection reset".into(), StatusCode::BAD_REQUEST),
+        ] {
+            let request = http::Request::post("/").body(failing(error)).unwrap();
+            let refused = buffer(request).await.unwrap_err();
+            assert_eq!(refused.status(), status);
+        }
+        let huge = vec![0u8; crate::outbound::MAX_REQUEST_BODY + 1];
+        let request = http::Request::post("/")
+            .body(axum::body::Body::from(huge))
+            .unwrap();
+        assert_eq!(
+            buffer(request).await.unwrap_err().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

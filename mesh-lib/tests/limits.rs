@@ -54,6 +54,20 @@ impl Running {
         let app = Router::new()
             .route("/", get(|| async { "ok" }))
             .route(
+                "/upload",
+                axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
+            )
+            .route(
+                "/upload-seen",
+                axum::routing::post(
+                    |State(hold): State<Hold>, body: axum::body::Body| async move {
+                        hold.entered.send(()).unwrap();
+                        let body = body.collect().await.map_err(|_| StatusCode::BAD_REQUEST)?;
+                        Ok::<_, StatusCode>(body.to_bytes().len().to_string())
+                    },
+                ),
+            )
+            .route(
                 "/hold",
                 get(|State(mut hold): State<Hold>| async move {
                     hold.entered.send(()).unwrap();
@@ -500,4 +514,119 @@ async fn zero_grace_drops_requests_in_flight_at_once() {
         .await
         .expect("server stopped")
         .unwrap();
+}
+
+/// The head of an upload whose body is `length` bytes.
+fn upload_head(length: usize) -> Vec<u8> {
+    format!("POST /upload HTTP/1.1\r\nhost: limits-test\r\ncontent-length: {length}\r\n\r\n")
+        .into_bytes()
+}
+
+/// Reads until the server closes `stream`, within `PATIENCE`: what it sent before.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let read = timeout(PATIENCE, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open for {PATIENCE:?}"
+    );
+    seen
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_fails_and_its_connection_closes() {
+    const BODY_TIMEOUT: Duration = Duration::from_millis(300);
+    let limits = ServerLimits {
+        body_read_timeout: BODY_TIMEOUT,
+        // Far beyond the test's patience: only the body timer can close these.
+        first_byte_timeout: Duration::from_secs(60),
+        header_read_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        ..ServerLimits::default()
+    };
+    let server = Running::start(limits).await;
+
+    // 100,000 bytes announced, ten sent.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut request = upload_head(100_000);
+    request.extend_from_slice(b"0123456789");
+    stream.write_all(&request).await.unwrap();
+    let started = Instant::now();
+    let answered = read_until_closed(&mut stream).await;
+    assert!(started.elapsed() >= BODY_TIMEOUT, "{:?}", started.elapsed());
+    let answered = String::from_utf8_lossy(&answered);
+    assert!(
+        answered.is_empty() || answered.starts_with("HTTP/1.1 4"),
+        "{answered}"
+    );
+
+    // The timer is for silence, not for the whole body: a slow, steady upload arrives.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&upload_head(8)).await.unwrap();
+    for byte in b"steadily" {
+        tokio::time::sleep(BODY_TIMEOUT / 3).await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let (status, body) = read_response(&mut stream)
+        .await
+        .expect("the upload's answer");
+    assert_eq!((status, &body[..]), (200, &b"8"[..]));
+
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_do_not_fill_a_listener() {
+    const MAX: usize = 4;
+    // The default body timeout (15 s) is far beyond the test's patience: only eviction
+    // frees these.
+    let mut server = Running::start(ServerLimits {
+        max_connections: MAX,
+        ..ServerLimits::default()
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..MAX {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let head = String::from_utf8(upload_head(100_000)).unwrap();
+        let head = head.replace("/upload", "/upload-seen");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    // Every connection is in a handler that waits for its body: none is idle.
+    server.held(MAX).await;
+    let mut fresh = TcpStream::connect(server.addr).await.unwrap();
+    let mut request = upload_head(2);
+    request.extend_from_slice(b"ok");
+    let (status, body) = exchange(&mut fresh, &request).await;
+    assert_eq!((status, &body[..]), (200, &b"2"[..]));
+    for _ in 0..2 * MAX {
+        let status = timeout(PATIENCE, get_status(server.addr, "/"))
+            .await
+            .expect("a fresh client is served beside stalled uploads");
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Stalled uploads made room and were closed.
+    let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    for mut stream in stalled {
+        let closed_tx = closed_tx.clone();
+        tokio::spawn(async move {
+            read_until_closed(&mut stream).await;
+            let _ = closed_tx.send(());
+        });
+    }
+    timeout(PATIENCE, closed.recv())
+        .await
+        .expect("an evicted stalled upload was closed");
+
+    server.stop(Duration::from_secs(5)).await;
 }

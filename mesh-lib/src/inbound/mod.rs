@@ -25,7 +25,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse as _, Response};
-use hyper::body::Incoming;
 use tower::{Layer as _, Service, ServiceExt as _};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{
@@ -94,17 +93,24 @@ pub fn stack(app: Router, mesh: Option<Mesh>) -> Stack {
     }
 }
 
-impl Service<http::Request<Incoming>> for Stack {
+/// What [`Stack`] answers with.
+type StackFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<B> Service<http::Request<B>> for Stack
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = StackFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Both are always ready (Inbound, and an axum router).
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let request = request.map(Body::new);
         match &mut self.0 {
             Layers::Mesh(inbound) => answer(inbound.call(request)),
@@ -114,7 +120,7 @@ impl Service<http::Request<Incoming>> for Stack {
 }
 
 /// The response of either stack, its body as axum's.
-fn answer<F, B>(call: F) -> <Stack as Service<http::Request<Incoming>>>::Future
+fn answer<F, B>(call: F) -> StackFuture
 where
     F: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,

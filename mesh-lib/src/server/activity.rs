@@ -7,6 +7,12 @@
 //! without cutting pooled connections early), and it says nothing of when a connection has
 //! nothing in flight. So the server counts requests at its service ([`Activity::begin_request`],
 //! ended when the response body is dropped) and watches the bytes hyper reads ([`Watched`]).
+//!
+//! A request whose body the client stops sending is in flight but not busy: [`TimedBody`]
+//! fails its read after the listener's body timeout (Envoy bounds the same wait with its
+//! stream idle timeout), and while every request of a connection waits for its client's
+//! bytes the connection may be evicted like an idle one, so stalled uploads cannot fill a
+//! listener.
 
 use std::io;
 use std::pin::Pin;
@@ -15,11 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::future::Future as _;
+
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// No request head has begun.
 const NO_HEAD: u64 = u64::MAX;
@@ -30,6 +38,10 @@ pub(super) struct Activity {
     /// Timestamps are nanoseconds since this instant, so they fit in atomics.
     epoch: Instant,
     in_flight: AtomicUsize,
+    /// Requests in flight whose service waits for more of the client's body.
+    stalled: AtomicUsize,
+    /// When the latest of those stalls began: meaningful while every request is stalled.
+    stalled_since: AtomicU64,
     /// Meaningful while nothing is in flight.
     idle_since: AtomicU64,
     /// When the first byte of the next HTTP/1 request head arrived, or [`NO_HEAD`].
@@ -55,6 +67,8 @@ impl Activity {
         let activity = Self {
             epoch,
             in_flight: AtomicUsize::new(0),
+            stalled: AtomicUsize::new(0),
+            stalled_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NO_HEAD),
             closing: AtomicBool::new(false),
@@ -90,6 +104,20 @@ impl Activity {
         Some(self.instant(self.idle_since.load(Ordering::Acquire)))
     }
 
+    /// Since when the connection has waited only on its client: nothing in flight, or every
+    /// request in flight waiting for its body. `None` while the server is working.
+    pub(super) fn quiet_since(&self) -> Option<Instant> {
+        self.idle_since().or_else(|| {
+            self.all_stalled()
+                .then(|| self.instant(self.stalled_since.load(Ordering::Acquire)))
+        })
+    }
+
+    fn all_stalled(&self) -> bool {
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        in_flight > 0 && self.stalled.load(Ordering::Acquire) >= in_flight
+    }
+
     /// When the connection's next timer runs out, and which; `None` while a request is in
     /// flight (then neither applies).
     pub(super) fn next_expiry(
@@ -109,15 +137,34 @@ impl Activity {
         }
     }
 
-    /// How eviction ranks this connection, lowest first: connections without a started
-    /// request head before those with one, then the longest idle. `None`: not evictable (a
-    /// request in flight, or already closing).
-    pub(super) fn eviction_rank(&self) -> Option<(bool, u64)> {
-        if self.is_closing() || self.in_flight.load(Ordering::Acquire) > 0 {
+    /// How eviction ranks this connection, lowest first: idle connections without a started
+    /// request head, then those with one, then those whose every request waits for its
+    /// client's body; within each, the longest waiting. `None`: not evictable (the server is
+    /// working on a request, or the connection is already closing).
+    pub(super) fn eviction_rank(&self) -> Option<(u8, u64)> {
+        if self.is_closing() {
             return None;
         }
-        let head_started = self.head_started.load(Ordering::Acquire) != NO_HEAD;
-        Some((head_started, self.idle_since.load(Ordering::Acquire)))
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let head_started = self.head_started.load(Ordering::Acquire) != NO_HEAD;
+            return Some((
+                u8::from(head_started),
+                self.idle_since.load(Ordering::Acquire),
+            ));
+        }
+        self.all_stalled()
+            .then(|| (2, self.stalled_since.load(Ordering::Acquire)))
+    }
+
+    /// A request's service began to wait for more of its body.
+    fn stall(&self) {
+        self.stalled_since
+            .fetch_max(self.stamp(Instant::now()), Ordering::AcqRel);
+        self.stalled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn unstall(&self) {
+        self.stalled.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Asks the connection to close; `false` when it already was asked.
@@ -204,6 +251,105 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body whose client sent nothing for the listener's body timeout.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client sent no request body bytes for {0:?}")]
+pub struct BodyReadTimeout(pub Duration);
+
+/// A request body that fails when its client sends nothing for `timeout`, and tells the
+/// connection's [`Activity`] while it waits for the client. The timer is made only when a
+/// read has to wait, so a body that arrives with its head costs nothing.
+#[derive(Debug)]
+pub(super) struct TimedBody<B> {
+    inner: B,
+    activity: Arc<Activity>,
+    timeout: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
+    timed_out: bool,
+}
+
+impl<B> TimedBody<B> {
+    pub(super) fn new(inner: B, activity: Arc<Activity>, timeout: Duration) -> Self {
+        Self {
+            inner,
+            activity,
+            timeout,
+            deadline: None,
+            stalled: false,
+            timed_out: false,
+        }
+    }
+
+    fn set_stalled(&mut self, stalled: bool) {
+        if stalled != self.stalled {
+            self.stalled = stalled;
+            if stalled {
+                self.activity.stall();
+            } else {
+                self.activity.unstall();
+            }
+        }
+    }
+}
+
+impl<B> Drop for TimedBody<B> {
+    fn drop(&mut self) {
+        self.set_stalled(false);
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.set_stalled(false);
+                if let Some(deadline) = &mut this.deadline {
+                    deadline.as_mut().reset(Instant::now() + this.timeout);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_pending() {
+                    this.set_stalled(true);
+                    return Poll::Pending;
+                }
+                this.timed_out = true;
+                this.set_stalled(false);
+                // The rest of the request cannot be read in order: the connection goes too.
+                this.activity.request_close();
+                Poll::Ready(Some(Err(BodyReadTimeout(timeout).into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.timed_out || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -432,5 +578,25 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), newer.close_requested())
             .await
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_only_for_its_body_is_evictable_after_idle_connections() {
+        let epoch = Instant::now();
+        let uploading = Activity::new(epoch);
+        let idle = Activity::new(epoch);
+        let request = uploading.begin_request();
+        assert_eq!(uploading.eviction_rank(), None, "the server is working");
+        uploading.stall();
+        assert!(idle.eviction_rank() < uploading.eviction_rank());
+        assert_eq!(uploading.quiet_since(), Some(Instant::now()));
+        // A second request the server works on makes the connection busy again.
+        let second = uploading.begin_request();
+        assert_eq!(uploading.eviction_rank(), None);
+        drop(second);
+        uploading.unstall();
+        assert_eq!(uploading.eviction_rank(), None);
+        drop(request);
+        assert!(uploading.eviction_rank().is_some());
     }
 }

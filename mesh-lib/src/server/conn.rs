@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tower::Service as _;
 
 use super::ServerLimits;
-use super::activity::{Expiry, InFlightBody, Watched};
+use super::activity::{Expiry, InFlightBody, TimedBody, Watched};
 use super::admission::Ticket;
 use crate::dataplane::{Mesh, PeerIdentity};
 
@@ -73,8 +73,11 @@ pub(super) async fn serve(
     let service = {
         let activity = Arc::clone(&activity);
         let app = listener.app.clone();
-        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let body_read_timeout = limits.body_read_timeout;
+        hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let in_flight = activity.begin_request();
+            let mut req =
+                req.map(|body| TimedBody::new(body, Arc::clone(&activity), body_read_timeout));
             req.extensions_mut().insert(peer_identity.clone());
             // The stack is always ready.
             let response = app.clone().call(req);
@@ -141,10 +144,12 @@ pub(super) async fn serve(
     conn.as_mut().graceful_shutdown();
     let closing = Instant::now();
     let close_timeout = limits.close_timeout;
+    // A request waiting only for its client's body defers nothing: the client is the one
+    // holding it up.
     let overdue_at = || {
         activity
-            .idle_since()
-            .map(|idle| idle.max(closing) + close_timeout)
+            .quiet_since()
+            .map(|quiet| quiet.max(closing) + close_timeout)
     };
     let next =
         |now: Instant| overdue_at().map_or(now + close_timeout, |at| at.min(now + close_timeout));

@@ -20,6 +20,11 @@ pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// holds a connection.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default [`ServerLimits::body_read_timeout`]. Envoy bounds the same wait with its stream
+/// idle timeout (5 minutes); nothing in the mesh uploads slowly, and a body that stops
+/// arriving holds its connection and the service's task until this runs out.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Default [`ServerLimits::idle_timeout`]. Longer than every client pool that reuses our
 /// connections — the mesh client's 30 s (`outbound::DEFAULT_POOL_IDLE_TIMEOUT`), and the 90 s
 /// of hyper-util's and Go's clients — so a client retires an idle connection before the server
@@ -56,6 +61,9 @@ pub struct ServerLimits {
     /// How long an HTTP/1 request head may take from its first byte to its last before the
     /// connection is closed.
     pub header_read_timeout: Duration,
+    /// How long a request body may go without a byte from the client before its read fails
+    /// and the connection is closed.
+    pub body_read_timeout: Duration,
     /// How long a connection may have no request in flight (HTTP/1 and HTTP/2) before it is
     /// closed gracefully.
     pub idle_timeout: Duration,
@@ -78,6 +86,7 @@ impl Default for ServerLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             max_request_headers_bytes: DEFAULT_MAX_REQUEST_HEADERS_BYTES,
@@ -110,6 +119,7 @@ impl ServerLimits {
         for (name, value) in [
             ("first_byte_timeout", self.first_byte_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
             ("idle_timeout", self.idle_timeout),
             ("close_timeout", self.close_timeout),
             ("h2_keep_alive_interval", self.h2_keep_alive_interval),
