@@ -44,6 +44,8 @@ struct Inner {
     workload: Arc<str>,
     /// What all of this workload's outbound clients share.
     outbound: crate::outbound::Shared,
+    /// Whether the workload takes requests: meshd publishes its endpoint only while true.
+    serving: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -114,6 +116,7 @@ impl Mesh {
         let credentials = Credentials::new(identity);
         let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
         let (tls_tx, server_tls) = watch::channel(None);
+        let (serving, serving_rx) = watch::channel(true);
         let name = WorkloadName::from_labels(&spec.service, &spec.labels);
         let mut certs = credentials.subscribe();
         let expiry = telemetry
@@ -160,7 +163,13 @@ impl Mesh {
         });
         let tasks = vec![
             client::spawn_certificates(spec.clone(), credentials.clone()),
-            client::spawn_watch(spec.clone(), credentials.clone(), addr, snapshot_tx),
+            client::spawn_watch(
+                spec.clone(),
+                credentials.clone(),
+                addr,
+                snapshot_tx,
+                serving_rx,
+            ),
             tls_task,
             version_task,
         ];
@@ -175,6 +184,7 @@ impl Mesh {
                 workload: Arc::from(name.workload.as_str()),
                 name,
                 outbound: crate::outbound::Shared::default(),
+                serving,
                 tasks,
             }),
         })
@@ -224,6 +234,17 @@ impl Mesh {
     /// Whether this workload has a certificate, a snapshot and its inbound TLS config.
     pub fn is_ready(&self) -> bool {
         self.server_tls().is_some() && self.snapshot().version > 0
+    }
+
+    /// Says whether the workload can take requests now (a sidecar follows its application's
+    /// health): while it cannot, meshd keeps it registered but leaves its endpoint out of
+    /// every snapshot, as Kubernetes withdraws a pod that fails its readiness probe.
+    pub fn set_serving(&self, serving: bool) {
+        self.inner.serving.send_if_modified(|now| {
+            let changed = *now != serving;
+            *now = serving;
+            changed
+        });
     }
 
     /// Waits until [`Mesh::is_ready`], or `timeout`.

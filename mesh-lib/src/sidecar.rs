@@ -37,6 +37,13 @@ pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 pub const DEFAULT_APP_PORT: u16 = crate::cli::DEFAULT_PORT;
 /// What readiness asks of the application (every Bookinfo service answers it).
 pub const DEFAULT_APP_HEALTH_PATH: &str = "/health";
+/// How often the sidecar asks the application's health, and how long one answer may take.
+pub const APP_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(400);
+pub const APP_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(400);
+/// Failed probes in a row after which the application's endpoint is withdrawn: one slow
+/// answer is not a dead application. With the interval and timeout above, a dead or hung
+/// application leaves every snapshot within 2 s.
+pub const APP_PROBE_FAILURES: u32 = 2;
 
 /// The application a sidecar stands beside.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,14 +65,52 @@ impl App {
 
     /// What the sidecar's `/healthz/ready` asks besides the certificate.
     pub fn readiness(&self) -> crate::workload::Readiness {
-        crate::workload::Readiness::Http(format!("http://{}{}", self.addr, self.health_path))
+        crate::workload::Readiness::Http(self.health_url())
     }
+
+    fn health_url(&self) -> String {
+        format!("http://{}{}", self.addr, self.health_path)
+    }
+}
+
+/// Follows `app`'s health for as long as the returned task runs, as the kubelet's readiness
+/// probe does for a pod: after [`APP_PROBE_FAILURES`] failed probes in a row the workload
+/// stops serving ([`Mesh::set_serving`]: meshd withdraws its endpoint from every snapshot),
+/// and the first good answer restores it. Without this an application that died behind a
+/// running sidecar would stay an endpoint, and every call to it would fail.
+pub fn follow_app_health(mesh: &Mesh, app: &App) -> tokio::task::JoinHandle<()> {
+    let (mesh, url) = (mesh.clone(), app.health_url());
+    tokio::spawn(async move {
+        let client = Client::new();
+        let mut failures = 0u32;
+        let mut ticks = tokio::time::interval(APP_PROBE_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let healthy = matches!(
+                client.get(&url, Default::default(), APP_PROBE_TIMEOUT).await,
+                Ok(r) if r.status() == StatusCode::OK
+            );
+            failures = if healthy {
+                0
+            } else {
+                failures.saturating_add(1)
+            };
+            if healthy {
+                mesh.set_serving(true);
+            } else if failures == APP_PROBE_FAILURES {
+                tracing::warn!(%url, "the application failed {failures} health checks: withdrawing it from the mesh's endpoints");
+                mesh.set_serving(false);
+            }
+        }
+    })
 }
 
 /// The sidecar's two listeners, bound and ready to serve as `mesh`'s workload for `app`:
 /// `inbound` through the mesh's inbound stack to the application, `outbound` (plaintext, for
 /// the application only) through the mesh's outbound stack. [`crate::workload::serve`] runs
-/// them with the admin listener ([`App::readiness`]).
+/// them with the admin listener ([`App::readiness`]); the application's health decides
+/// whether meshd publishes the endpoint ([`follow_app_health`], started here).
 pub fn listeners(
     mesh: &Mesh,
     app: &App,
@@ -73,6 +118,7 @@ pub fn listeners(
     outbound: crate::Server,
 ) -> Vec<(crate::Server, Router)> {
     let routers = routers(mesh, app, outbound.local_addr());
+    follow_app_health(mesh, app);
     servers(mesh, inbound, outbound)
         .into_iter()
         .zip(routers)

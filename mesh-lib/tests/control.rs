@@ -80,6 +80,7 @@ fn watch_as(service: &str, address: &str, admin_port: u32) -> pb::WatchRequest {
             service_account: "bookinfo-ratings".to_owned(),
             address: address.to_owned(),
             admin_port,
+            not_ready: false,
         }),
     }
 }

@@ -82,7 +82,15 @@ static ONE_SIDECAR_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 async fn meshd_with_root(
     dir: &std::path::Path,
 ) -> (meshd::daemon::RunningMeshd, std::path::PathBuf) {
-    let meshd = test_support::meshd(dir, Duration::from_secs(3600)).await;
+    // No re-registration window: its incomplete snapshots would keep a withdrawn endpoint.
+    let mut config = test_support::meshd_config(
+        dir,
+        meshd::daemon::CaSource::Ephemeral,
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_secs(3600),
+    );
+    config.plane.registration_grace = Duration::ZERO;
+    let meshd = meshd::daemon::start(config).await.unwrap();
     let root = dir.join("root-cert.pem");
     std::fs::write(&root, meshd.root_pem()).unwrap();
     (meshd, root)
@@ -163,6 +171,19 @@ async fn until_ready_is(admin: u16, want: u16) -> String {
     }
 }
 
+/// Waits (within `PATIENCE`) until `mesh`'s snapshot lists `n` endpoints of `service`.
+async fn until_endpoints(mesh: &mesh::Mesh, service: &str, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while mesh.endpoints_of(service).len() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{service} has {} endpoints, not {n}",
+            mesh.endpoints_of(service).len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
     let _turn = ONE_SIDECAR_AT_A_TIME.lock().await;
@@ -197,10 +218,31 @@ async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
         "cluster.local/ns/default/sa/alpha"
     );
 
-    // A failing application makes the sidecar unready, with the reason.
+    // A failing application makes the sidecar unready, with the reason, and meshd withdraws
+    // its endpoint from every snapshot within 2 s (as Kubernetes withdraws a NotReady pod):
+    // a caller then gets Envoy's 503 at once instead of the dead application's errors.
     healthy.store(false, Ordering::SeqCst);
+    let failed = Instant::now();
     let body = until_ready_is(ports.admin, 503).await;
     assert!(body.contains("application"), "{body}");
+    until_endpoints(&gamma, "alpha", 0).await;
+    assert!(
+        failed.elapsed() < Duration::from_secs(2),
+        "withdrawn after {:?}",
+        failed.elapsed()
+    );
+    let asked = Instant::now();
+    let refused = client
+        .get("http://alpha:9080/hello", Default::default(), PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(&refused.body()[..], b"no healthy upstream");
+    assert!(
+        asked.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        asked.elapsed()
+    );
     let check = sidecar(&meshd, &root, &ports)
         .arg("--health-check")
         .stderr(Stdio::null())
@@ -208,7 +250,18 @@ async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
         .unwrap();
     assert!(!check.success(), "--health-check fails while the app does");
     healthy.store(true, Ordering::SeqCst);
+    let recovered = Instant::now();
     until_ready_is(ports.admin, 200).await;
+    until_endpoints(&gamma, "alpha", 1).await;
+    assert!(
+        recovered.elapsed() < Duration::from_secs(2),
+        "restored after {:?}",
+        recovered.elapsed()
+    );
+    assert_eq!(
+        whoami(&client, "http://alpha:9080/hello").await.unwrap(),
+        "hello from the app, host alpha:9080"
+    );
     let check = sidecar(&meshd, &root, &ports)
         .arg("--health-check")
         .status()

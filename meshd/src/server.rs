@@ -126,13 +126,42 @@ struct Registered {
     metrics_url: Option<String>,
     labels: BTreeMap<String, String>,
     identity: SpiffeId,
+    /// False while the workload says it cannot take requests: registered, not published.
+    ready: bool,
 }
+
+/// Services remembered after their last registration ends, at most.
+pub const MAX_KNOWN_SERVICES: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Registry {
     next_id: u64,
     workloads: BTreeMap<u64, Registered>,
     per_identity: HashMap<SpiffeId, usize>,
+    /// Every service registered since meshd started (bounded by [`MAX_KNOWN_SERVICES`]): a
+    /// service whose workloads are all gone stays a mesh service without endpoints.
+    known: std::collections::BTreeSet<String>,
+}
+
+impl Registry {
+    /// Remembers `service`; when the memory is full, services with no registration now are
+    /// forgotten first.
+    fn remember(&mut self, service: &str) {
+        if self.known.contains(service) {
+            return;
+        }
+        if self.known.len() >= MAX_KNOWN_SERVICES {
+            let live: std::collections::BTreeSet<&str> = self
+                .workloads
+                .values()
+                .map(|w| w.service.as_str())
+                .collect();
+            self.known.retain(|s| live.contains(s.as_str()));
+        }
+        if self.known.len() < MAX_KNOWN_SERVICES {
+            self.known.insert(service.to_owned());
+        }
+    }
 }
 
 /// Endpoints the Kubernetes API server reports (EndpointSlices and their Pods), beside the
@@ -403,13 +432,19 @@ impl ControlPlane {
                     .discovered
                     .lock()
                     .expect("discovered lock is never poisoned");
-                // A workload re-watching holds two registrations for a moment: one endpoint.
+                // A workload re-watching holds two registrations for a moment: one endpoint,
+                // and the newer registration's word on readiness is the one that counts.
                 let mut seen = std::collections::HashSet::new();
-                let mut endpoints: Vec<pb::Endpoint> = registry
+                let newest_first: Vec<&Registered> = registry
                     .workloads
                     .values()
-                    .filter(|w| !discovered.not_ready.contains(&w.addr.ip()))
+                    .rev()
                     .filter(|w| seen.insert((w.service.clone(), w.addr)))
+                    .collect();
+                let mut endpoints: Vec<pb::Endpoint> = newest_first
+                    .into_iter()
+                    .rev()
+                    .filter(|w| w.ready && !discovered.not_ready.contains(&w.addr.ip()))
                     .map(|w| pb::Endpoint {
                         service: w.service.clone(),
                         address: w.addr.to_string(),
@@ -450,8 +485,12 @@ impl ControlPlane {
                         });
                     }
                 }
-                endpoints
+                let mut services = registry.known.clone();
+                services.extend(discovered.ready.iter().map(|d| d.service.clone()));
+                services.extend(endpoints.iter().map(|e| e.service.clone()));
+                (endpoints, services.into_iter().collect())
             };
+            let (endpoints, services) = endpoints;
             let config = self
                 .config
                 .lock()
@@ -463,6 +502,7 @@ impl ControlPlane {
                 endpoints,
                 config_json,
                 complete,
+                services,
             });
         });
     }
@@ -497,7 +537,8 @@ impl ControlPlane {
                 .or_default() += 1;
             registry.next_id += 1;
             let id = registry.next_id;
-            tracing::info!(service = %workload.service, addr = %workload.addr, identity = %workload.identity, "workload registered");
+            tracing::info!(service = %workload.service, addr = %workload.addr, identity = %workload.identity, ready = workload.ready, "workload registered");
+            registry.remember(&workload.service);
             registry.workloads.insert(id, workload);
             id
         };
@@ -643,6 +684,7 @@ impl pb::mesh_control_server::MeshControl for ControlPlane {
             metrics_url,
             labels,
             identity,
+            ready: !workload.not_ready,
         })?;
         // A task per stream forwards snapshots until the caller goes away (the send fails),
         // meshd closes, or the certificate that authenticated the stream expires (the
@@ -722,7 +764,58 @@ mod tests {
             metrics_url: None,
             labels: BTreeMap::new(),
             identity: SpiffeId::new("cluster.local", "default", "bookinfo-reviews"),
+            ready: true,
         }
+    }
+
+    #[test]
+    fn a_workload_not_ready_is_registered_but_not_published_and_its_service_stays_known() {
+        let plane = plane(8);
+        let ready = plane.register(reviews(9001)).unwrap();
+        let waiting = plane.register(Registered {
+            ready: false,
+            ..reviews(9002)
+        });
+        let snapshot = plane.snapshots.borrow().clone();
+        let addrs: Vec<&str> = snapshot
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:9001"]);
+        assert_eq!(snapshot.services, ["reviews"]);
+        // The workload at 9001 re-watches saying it is not ready: its newer word counts
+        // although the old registration is still open.
+        let rewatched = plane.register(Registered {
+            ready: false,
+            ..reviews(9001)
+        });
+        assert!(plane.snapshots.borrow().endpoints.is_empty());
+        drop(rewatched);
+        assert_eq!(plane.snapshots.borrow().endpoints.len(), 1);
+        drop((ready, waiting));
+        let snapshot = plane.snapshots.borrow().clone();
+        assert!(snapshot.endpoints.is_empty());
+        assert_eq!(snapshot.services, ["reviews"], "known without endpoints");
+    }
+
+    #[test]
+    fn known_services_are_bounded_and_forget_those_without_registrations_first() {
+        let mut registry = Registry::default();
+        for i in 0..MAX_KNOWN_SERVICES {
+            registry.remember(&format!("s{i}"));
+        }
+        registry.workloads.insert(
+            1,
+            Registered {
+                service: "s1".into(),
+                ..reviews(9000)
+            },
+        );
+        registry.remember("newcomer");
+        assert!(registry.known.len() <= MAX_KNOWN_SERVICES);
+        assert!(registry.known.contains("newcomer") && registry.known.contains("s1"));
+        assert!(!registry.known.contains("s2"));
     }
 
     #[test]

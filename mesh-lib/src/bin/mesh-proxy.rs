@@ -233,6 +233,7 @@ async fn sidecar_main(
         outbound.local_addr(),
         admin.local_addr()
     );
+    let _health = sidecar::follow_app_health(&mesh, &app);
     let (routing, readiness, own) = (mesh.clone(), app.readiness(), outbound.local_addr());
     mesh::workload::serve_on_workers(
         mesh.clone(),

@@ -173,11 +173,13 @@ pub fn spawn_certificates(spec: WorkloadSpec, credentials: Credentials) -> JoinH
 
 type SnapshotStream = tonic::Streaming<pb::Snapshot>;
 
-/// Registers over a connection that presents the current certificate.
+/// Registers over a connection that presents the current certificate, as ready to take
+/// requests or not.
 async fn open_watch(
     spec: &WorkloadSpec,
     credentials: &Credentials,
     addr: SocketAddr,
+    ready: bool,
 ) -> Result<SnapshotStream, ControlError> {
     let channel = connector::channel(
         &spec.control_plane,
@@ -194,6 +196,7 @@ async fn open_watch(
             service_account: spec.service_account.clone(),
             address: addr.to_string(),
             admin_port: spec.admin_port.map_or(0, u32::from),
+            not_ready: !ready,
         }),
     };
     Ok(client.watch(request).await?.into_inner())
@@ -203,16 +206,20 @@ async fn open_watch(
 /// re-registering after every disconnect. The watch is authenticated by the workload's
 /// certificate, so it starts once there is one, and moves to a new connection after every
 /// renewal (the new registration opens before the old one closes, so the endpoint never
-/// leaves the registry).
+/// leaves the registry). When `serving` changes, the workload registers again saying so:
+/// meshd withdraws the endpoint of a workload that cannot take requests, and restores it.
 pub fn spawn_watch(
     spec: WorkloadSpec,
     credentials: Credentials,
     addr: SocketAddr,
     snapshots: watch::Sender<Arc<Snapshot>>,
+    mut serving: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
         let mut certs = credentials.subscribe();
+        // Once the workload's owner is gone nothing changes readiness again: keep the last.
+        let mut serving_open = true;
         loop {
             if certs
                 .wait_for(|c| c.as_ref().is_some_and(|c| c.is_usable()))
@@ -222,7 +229,8 @@ pub fn spawn_watch(
                 return;
             }
             certs.borrow_and_update();
-            let error = match open_watch(&spec, &credentials, addr).await {
+            let ready = *serving.borrow_and_update();
+            let error = match open_watch(&spec, &credentials, addr, ready).await {
                 Ok(mut stream) => loop {
                     tokio::select! {
                         message = stream.message() => match message {
@@ -243,9 +251,26 @@ pub fn spawn_watch(
                             }
                             // Renewed: register over a connection with the new certificate,
                             // then let the old registration go.
-                            match open_watch(&spec, &credentials, addr).await {
+                            let ready = *serving.borrow();
+                            match open_watch(&spec, &credentials, addr, ready).await {
                                 Ok(fresh) => stream = fresh,
                                 Err(e) => tracing::debug!("re-watching after renewal failed ({e}); keeping the current watch"),
+                            }
+                        }
+                        changed = serving.changed(), if serving_open => {
+                            if changed.is_err() {
+                                serving_open = false;
+                                continue;
+                            }
+                            let ready = *serving.borrow_and_update();
+                            tracing::info!(service = %spec.service, ready, "telling meshd whether this workload takes requests");
+                            match open_watch(&spec, &credentials, addr, ready).await {
+                                Ok(fresh) => stream = fresh,
+                                Err(e) => {
+                                    // Registered with the old word: try again on the next
+                                    // connection, which reads `serving` afresh.
+                                    break e;
+                                }
                             }
                         }
                     }

@@ -54,6 +54,9 @@ pub struct Snapshot {
     /// False while a restarted meshd is still collecting re-registrations: the endpoints may
     /// be only part of the mesh.
     pub complete: bool,
+    /// Every service the mesh knows, endpoints or not: a call to one that has none fails at
+    /// once (Envoy's `no healthy upstream`) rather than falling back to DNS.
+    pub services: std::collections::BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -80,8 +83,14 @@ impl Snapshot {
                 .collect();
             drop(listed);
             self.endpoints.extend(kept);
+            self.services.extend(previous.services.iter().cloned());
         }
         self
+    }
+
+    /// Whether `service` is a mesh service, with endpoints now or not.
+    pub fn knows(&self, service: &str) -> bool {
+        self.services.contains(service) || self.endpoints.iter().any(|e| e.service == service)
     }
 
     /// The endpoint serving at `addr`, if it is in the mesh.
@@ -126,6 +135,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             endpoints,
             config,
             complete: pb.complete,
+            services: pb.services.into_iter().collect(),
         })
     }
 }
@@ -186,5 +196,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(full.merged_over(&merged).endpoints.len(), 1);
+    }
+
+    #[test]
+    fn a_service_is_known_by_its_endpoints_or_by_name_and_incomplete_snapshots_keep_names() {
+        let known = Snapshot {
+            services: ["ratings".to_owned()].into(),
+            complete: true,
+            ..Default::default()
+        };
+        assert!(known.knows("ratings"));
+        assert!(!known.knows("example.com"));
+        let partial = Snapshot {
+            endpoints: vec![endpoint("details", 1)],
+            complete: false,
+            ..Default::default()
+        };
+        let merged = partial.merged_over(&known);
+        assert!(merged.knows("ratings") && merged.knows("details"));
     }
 }

@@ -269,11 +269,15 @@ impl<S> Balance<S> {
             .map(|e| e.addr)
             .collect();
         if candidates.is_empty() {
-            // A routed destination with no endpoint is Envoy's 503; an unknown name is not
-            // the mesh's business (DNS decides).
-            return match chosen {
-                Some(d) if d.subset.is_some() || any => Err(LocalError::NoHealthyUpstream.into()),
-                _ => Ok(None),
+            // A mesh service with no endpoint (routed to, or known to meshd though its
+            // workloads are gone or not ready) is Envoy's 503 at once; only a name the mesh
+            // does not know is left to the table or DNS. A lookup of a service that just
+            // stopped would otherwise wait on the resolver, under load for seconds.
+            let routed = chosen.is_some_and(|d| d.subset.is_some());
+            return if routed || any || snapshot.knows(service) {
+                Err(LocalError::NoHealthyUpstream.into())
+            } else {
+                Ok(None)
             };
         }
         // All ejected: use them all rather than fail (Envoy's panic threshold).
