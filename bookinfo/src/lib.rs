@@ -267,6 +267,28 @@ impl Running {
             .is_some_and(|c| c.send(true).is_ok())
     }
 
+    /// Stops every workload of `service` (`ratings`, `reviews`, …) as Kubernetes stops a pod:
+    /// withdrawn from the mesh's endpoints first (it tells meshd it no longer takes
+    /// requests), then its server stops at once. Callers then get Envoy's `503 no healthy
+    /// upstream` straight away, and the page its degraded form. `false` if no such service.
+    pub fn stop_service(&self, service: &str) -> bool {
+        let mut found = false;
+        for mesh in self.meshes.iter().filter(|m| m.service() == service) {
+            mesh.set_serving(false);
+            found = true;
+        }
+        for (name, crash) in &self.crash {
+            let of_service = name == service
+                || name
+                    .strip_prefix(service)
+                    .is_some_and(|rest| rest.starts_with('-'));
+            if of_service {
+                found |= crash.send(true).is_ok();
+            }
+        }
+        found
+    }
+
     /// Takes meshd out of the app, e.g. to stop it while the workloads go on.
     pub fn take_meshd(&mut self) -> Option<RunningMeshd> {
         self.meshd.take()

@@ -534,3 +534,94 @@ test_support::in_both_modes!(
     every_workload_has_its_upstream_service_account_identity,
     a_deny_on_a_path_covers_every_spelling_of_that_path,
 );
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dependency_stopped_under_load_degrades_the_page_at_once() {
+    use std::sync::Arc;
+    let app = bookinfo::start(bookinfo::Config::ephemeral())
+        .await
+        .unwrap();
+    let url = Arc::new(app.addrs.page_url());
+    assert_eq!(page(&url).await.status, StatusCode::OK);
+
+    assert!(app.stop_service("ratings"));
+    let deadline = Instant::now() + PATIENCE;
+    while app
+        .meshes()
+        .iter()
+        .any(|m| !m.endpoints_of("ratings").is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "ratings never left the snapshots"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Eight clients load 25 pages each, back to back, with ratings gone.
+    let mut loaders = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        loaders.spawn(async move {
+            let client = Client::new();
+            let mut loads = Vec::new();
+            for _ in 0..25 {
+                let started = Instant::now();
+                let request = Request::get(url.as_str()).body(Body::empty()).unwrap();
+                let r = client.send(request, PATIENCE).await.unwrap();
+                let body = String::from_utf8_lossy(r.body()).into_owned();
+                loads.push((started.elapsed(), r.status(), body));
+            }
+            loads
+        });
+    }
+    let mut loads: Vec<(Duration, StatusCode, String)> =
+        loaders.join_all().await.into_iter().flatten().collect();
+    let degraded = loads
+        .iter()
+        .filter(|(_, _, body)| body.contains(RATINGS_ERROR))
+        .count();
+    for (_, status, body) in &loads {
+        assert_eq!(*status, StatusCode::OK);
+        assert!(!body.contains("Error fetching product reviews"));
+    }
+    assert!(degraded > 0, "no page showed the ratings error");
+    loads.sort_by_key(|(took, _, _)| *took);
+    let median = loads[loads.len() / 2].0;
+    let slowest = loads[loads.len() - 1].0;
+    eprintln!(
+        "{} pages with ratings stopped ({degraded} degraded): median {median:?}, slowest {slowest:?}",
+        loads.len()
+    );
+    // Upstream's page shows the ratings error at once; the calls' timeouts are 2.5–10 s.
+    assert!(median < Duration::from_millis(100), "median {median:?}");
+    assert!(slowest < Duration::from_secs(1), "slowest {slowest:?}");
+
+    // The mesh answered, not a resolver: reviews' calls got Envoy's 503 UH.
+    let admin = app.addrs.admin.expect("the launcher serves metrics");
+    let metrics = Client::new()
+        .get(
+            &format!("http://{admin}/stats/prometheus"),
+            Default::default(),
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(metrics.body());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total")
+                && l.contains("reporter=\"source\"")
+                && l.contains("source_app=\"reviews\"")
+                && l.contains("response_code=\"503\"")
+                && l.contains("response_flags=\"UH\"")),
+        "no 503 UH from reviews in:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total") && l.contains("reviews"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.shutdown().await;
+}
