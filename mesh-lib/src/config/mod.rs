@@ -8,8 +8,11 @@
 //! Istio field this module does not implement (for example `ipBlocks`), is an error with its
 //! file, line and column, because silently ignoring part of a security policy would change
 //! what it allows. A file that fails to load contributes nothing, so a caller can keep its
-//! last good version. Other networking kinds (`ServiceEntry`, `Sidecar`, `EnvoyFilter`, ...)
-//! are accepted with a warning and ignored. Sizes are bounded ([`MAX_FILE_BYTES`],
+//! last good version. The same holds for a kind the mesh does not implement (`ServiceEntry`,
+//! `EnvoyFilter`, a Gateway API `Gateway`, ...): an error naming its apiVersion and kind,
+//! checked before its spec is read. Only fields that tune performance or visibility and
+//! cannot change where a request goes or who may send it are accepted and ignored (README
+//! lists them). Sizes are bounded ([`MAX_FILE_BYTES`],
 //! [`MAX_STRING_BYTES`], [`MAX_HOST_BYTES`], [`MAX_CONFIG_JSON_BYTES`]) so that config can
 //! always be shipped in one snapshot.
 //!

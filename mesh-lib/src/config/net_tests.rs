@@ -1416,26 +1416,17 @@ fn missing_subsets_warn() {
 }
 
 #[test]
-fn port_level_settings_warn_and_other_kinds_are_ignored() {
-    let loaded = load(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: svc\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: RANDOM}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: ef}\nspec: {configPatches: []}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: we}\nspec: {address: 1.2.3.4}\n",
-    );
-    assert_eq!(loaded.warnings.len(), 3, "{:?}", loaded.warnings);
-    assert!(
-        loaded.warnings[0].starts_with("net.yaml:8:"),
-        "{:?}",
-        loaded.warnings
-    );
-    assert!(loaded.warnings[0].contains("portLevelSettings is not supported; ignored"));
+fn port_level_settings_are_an_error() {
+    let e = parse_file(
+        "net.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: svc\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: RANDOM}\n",
+    )
+    .unwrap_err();
     assert_eq!(
-        loaded.warnings[1],
-        "net.yaml: kind EnvoyFilter/ef is not supported; ignored"
+        e.reason,
+        "trafficPolicy: field portLevelSettings is not supported"
     );
-    assert_eq!(
-        loaded.warnings[2],
-        "net.yaml: kind WorkloadEntry/we is not supported; ignored"
-    );
-    assert_eq!(loaded.config.destination_rules.len(), 1);
+    assert_eq!(e.line, Some(8), "{e:?}");
 }
 
 #[test]

@@ -743,7 +743,6 @@ impl Cx<'_> {
         if !valid_host(&host) {
             return Err(self.err(at, format!("DestinationRule: invalid host {host:?}")));
         }
-        let key = metadata.key();
         let mut subsets: Vec<Subset> = Vec::new();
         for subset in spec.subsets.unwrap_or_default() {
             let subset_at = subset.referenced;
@@ -757,7 +756,7 @@ impl Cx<'_> {
             }
             let traffic_policy = subset
                 .traffic_policy
-                .map(|p| self.traffic_policy(p, &key))
+                .map(|p| self.traffic_policy(p))
                 .transpose()?;
             subsets.push(Subset {
                 name,
@@ -767,7 +766,7 @@ impl Cx<'_> {
         }
         let traffic_policy = spec
             .traffic_policy
-            .map(|p| self.traffic_policy(p, &key))
+            .map(|p| self.traffic_policy(p))
             .transpose()?;
         Ok(DestinationRule {
             metadata,
@@ -780,7 +779,6 @@ impl Cx<'_> {
     fn traffic_policy(
         &mut self,
         raw: Spanned<RawTrafficPolicy>,
-        key: &str,
     ) -> Result<TrafficPolicy, ConfigError> {
         let raw = raw.value;
         self.rejected(
@@ -790,14 +788,13 @@ impl Cx<'_> {
                 ("proxyProtocol", &raw.proxy_protocol),
             ],
         )?;
+        // Per port it can set the balancer, pool limits and TLS mode: ignoring it would run
+        // that port otherwise than the rule says.
         if let Some(ports) = raw.port_level_settings.filter(|p| !p.value.is_empty()) {
-            let message = format!(
-                "{}:{}:{}: DestinationRule {key}: portLevelSettings is not supported; ignored",
-                self.file,
-                ports.referenced.line(),
-                ports.referenced.column(),
-            );
-            self.warn(message);
+            return Err(self.err(
+                ports.referenced,
+                "trafficPolicy: field portLevelSettings is not supported",
+            ));
         }
         let load_balancer = match raw.load_balancer {
             None => None,

@@ -186,7 +186,7 @@ fn spec_before_kind_is_an_error() {
     let e = parse_err(
         "apiVersion: security.istio.io/v1\nspec: {}\nkind: AuthorizationPolicy\nmetadata: {name: x}\n",
     );
-    assert_eq!(e.reason, "`kind` must come before `spec`");
+    assert_eq!(e.reason, "`apiVersion` and `kind` must come before `spec`");
     assert_eq!(e.line, Some(2), "{e:?}");
 }
 
@@ -340,51 +340,59 @@ fn display_format() {
 }
 
 #[test]
-fn networking_kinds_warn_and_port_level_mtls_warns() {
-    let loaded = match parse_file(
-        "routes.yaml",
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: external
-spec:
-  hosts: [example.com]
-  resolution: DNS
----
-apiVersion: networking.istio.io/v1beta1
-kind: Sidecar
-metadata: {name: default}
-spec: {egress: [{hosts: ["./*"]}]}
----
-apiVersion: security.istio.io/v1beta1
+fn unsupported_kinds_are_errors_naming_api_version_and_kind() {
+    for (api, kind) in [
+        ("networking.istio.io/v1", "ServiceEntry"),
+        ("networking.istio.io/v1beta1", "Sidecar"),
+        ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+        ("networking.istio.io/v1", "WorkloadEntry"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("v1", "ConfigMap"),
+    ] {
+        let e = parse_err(&format!(
+            "apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{hosts: [example.com]}}\n"
+        ));
+        assert_eq!(e.reason, format!("{api} {kind} is not supported (yet)"));
+        assert_eq!(e.line, Some(2), "{e:?}");
+    }
+}
+
+#[test]
+fn api_version_is_checked_before_the_spec() {
+    // A Gateway API Gateway shares the kind with Istio's: its spec must not be read as one.
+    let e = parse_err(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n",
+    );
+    assert_eq!(
+        e.reason,
+        "gateway.networking.k8s.io/v1 Gateway is not supported (yet); the mesh reads Gateway \
+         from apiVersion networking.istio.io/v1, networking.istio.io/v1beta1, \
+         networking.istio.io/v1alpha3"
+    );
+    assert_eq!(e.line, Some(1), "{e:?}");
+
+    let e = parse_err(
+        "kind: AuthorizationPolicy\nspec: {}\napiVersion: security.istio.io/v1\nmetadata: {name: x}\n",
+    );
+    assert_eq!(e.reason, "`apiVersion` and `kind` must come before `spec`");
+    assert_eq!(e.line, Some(2), "{e:?}");
+}
+
+#[test]
+fn port_level_mtls_is_an_error() {
+    let e = parse_err(
+        r#"apiVersion: security.istio.io/v1beta1
 kind: PeerAuthentication
 metadata: {name: pa, namespace: foo}
 spec:
   selector: {matchLabels: {app: x}}
-  mtls: {mode: STRICT}
+  mtls: {mode: PERMISSIVE}
   portLevelMtls:
-    8080: {mode: DISABLE}
+    8080: {mode: STRICT}
 "#,
-    ) {
-        Ok(l) => l,
-        Err(e) => panic!("{e}"),
-    };
-    assert_eq!(loaded.warnings.len(), 3, "{:?}", loaded.warnings);
-    assert_eq!(
-        loaded.warnings[0],
-        "routes.yaml: kind ServiceEntry/external is not supported; ignored"
     );
-    assert_eq!(
-        loaded.warnings[1],
-        "routes.yaml: kind Sidecar/default is not supported; ignored"
-    );
-    assert!(loaded.warnings[2].starts_with("routes.yaml:"));
-    assert!(loaded.warnings[2].contains("portLevelMtls is not supported; ignored"));
-    assert!(loaded.config.authorization_policies.is_empty());
-    let pa = &loaded.config.peer_authentications[0];
-    assert_eq!(pa.metadata.namespace, "foo");
-    assert_eq!(pa.mode, Some(MtlsMode::Strict));
-    assert_eq!(pa.selector.get("app").map(String::as_str), Some("x"));
+    assert_eq!(e.reason, "field portLevelMtls is not supported");
+    assert_eq!(e.line, Some(8), "{e:?}");
 }
 
 #[test]
