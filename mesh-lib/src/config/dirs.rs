@@ -17,10 +17,17 @@
 //!   previous version stays (changes in one reload are tried together first, then one by
 //!   one in merge order, so the others still apply).
 //!
-//! Merge order is that of [`load_dir`](super::load_dir) and [`MeshConfig::merge`]: the base,
-//! then each directory in order, its files in name order, a later definition of a resource
-//! (kind, namespace, name) replacing an earlier one. Checks that need every file (a route's
-//! subset may be defined in another file or directory) run once over the merged config.
+//! Merge order is that of [`MeshConfig::merge`], a later definition of a resource (kind,
+//! namespace, name) replacing an earlier one: the base, then each directory in order, its
+//! files from the least to the most recently changed. So a resource defined in two files of
+//! one directory is the one from the file changed last, as with `kubectl apply`, where the
+//! last applied wins (name order would let an older file beat a newer one by its name), and
+//! a warning names both. "Changed" is the version in force: by modification time, then (equal
+//! times) by the reload that first read that version, then by name. After a restart every
+//! file is read by the same reload, so the result depends only on the files' times and names.
+//! In-memory [`Documents`] have no times: their order is that of the reloads that read them.
+//! Checks that need every file (a route's subset may be defined in another file or
+//! directory) run once over the merged config.
 //!
 //! A directory that cannot be listed at [`open`](Watched::open) is an error (it is almost
 //! always a mistyped path); one that becomes unreadable later keeps its files in force, as a
@@ -40,6 +47,10 @@ use super::{ConfigError, yaml};
 /// Size and modification time: a change in either means the file is read again.
 type Fingerprint = (u64, Option<SystemTime>);
 
+/// When a version went in force, for merge order: its file's modification time, then the
+/// number of the reload that read it (see the module's doc).
+type Changed = (Option<SystemTime>, u64);
+
 /// The config of a set of watched directories over a base.
 #[derive(Debug)]
 pub struct Watched {
@@ -48,6 +59,8 @@ pub struct Watched {
     merged: MeshConfig,
     /// Warnings about the merged config as last reported, so each is logged once.
     merged_warnings: BTreeSet<String>,
+    /// Reloads so far: what breaks ties between versions read at equal modification times.
+    reloads: u64,
 }
 
 /// Documents kept in memory by another source (meshd's Kubernetes source: one per object),
@@ -139,6 +152,7 @@ struct FileState {
 struct Parsed {
     config: MeshConfig,
     origins: Origins,
+    changed: Changed,
 }
 
 /// What one load or reload did.
@@ -195,6 +209,7 @@ impl Watched {
             base,
             dirs: files.chain(memory).collect(),
             merged_warnings: BTreeSet::new(),
+            reloads: 0,
         };
         let reload = watched.reload();
         Ok((watched, reload))
@@ -229,6 +244,8 @@ impl Watched {
 
     /// Lists every directory and parses the files that changed.
     fn scan(&mut self, errors: &mut Vec<ConfigError>) -> Vec<Change> {
+        self.reloads += 1;
+        let reload = self.reloads;
         let mut changes = Vec::new();
         for (index, dir) in self.dirs.iter_mut().enumerate() {
             let listed = match dir.list() {
@@ -283,7 +300,8 @@ impl Watched {
                                 .map(|()| text)
                         }),
                 };
-                match text.and_then(|text| parse(&path.display().to_string(), &text)) {
+                let changed = (seen.1, reload);
+                match text.and_then(|text| parse(&path.display().to_string(), &text, changed)) {
                     Ok((parsed, warnings)) => changes.push(Change {
                         dir: index,
                         name: name.clone(),
@@ -301,7 +319,10 @@ impl Watched {
                 }
             }
         }
-        changes.sort_by(|a, b| (a.dir, &a.name).cmp(&(b.dir, &b.name)));
+        changes.sort_by(|a, b| {
+            let key = |c: &Change| (c.dir, c.new.as_ref().map(|p| p.changed), c.name.clone());
+            key(a).cmp(&key(b))
+        });
         changes
     }
 
@@ -374,13 +395,13 @@ impl Watched {
     fn in_force(&self) -> impl Iterator<Item = &Parsed> {
         self.dirs
             .iter()
-            .flat_map(|d| d.files.values())
-            .filter_map(|f| f.in_force.as_ref())
+            .flat_map(Dir::in_merge_order)
+            .map(|(_, parsed)| parsed)
     }
 
     /// What only the merged config shows: routes to subsets no DestinationRule anywhere
-    /// defines, and a resource defined in two files of one directory (across directories,
-    /// replacing is what a later directory is for).
+    /// defines, and a resource defined in two files of one directory, naming both (across
+    /// directories, replacing is what a later directory is for).
     fn merged_warnings(&self) -> BTreeSet<String> {
         let mut warnings = Vec::new();
         let mut origins: Origins = self
@@ -395,14 +416,12 @@ impl Watched {
         net_yaml::check_subsets(&self.merged, &origins, &mut warnings);
         for dir in &self.dirs {
             let mut defined: BTreeMap<(&str, String), &Path> = BTreeMap::new();
-            for state in dir.files.values() {
-                let Some(parsed) = &state.in_force else {
-                    continue;
-                };
+            for (state, parsed) in dir.in_merge_order() {
                 for (kind, key) in resources(&parsed.config) {
                     if let Some(earlier) = defined.insert((kind, key.clone()), &state.path) {
                         warnings.push(format!(
-                            "{}: {kind} {key} is also defined in {}; the later one wins",
+                            "{}: {kind} {key} is also defined in {}; this file's wins, as the \
+                             more recently changed (as with kubectl apply)",
                             state.path.display(),
                             earlier.display()
                         ));
@@ -415,6 +434,17 @@ impl Watched {
 }
 
 impl Dir {
+    /// The files with a version in force, from the least to the most recently changed.
+    fn in_merge_order(&self) -> Vec<(&FileState, &Parsed)> {
+        let mut files: Vec<(&String, &FileState, &Parsed)> = self
+            .files
+            .iter()
+            .filter_map(|(name, f)| f.in_force.as_ref().map(|p| (name, f, p)))
+            .collect();
+        files.sort_by(|a, b| (a.2.changed, a.0).cmp(&(b.2.changed, b.0)));
+        files.into_iter().map(|(_, f, p)| (f, p)).collect()
+    }
+
     /// The documents to read, by name, with the path that names each.
     fn list(&self) -> Result<Vec<(String, PathBuf)>, ConfigError> {
         match &self.documents {
@@ -462,10 +492,11 @@ fn resources(config: &MeshConfig) -> Vec<(&'static str, String)> {
 }
 
 /// One file's resources, origins and warnings.
-fn parse(file: &str, text: &str) -> Result<(Parsed, Vec<String>), ConfigError> {
+fn parse(file: &str, text: &str, changed: Changed) -> Result<(Parsed, Vec<String>), ConfigError> {
     let mut parsed = Parsed {
         config: MeshConfig::default(),
         origins: Origins::new(),
+        changed,
     };
     let mut warnings = Vec::new();
     yaml::parse_into(
@@ -517,6 +548,11 @@ pub(super) fn read_file(path: &Path) -> Result<String, ConfigError> {
         .map_err(cannot)?;
     limits::check_file_len(&file, bytes.len() as u64)?;
     String::from_utf8(bytes).map_err(|_| ConfigError::new(&file, "file is not valid utf-8"))
+}
+
+/// A file's modification time, if it can be read.
+pub(super) fn modified(path: &Path) -> Option<SystemTime> {
+    fingerprint(path).1
 }
 
 fn fingerprint(path: &Path) -> Fingerprint {

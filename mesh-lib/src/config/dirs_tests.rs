@@ -22,6 +22,24 @@ impl TempDir {
         std::fs::write(self.0.join(name), text).unwrap();
     }
 
+    /// Writes `name` with its modification time `at` seconds into a fixed day, so that which
+    /// file changed last does not depend on the clock's granularity.
+    fn write_at(&self, name: &str, text: &str, at: u64) {
+        self.write(name, text);
+        self.set_modified(name, at);
+    }
+
+    fn set_modified(&self, name: &str, at: u64) {
+        let time =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + at);
+        std::fs::File::options()
+            .write(true)
+            .open(self.0.join(name))
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+    }
+
     fn remove(&self, name: &str) {
         std::fs::remove_file(self.0.join(name)).unwrap();
     }
@@ -169,11 +187,11 @@ fn a_bad_file_does_not_hold_back_a_policy_added_later() {
 }
 
 #[test]
-fn merge_order_is_base_then_dirs_then_names() {
+fn merge_order_is_base_then_dirs_then_the_most_recently_changed_file() {
     let (first, second) = (TempDir::new("order1"), TempDir::new("order2"));
-    first.write("b.yaml", &policy("p", "DENY"));
-    first.write("a.yaml", &policy("p", "ALLOW"));
-    second.write("z.yaml", &policy("q", "ALLOW"));
+    first.write_at("b.yaml", &policy("p", "DENY"), 20);
+    first.write_at("a.yaml", &policy("p", "ALLOW"), 10);
+    second.write_at("z.yaml", &policy("q", "ALLOW"), 0);
     let base = parse_file(
         "base.yaml",
         &format!("{}\n---\n{}", policy("q", "DENY"), policy("base", "DENY")),
@@ -181,7 +199,7 @@ fn merge_order_is_base_then_dirs_then_names() {
     .unwrap()
     .config;
     let (watched, first_load) = open_over(base, &[&first, &second]);
-    // b.yaml after a.yaml; the second directory's q over the base's.
+    // b.yaml changed after a.yaml; the second directory's q over the base's, however old.
     assert_eq!(
         policies(&watched),
         named(&[
@@ -190,14 +208,111 @@ fn merge_order_is_base_then_dirs_then_names() {
             ("p", Action::Deny)
         ])
     );
-    // Two files of one directory defining one resource is worth a word; a later directory
-    // replacing the base is what it is for.
+    // Two files of one directory defining one resource is worth a word naming both; a later
+    // directory replacing the base is what it is for.
     assert_eq!(first_load.warnings.len(), 1, "{:?}", first_load.warnings);
-    assert!(
-        first_load.warnings[0].contains("b.yaml: AuthorizationPolicy default/p is also defined in"),
-        "{:?}",
-        first_load.warnings
+    let (a, b) = (first.path().join("a.yaml"), first.path().join("b.yaml"));
+    assert_eq!(
+        first_load.warnings[0],
+        format!(
+            "{}: AuthorizationPolicy default/p is also defined in {}; this file's wins, as the \
+             more recently changed (as with kubectl apply)",
+            b.display(),
+            a.display()
+        )
     );
+    // The directory as a whole is read in the same order.
+    let loaded = load_dir(first.path()).unwrap();
+    assert_eq!(loaded.config.authorization_policies[0].action, Action::Deny);
+}
+
+const ALL_V1: &str = include_str!("../../../mesh-config/routing/virtual-service-all-v1.yaml");
+const DETAILS_ABORT: &str =
+    include_str!("../../../mesh-config/routing/fault-injection-details-v1.yaml");
+
+/// Whether the `details` VirtualService in force is the fault-injection one.
+fn details_aborts(watched: &Watched) -> bool {
+    let details = watched
+        .config()
+        .virtual_services
+        .iter()
+        .find(|vs| vs.metadata.name == "details")
+        .expect("a details VirtualService");
+    details.http.iter().any(|r| r.fault.is_some())
+}
+
+#[test]
+fn the_same_object_in_two_files_is_the_most_recently_changed_files() {
+    let dir = TempDir::new("recent");
+    dir.write_at("virtual-service-all-v1.yaml", ALL_V1, 0);
+    let (mut watched, _) = open(&[&dir]);
+    assert!(!details_aborts(&watched));
+
+    // Applied after all-v1, the fault wins although "f" sorts before "v".
+    dir.write_at("fault-injection-details-v1.yaml", DETAILS_ABORT, 10);
+    let reload = watched.reload();
+    assert!(reload.changed, "{reload:?}");
+    assert!(details_aborts(&watched), "the abort never applied");
+    let (fault, all_v1) = (
+        dir.path().join("fault-injection-details-v1.yaml"),
+        dir.path().join("virtual-service-all-v1.yaml"),
+    );
+    let warning = format!(
+        "{}: VirtualService default/details is also defined in {}; this file's wins",
+        fault.display(),
+        all_v1.display()
+    );
+    assert!(
+        reload.warnings.iter().any(|w| w.starts_with(&warning)),
+        "{:?}",
+        reload.warnings
+    );
+
+    // A restarted meshd sees the same.
+    let (again, _) = open(&[&dir]);
+    assert!(details_aborts(&again));
+
+    // Applying all-v1 again (its time moves on) puts its details route back, as kubectl apply
+    // would; the warning now names all-v1 as the winner.
+    dir.set_modified("virtual-service-all-v1.yaml", 20);
+    let reload = watched.reload();
+    assert!(reload.changed && !details_aborts(&watched), "{reload:?}");
+    assert!(
+        reload.warnings.iter().any(|w| w.starts_with(&format!(
+            "{}: VirtualService default/details",
+            all_v1.display()
+        ))),
+        "{:?}",
+        reload.warnings
+    );
+    let (again, _) = open(&[&dir]);
+    assert!(!details_aborts(&again));
+
+    // A broken edit changes nothing: the version in force keeps its place.
+    dir.write_at(
+        "fault-injection-details-v1.yaml",
+        &format!("{BAD}# broken\n"),
+        30,
+    );
+    let reload = watched.reload();
+    assert!(!reload.changed && reload.errors.len() == 1, "{reload:?}");
+    assert!(!details_aborts(&watched));
+}
+
+#[test]
+fn equal_times_go_by_the_reload_that_read_them_then_by_name() {
+    let dir = TempDir::new("ties");
+    dir.write_at("virtual-service-all-v1.yaml", ALL_V1, 0);
+    let (mut watched, _) = open(&[&dir]);
+    // Same time (a coarse clock, a copy keeping times), but read by a later reload: it wins.
+    dir.write_at("fault-injection-details-v1.yaml", DETAILS_ABORT, 0);
+    assert!(watched.reload().changed);
+    assert!(details_aborts(&watched));
+    // Read together, as after a restart, equal times go by name, the same at every start.
+    for _ in 0..2 {
+        let (restarted, _) = open(&[&dir]);
+        assert!(!details_aborts(&restarted));
+    }
 }
 
 const DESTINATION_RULE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v3, labels: {version: v3}}\n";

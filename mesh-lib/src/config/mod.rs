@@ -163,16 +163,20 @@ pub fn parse_file(file: &str, text: &str) -> Result<Loaded, ConfigError> {
 }
 
 /// Loads every `*.yaml` / `*.yml` file directly in `dir` (not recursively, hidden files
-/// skipped), in name order, all or nothing: any bad file fails the whole load. This is the
-/// check for a directory as a whole (tests, CI); meshd watches its directories with
-/// [`Watched`], which rejects a bad file alone.
+/// skipped), all or nothing: any bad file fails the whole load. This is the check for a
+/// directory as a whole (tests, CI); meshd watches its directories with [`Watched`], which
+/// rejects a bad file alone.
 ///
-/// A resource defined twice (same kind, namespace and name) keeps the later definition and
-/// adds a warning. A route to a subset that no `DestinationRule` defines adds a warning.
+/// Files are read as [`Watched`] merges them, from the least to the most recently modified
+/// (then by name), so a resource defined twice (same kind, namespace and name) keeps the
+/// definition from the file changed last, and adds a warning. A route to a subset that no
+/// `DestinationRule` defines adds a warning.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
     let mut loaded = Loaded::default();
     let mut origins = net_yaml::Origins::new();
-    for (_, path) in dirs::yaml_files(dir)? {
+    let mut files = dirs::yaml_files(dir)?;
+    files.sort_by_cached_key(|(name, path)| (dirs::modified(path), name.clone()));
+    for (_, path) in files {
         let file = path.display().to_string();
         let text = dirs::read_file(&path)?;
         tracing::debug!(file = %file, "loading mesh config");
