@@ -491,12 +491,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .start(server.local_addr())
         .map_err(|e| StartError::Mesh(e.to_string()))?;
         meshes.push(gateway_mesh.clone());
-        // The Gateway resource names port 8080; whichever port this listener got (tests use
-        // free ports), it serves the 8080 server, as a Kubernetes Service maps 80 → 8080.
-        apps.push((
-            server,
-            mesh::gateway::router(gateway_mesh, mesh::gateway::DEFAULT_GATEWAY_PORT),
+        // Whichever port this listener got (tests use free ports), it serves as Istio's
+        // ingress gateway on 8080 behind its default Service (80 → 8080), so a Gateway on
+        // either port applies, as `mesh-proxy gateway` does by default.
+        let options = mesh::gateway::Options::new(mesh::gateway::DEFAULT_GATEWAY_PORT);
+        tokio::spawn(mesh::gateway::warn_unmatched(
+            gateway_mesh.clone(),
+            options.clone(),
         ));
+        apps.push((server, mesh::gateway::router(gateway_mesh, &options)));
     }
 
     for mesh in &meshes {

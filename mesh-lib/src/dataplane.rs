@@ -221,6 +221,11 @@ impl Mesh {
         self.inner.snapshot.borrow().clone()
     }
 
+    /// The snapshots as they come, for what must act on a change rather than per request.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.inner.snapshot.clone()
+    }
+
     /// The current certificate, if any.
     pub fn certified(&self) -> Option<Arc<Certified>> {
         self.inner.credentials.current()

@@ -3,14 +3,25 @@
 //! VirtualService routes goes through the full outbound stack (faults, timeouts, retries,
 //! subsets, mTLS) to the destination; anything else gets Envoy's empty 404. Browsers speak
 //! plain HTTP to it; it speaks mTLS to the mesh with its own identity.
+//!
+//! A Gateway server names a port as the Gateway's users see it, which is often the port of
+//! the Service in front of the gateway rather than the gateway's own (Istio's default ingress
+//! Service maps 80 → 8080 and 443 → 8443; upstream's bookinfo-gateway said 80 until 2023).
+//! So a server applies when its port is the gateway's [`Options::port`] or a
+//! [`ServicePort`] aimed at it, and a Gateway that selects this gateway on no such port is
+//! logged, as it otherwise only shows as 404s.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::config::MeshConfig;
 use crate::dataplane::Mesh;
 use crate::forward;
 use crate::outbound::Client;
@@ -18,6 +29,125 @@ use crate::outbound::routing::{self, GatewayContext};
 
 /// The gateway's port, as Istio's ingress gateway (its Service maps 80 → 8080).
 pub const DEFAULT_GATEWAY_PORT: u16 = 8080;
+/// The ports of Istio's default ingress Service, so that a Gateway written for either side
+/// of it (80, as upstream's older files and cert-manager's say, or 8080) works by default.
+pub const DEFAULT_SERVICE_PORTS: [ServicePort; 2] = [
+    ServicePort {
+        port: 80,
+        target: 8080,
+    },
+    ServicePort {
+        port: 443,
+        target: 8443,
+    },
+];
+
+/// A port of the Service in front of the gateway and the gateway port it forwards to, as
+/// `port:target` (`80:8080`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target: u16,
+}
+
+/// A service port that is not `port:target`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid service port {0:?}: expected PORT:TARGET, e.g. 80:8080")]
+pub struct InvalidServicePort(String);
+
+impl FromStr for ServicePort {
+    type Err = InvalidServicePort;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidServicePort(s.to_owned());
+        let (port, target) = s.split_once(':').ok_or_else(invalid)?;
+        let number = |n: &str| n.parse::<u16>().ok().filter(|n| *n > 0);
+        Ok(ServicePort {
+            port: number(port).ok_or_else(invalid)?,
+            target: number(target).ok_or_else(invalid)?,
+        })
+    }
+}
+
+impl fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.port, self.target)
+    }
+}
+
+/// What a gateway listener serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The gateway's own port: the Gateway servers on it apply.
+    pub port: u16,
+    /// The ports of the Service in front of it: a Gateway server on one whose target is
+    /// [`Options::port`] applies too.
+    pub service_ports: Vec<ServicePort>,
+}
+
+impl Options {
+    /// Serving as `port`, behind Istio's default ingress Service ([`DEFAULT_SERVICE_PORTS`]).
+    pub fn new(port: u16) -> Self {
+        Options {
+            port,
+            service_ports: DEFAULT_SERVICE_PORTS.to_vec(),
+        }
+    }
+
+    /// The Gateway server ports that apply here: the gateway's own, then each service port
+    /// aimed at it.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.port];
+        ports.extend(
+            self.service_ports
+                .iter()
+                .filter(|s| s.target == self.port && s.port != self.port)
+                .map(|s| s.port),
+        );
+        ports
+    }
+
+    /// A warning for each Gateway that selects a gateway with `labels` but has no server on a
+    /// port that applies here, naming it and its ports.
+    pub fn unmatched(&self, config: &MeshConfig, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let ports = self.ports();
+        let list = |ports: &mut dyn Iterator<Item = u16>| {
+            ports.map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let served = list(&mut ports.iter().copied());
+        config
+            .gateways_missing_port(labels, &ports)
+            .into_iter()
+            .map(|g| {
+                let theirs = list(&mut g.servers.iter().map(|s| s.port.number));
+                format!(
+                    "Gateway {} selects this gateway but has no server on a port it serves \
+                     ({served}), only on {theirs}: its routes do not apply (start the gateway \
+                     with --port, or --service-port <port>:{})",
+                    g.metadata.key(),
+                    self.port
+                )
+            })
+            .collect()
+    }
+}
+
+/// Logs [`Options::unmatched`] for each new config `mesh` receives (each warning once while
+/// it holds), until the mesh stops.
+pub async fn warn_unmatched(mesh: Mesh, options: Options) {
+    let mut snapshots = mesh.snapshots();
+    let mut warned: Vec<String> = Vec::new();
+    loop {
+        let now = options.unmatched(&snapshots.borrow_and_update().config, mesh.labels());
+        for warning in now.iter().filter(|w| !warned.contains(w)) {
+            tracing::warn!("{warning}");
+        }
+        warned = now;
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}
 /// The namespace, service account and labels of Istio's ingress gateway, which Gateway
 /// selectors (`istio: ingressgateway`) and policies name.
 pub const GATEWAY_NAMESPACE: &str = "istio-system";
@@ -37,16 +167,21 @@ pub fn labels() -> BTreeMap<String, String> {
 struct Gateway {
     mesh: Mesh,
     client: Client,
-    port: u16,
+    /// [`Options::ports`].
+    ports: Arc<[u16]>,
 }
 
-/// The gateway's router for a listener on `port`. Paths are normalised first, so gateway
-/// routes, the policies behind them and the services all match the same path.
-pub fn router(mesh: Mesh, port: u16) -> Router {
+/// The gateway's router for a listener serving as `options` says. Paths are normalised
+/// first, so gateway routes, the policies behind them and the services all match the same
+/// path.
+pub fn router(mesh: Mesh, options: &Options) -> Router {
     let client = mesh.client();
-    Router::new()
-        .fallback(handle)
-        .with_state(Gateway { mesh, client, port })
+    let ports = options.ports().into();
+    Router::new().fallback(handle).with_state(Gateway {
+        mesh,
+        client,
+        ports,
+    })
 }
 
 async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
@@ -57,7 +192,7 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
     let snapshot = gw.mesh.snapshot();
     let gateways: Vec<String> = snapshot
         .config
-        .gateway_for(gw.mesh.labels(), gw.port)
+        .gateway_for(gw.mesh.labels(), &gw.ports)
         .iter()
         .map(|g| format!("{}/{}", g.metadata.namespace, g.metadata.name))
         .collect();

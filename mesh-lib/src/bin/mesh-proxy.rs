@@ -26,9 +26,19 @@ enum Mode {
     /// MESH_TOKEN_FILE (or MESH_TOKEN); its identity is
     /// istio-system/istio-ingressgateway-service-account.
     Gateway {
-        /// Port to listen on.
+        /// Port to listen on. Gateway servers on this port apply.
         #[arg(long, default_value_t = gateway::DEFAULT_GATEWAY_PORT)]
         port: u16,
+        /// A port of the Service in front of the gateway, PORT:TARGET (repeat, or separate
+        /// with commas): Gateway servers on PORT apply too when TARGET is --port. The default
+        /// is Istio's ingress Service, so a Gateway on 80 or 8080 works on the default port.
+        #[arg(
+            long = "service-port",
+            value_name = "PORT:TARGET",
+            value_delimiter = ',',
+            default_values_t = gateway::DEFAULT_SERVICE_PORTS
+        )]
+        service_ports: Vec<gateway::ServicePort>,
         /// Address to bind.
         #[arg(long, default_value_t = mesh::cli::DEFAULT_BIND)]
         bind: IpAddr,
@@ -75,6 +85,7 @@ fn main() -> ExitCode {
     match Cli::parse().mode {
         Mode::Gateway {
             port,
+            service_ports,
             bind,
             health_check,
         } => {
@@ -85,7 +96,11 @@ fn main() -> ExitCode {
                 Ok(env) => env,
                 Err(code) => return code,
             };
-            run(gateway_main(env, SocketAddr::new(bind, port)))
+            let options = gateway::Options {
+                port,
+                service_ports,
+            };
+            run(gateway_main(env, SocketAddr::new(bind, port), options))
         }
         Mode::Sidecar {
             service,
@@ -168,7 +183,11 @@ fn start(env: WorkloadEnv, serving: SocketAddr) -> Result<mesh::Mesh, ExitCode> 
         })
 }
 
-async fn gateway_main(mut env: WorkloadEnv, addr: SocketAddr) -> ExitCode {
+async fn gateway_main(
+    mut env: WorkloadEnv,
+    addr: SocketAddr,
+    options: gateway::Options,
+) -> ExitCode {
     let name = gateway::GATEWAY_SERVICE;
     let admin_addr = SocketAddr::new(addr.ip(), env.admin_port);
     let (server, admin) = match (
@@ -191,11 +210,11 @@ async fn gateway_main(mut env: WorkloadEnv, addr: SocketAddr) -> ExitCode {
     // The way in from outside: plain HTTP, its mesh work is in the router (routes, then the
     // outbound stack).
     let routing = mesh.clone();
-    let port = addr.port();
+    tokio::spawn(gateway::warn_unmatched(mesh.clone(), options.clone()));
     mesh::workload::serve_on_workers(
         mesh,
         vec![server],
-        move || vec![gateway::router(routing.clone(), port)],
+        move || vec![gateway::router(routing.clone(), &options)],
         Some((admin, Readiness::Mesh)),
         mesh::shutdown::signal(),
         mesh::workload::worker_count(),

@@ -128,13 +128,35 @@ impl MeshConfig {
     }
 
     /// The gateways that configure a gateway workload with `labels` (selector ⊆ labels) and
-    /// have a server on `port`, in (namespace, name) order.
-    pub fn gateway_for(&self, labels: &BTreeMap<String, String>, port: u16) -> Vec<&Gateway> {
+    /// have a server on one of `ports` (the ports it serves: its own and the service ports
+    /// aimed at it), in (namespace, name) order.
+    pub fn gateway_for(&self, labels: &BTreeMap<String, String>, ports: &[u16]) -> Vec<&Gateway> {
+        self.gateways_selecting(labels, |g| {
+            g.servers.iter().any(|s| ports.contains(&s.port.number))
+        })
+    }
+
+    /// The gateways that select a gateway workload with `labels` but have no server on any of
+    /// `ports`: they configure it, yet none of their routes can apply, which is worth a warning.
+    pub fn gateways_missing_port(
+        &self,
+        labels: &BTreeMap<String, String>,
+        ports: &[u16],
+    ) -> Vec<&Gateway> {
+        self.gateways_selecting(labels, |g| {
+            !g.servers.iter().any(|s| ports.contains(&s.port.number))
+        })
+    }
+
+    fn gateways_selecting(
+        &self,
+        labels: &BTreeMap<String, String>,
+        keep: impl Fn(&Gateway) -> bool,
+    ) -> Vec<&Gateway> {
         let mut gateways: Vec<&Gateway> = self
             .gateways
             .iter()
-            .filter(|g| selects(&g.selector, labels))
-            .filter(|g| g.servers.iter().any(|s| s.port.number == port))
+            .filter(|g| selects(&g.selector, labels) && keep(g))
             .collect();
         gateways.sort_by(|a, b| order(&a.metadata, &b.metadata));
         gateways

@@ -544,17 +544,29 @@ spec:
     let ingress = labels(&[("istio", "ingressgateway"), ("app", "istio-ingressgateway")]);
     let names =
         |gws: Vec<&Gateway>| -> Vec<String> { gws.iter().map(|g| g.metadata.key()).collect() };
-    assert_eq!(names(config.gateway_for(&ingress, 80)), ["istio-system/gw"]);
     assert_eq!(
-        names(config.gateway_for(&ingress, 8080)),
+        names(config.gateway_for(&ingress, &[80])),
         ["istio-system/gw"]
     );
-    assert!(config.gateway_for(&ingress, 443).is_empty());
     assert_eq!(
-        names(config.gateway_for(&labels(&[("app", "other-gateway")]), 80)),
+        names(config.gateway_for(&ingress, &[8080])),
+        ["istio-system/gw"]
+    );
+    assert!(config.gateway_for(&ingress, &[443]).is_empty());
+    assert_eq!(
+        names(config.gateway_for(&ingress, &[443, 8080])),
+        ["istio-system/gw"]
+    );
+    assert_eq!(
+        names(config.gateways_missing_port(&ingress, &[443])),
+        ["istio-system/gw"]
+    );
+    assert!(config.gateways_missing_port(&ingress, &[80]).is_empty());
+    assert_eq!(
+        names(config.gateway_for(&labels(&[("app", "other-gateway")]), &[80])),
         ["default/other"]
     );
-    assert!(config.gateway_for(&BTreeMap::new(), 80).is_empty());
+    assert!(config.gateway_for(&BTreeMap::new(), &[80]).is_empty());
     assert_eq!(config.gateways[0].servers[0].port.protocol, "HTTP");
 }
 
