@@ -10,6 +10,11 @@
 //! So a server applies when its port is the gateway's [`Options::port`] or a
 //! [`ServicePort`] aimed at it, and a Gateway that selects this gateway on no such port is
 //! logged, as it otherwise only shows as 404s.
+//!
+//! As an Envoy edge listener does, it removes the `x-envoy-*` request headers of outside
+//! clients (unless [`Options::trust_envoy_headers`]): they steer the mesh
+//! (`x-envoy-upstream-rq-timeout-ms` overrides the route's timeout), which is the
+//! operator's to decide, not a browser's.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -83,6 +88,9 @@ pub struct Options {
     /// The ports of the Service in front of it: a Gateway server on one whose target is
     /// [`Options::port`] applies too.
     pub service_ports: Vec<ServicePort>,
+    /// Obey the `x-envoy-*` headers clients send (a gateway behind a trusted proxy), as
+    /// Envoy does for internal requests; off, they are removed.
+    pub trust_envoy_headers: bool,
 }
 
 impl Options {
@@ -91,6 +99,7 @@ impl Options {
         Options {
             port,
             service_ports: DEFAULT_SERVICE_PORTS.to_vec(),
+            trust_envoy_headers: false,
         }
     }
 
@@ -169,6 +178,7 @@ struct Gateway {
     client: Client,
     /// [`Options::ports`].
     ports: Arc<[u16]>,
+    trust_envoy_headers: bool,
 }
 
 /// The gateway's router for a listener serving as `options` says. Paths are normalised
@@ -181,6 +191,7 @@ pub fn router(mesh: Mesh, options: &Options) -> Router {
         mesh,
         client,
         ports,
+        trust_envoy_headers: options.trust_envoy_headers,
     })
 }
 
@@ -200,6 +211,9 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         Ok(buffered) => buffered,
         Err(refused) => return refused.into_response(),
     };
+    if !gw.trust_envoy_headers {
+        strip_envoy_headers(&mut parts.headers);
+    }
     if !parts.headers.contains_key("x-request-id") {
         let id = format!("{:032x}", fastrand::u128(..));
         parts.headers.insert(
@@ -255,4 +269,16 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         span.finish(response.status().as_u16(), None);
     }
     response
+}
+
+/// Removes every `x-envoy-*` header (names are lowercase in a `HeaderMap`).
+fn strip_envoy_headers(headers: &mut http::HeaderMap) {
+    let envoy: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-envoy-"))
+        .cloned()
+        .collect();
+    for name in envoy {
+        headers.remove(name);
+    }
 }

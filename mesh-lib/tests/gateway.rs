@@ -182,3 +182,66 @@ async fn a_gateway_server_on_a_service_port_aimed_at_the_gateway_applies() {
         "{answer:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x_envoy_headers_from_outside_clients_are_removed_unless_trusted() {
+    let dir = tempdir("gateway-envoy-headers");
+    std::fs::write(dir.join("gateway.yaml"), gateway_config(80)).unwrap();
+    let (meshd, root) = meshd(&dir).await;
+    let _alpha = backend(&meshd).await;
+    let (edge_port, trusting_port) = (free_port(), free_port());
+    let (_edge, edge) = start_gateway(
+        &meshd,
+        &root,
+        edge_port,
+        &["--service-port", &format!("80:{edge_port}")],
+    );
+    let (_trusting, trusting) = start_gateway(
+        &meshd,
+        &root,
+        trusting_port,
+        &[
+            "--service-port",
+            &format!("80:{trusting_port}"),
+            "--trust-envoy-headers",
+        ],
+    );
+    until_served(edge).await;
+    until_served(trusting).await;
+
+    // A raw request: the mesh's own client would obey the header itself.
+    let head = "x-envoy-upstream-rq-timeout-ms: 1\r\nx-envoy-max-retries: 0\r\n";
+    // The route's 5 s timeout holds against the client's 1 ms, and alpha never sees it.
+    let start = Instant::now();
+    let (status, body) = raw_get(edge, "/slow", head).await;
+    assert_eq!((status, body.as_str()), (200, "none"));
+    assert!(start.elapsed() >= BACKEND_DELAY, "{:?}", start.elapsed());
+
+    // Trusted, the client's timeout is obeyed: 504 long before alpha answers.
+    let (status, body) = raw_get(trusting, "/slow", head).await;
+    assert_eq!(status, 504, "{body}");
+}
+
+/// GET `path` with the extra header lines `head` over a fresh connection; status and body.
+async fn raw_get(addr: SocketAddr, path: &str, head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: gateway\r\n{head}connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .expect("the gateway answers")
+        .unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    (status, body)
+}

@@ -39,6 +39,11 @@ enum Mode {
             default_values_t = gateway::DEFAULT_SERVICE_PORTS
         )]
         service_ports: Vec<gateway::ServicePort>,
+        /// Obey the x-envoy-* request headers clients send (x-envoy-upstream-rq-timeout-ms
+        /// overrides a route's timeout), for a gateway behind a trusted proxy; by default they
+        /// are removed, as an Envoy edge listener does for external requests.
+        #[arg(long, env = "MESH_TRUST_ENVOY_HEADERS")]
+        trust_envoy_headers: bool,
         /// Address to bind.
         #[arg(long, default_value_t = mesh::cli::DEFAULT_BIND)]
         bind: IpAddr,
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Mode::Gateway {
             port,
             service_ports,
+            trust_envoy_headers,
             bind,
             health_check,
         } => {
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
             let options = gateway::Options {
                 port,
                 service_ports,
+                trust_envoy_headers,
             };
             run(gateway_main(env, SocketAddr::new(bind, port), options))
         }
