@@ -27,7 +27,7 @@ use crate::dataplane::Mesh;
 use crate::forward::{self, UPSTREAM_DEADLINE};
 use crate::outbound::connect::MeshConnector;
 use crate::outbound::pool::Pool;
-use crate::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, within};
+use crate::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, MAX_RESPONSE_BODY, within};
 
 /// Where the mesh reaches the application through the sidecar (Istio's inbound capture port).
 pub const DEFAULT_INBOUND_PORT: u16 = 15006;
@@ -154,7 +154,7 @@ struct Inbound {
 pub fn inbound_router(app: &App) -> Router {
     let connector = MeshConnector::new(crate::outbound::tcp_connector(), None);
     Router::new().fallback(pass_in).with_state(Inbound {
-        pool: Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT),
+        pool: Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT, MAX_RESPONSE_BODY),
         app: Authority::try_from(app.addr.to_string())
             .expect("a socket address is a valid authority"),
     })

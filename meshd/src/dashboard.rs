@@ -24,6 +24,12 @@ use mesh::telemetry::spans::RecentSpan;
 
 /// How often workloads are scraped.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
+/// The most meshd reads of one workload's metrics or spans: a workload's admin port is as
+/// hostile as any peer, and one that answers without end must not fill meshd's memory (its
+/// Kubernetes limit is 128 Mi). A workload's metrics are tens of kB.
+pub const MAX_SCRAPE_BYTES: usize = 4 * 1024 * 1024;
+/// How long one scrape may take, its whole body included.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The window rates and latencies are computed over.
 pub const WINDOW: Duration = Duration::from_secs(30);
 /// Spans the dashboard keeps, newest first, across all workloads.
@@ -79,7 +85,9 @@ impl Dashboard {
 
     /// Scrapes every registered workload every [`SCRAPE_INTERVAL`] until dropped.
     pub async fn scrape_forever(self) {
-        let client = Client::new();
+        let client = Client::builder()
+            .max_response_body(MAX_SCRAPE_BYTES)
+            .build();
         loop {
             let mut totals: HashMap<EdgeKey, EdgeTotals> = HashMap::new();
             let mut spans = Vec::new();
@@ -230,10 +238,7 @@ impl Dashboard {
 
 /// The body of a 200 from `url`; anything else is logged (a workload may be restarting).
 async fn fetch(client: &Client, url: &str) -> Option<bytes::Bytes> {
-    match client
-        .get(url, HeaderMap::new(), Duration::from_secs(2))
-        .await
-    {
+    match client.get(url, HeaderMap::new(), SCRAPE_TIMEOUT).await {
         Ok(r) if r.status().is_success() => Some(r.into_body()),
         Ok(r) => {
             tracing::debug!("reading {url}: {}", r.status());

@@ -40,6 +40,11 @@ pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 /// retried); larger requests fail.
 pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 
+/// The largest response body a client reads by default ([`ClientBuilder::max_response_body`]):
+/// responses are read whole, so this is what one call can cost in memory, whatever the peer
+/// sends. Bookinfo's largest is the 6.8 kB page.
+pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -307,6 +312,7 @@ pub struct ClientBuilder {
     endpoints: Option<Arc<Endpoints>>,
     mesh: Option<crate::dataplane::Mesh>,
     proxy: Option<proxy::Proxy>,
+    max_response_body: Option<usize>,
 }
 
 impl ClientBuilder {
@@ -331,18 +337,32 @@ impl ClientBuilder {
         self
     }
 
+    /// Fails calls whose response body is longer than `bytes` (default
+    /// [`MAX_RESPONSE_BODY`]), and closes their connection.
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = Some(bytes);
+        self
+    }
+
     pub fn build(self) -> Client {
         let http = tcp_connector();
+        let max_body = self.max_response_body.unwrap_or(MAX_RESPONSE_BODY);
         let proxied = match (&self.proxy, &self.mesh) {
             (Some(p), None) => Some((
                 p.clone(),
-                transport(connect::MeshConnector::via_proxy(http.clone(), p.addr)),
+                transport(
+                    connect::MeshConnector::via_proxy(http.clone(), p.addr),
+                    max_body,
+                ),
             )),
             _ => None,
         };
         // Not boxed: each layer copies the service below it once per call, and a boxed one
         // would be an allocation at every level.
-        let transport = transport(connect::MeshConnector::new(http, self.mesh.clone()));
+        let transport = transport(
+            connect::MeshConnector::new(http, self.mesh.clone()),
+            max_body,
+        );
         let shared = self
             .mesh
             .as_ref()
@@ -391,8 +411,8 @@ pub(crate) fn tcp_connector() -> HttpConnector {
 }
 
 /// The bottom of the stack: pooled HTTP/1.1 connections from `connector` ([`pool`]).
-fn transport(connector: connect::MeshConnector) -> pool::Pool {
-    pool::Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT)
+fn transport(connector: connect::MeshConnector, max_response_body: usize) -> pool::Pool {
+    pool::Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT, max_response_body)
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ impl std::fmt::Debug for Pool {
 struct Inner {
     connector: MeshConnector,
     idle_timeout: Duration,
+    /// The largest response body read; a longer one fails its request and its connection.
+    max_response_body: usize,
     idle: Mutex<Idle>,
 }
 
@@ -87,17 +89,26 @@ enum SendError {
     /// The connection was closed before any of the request was written: it can go on
     /// another connection as it is.
     NotSent(Box<Request<Full<Bytes>>>),
-    Failed(hyper::Error),
+    Failed(BoxError),
+}
+
+/// A response whose body would not fit the pool's limit: a peer that sends without end
+/// cannot fill the memory of the process that called it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the response body is longer than {limit} bytes")]
+pub struct ResponseTooLarge {
+    pub limit: usize,
 }
 
 impl Pool {
     /// A pool whose connections are opened by `connector` and closed after `idle_timeout`
-    /// unused.
-    pub fn new(connector: MeshConnector, idle_timeout: Duration) -> Self {
+    /// unused, reading response bodies of at most `max_response_body` bytes.
+    pub fn new(connector: MeshConnector, idle_timeout: Duration, max_response_body: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connector,
                 idle_timeout,
+                max_response_body,
                 idle: Mutex::new(Idle {
                     by_authority: FastMap::default(),
                     swept: Instant::now(),
@@ -124,19 +135,19 @@ impl Pool {
             if !conn.ready().await {
                 continue;
             }
-            match conn.send(request).await {
+            match conn.send(request, self.inner.max_response_body).await {
                 Ok(response) => return Ok(self.finish(conn, authority, response)),
                 Err(SendError::NotSent(unsent)) => request = *unsent,
-                Err(SendError::Failed(e)) => return Err(e.into()),
+                Err(SendError::Failed(e)) => return Err(e),
             }
         }
         let mut conn = self.connect(uri).await?;
-        match conn.send(request).await {
+        match conn.send(request, self.inner.max_response_body).await {
             Ok(response) => Ok(self.finish(conn, authority, response)),
             Err(SendError::NotSent(_)) => {
                 Err("the new connection closed before the request was sent".into())
             }
-            Err(SendError::Failed(e)) => Err(e.into()),
+            Err(SendError::Failed(e)) => Err(e),
         }
     }
 
@@ -235,10 +246,12 @@ impl Conn {
         .await
     }
 
-    /// Writes the request and reads the whole response, driving the connection meanwhile.
+    /// Writes the request and reads the whole response (a body of at most `max_body`
+    /// bytes), driving the connection meanwhile.
     async fn send(
         &mut self,
         mut request: Request<Full<Bytes>>,
+        max_body: usize,
     ) -> Result<Response<Body>, SendError> {
         if !self.via_proxy {
             let origin = request
@@ -268,36 +281,42 @@ impl Conn {
             Err(mut e) => {
                 return Err(match e.take_message() {
                     Some(unsent) => SendError::NotSent(Box::new(unsent)),
-                    None => SendError::Failed(e.into_error()),
+                    None => SendError::Failed(e.into_error().into()),
                 });
             }
         };
         let (parts, body) = response.into_parts();
-        let body = read_body(body, conn, done)
+        let body = read_body(body, conn, done, max_body)
             .await
             .map_err(SendError::Failed)?;
         Ok(Response::from_parts(parts, Body::from(body)))
     }
 }
 
-/// The whole body, the connection driven while it arrives. `done`: whether the connection's
-/// future has finished, kept up to date.
+/// The whole body (at most `limit` bytes), the connection driven while it arrives. `done`:
+/// whether the connection's future has finished, kept up to date.
 async fn read_body(
     mut body: Incoming,
     conn: &mut http1::Connection<MeshStream, Full<Bytes>>,
     done: &mut bool,
-) -> Result<Bytes, hyper::Error> {
+    limit: usize,
+) -> Result<Bytes, BoxError> {
     let mut gathered = super::Gathered::default();
+    let mut read = 0usize;
     poll_fn(|cx: &mut Context<'_>| {
         loop {
             match Pin::new(&mut body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
+                        read = read.saturating_add(data.len());
+                        if read > limit {
+                            return Poll::Ready(Err(BoxError::from(ResponseTooLarge { limit })));
+                        }
                         gathered.push(data);
                     }
                     continue;
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(BoxError::from(e))),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => {}
             }
@@ -447,7 +466,11 @@ mod tests {
     }
 
     fn pool(idle_timeout: Duration) -> Pool {
-        Pool::new(MeshConnector::new(HttpConnector::new(), None), idle_timeout)
+        Pool::new(
+            MeshConnector::new(HttpConnector::new(), None),
+            idle_timeout,
+            crate::outbound::MAX_RESPONSE_BODY,
+        )
     }
 
     async fn get(pool: &Pool, uri: String) -> Result<String, BoxError> {
@@ -533,6 +556,7 @@ mod tests {
         let pool = Pool::new(
             MeshConnector::via_proxy(HttpConnector::new(), proxy.addr),
             Duration::from_secs(30),
+            crate::outbound::MAX_RESPONSE_BODY,
         );
         let body = get(&pool, "http://details:9080/details/0".to_owned()).await;
         assert_eq!(body.unwrap(), "ok");
