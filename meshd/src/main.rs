@@ -210,6 +210,7 @@ fn main() -> ExitCode {
                 extra,
                 allowed_nets: cli.registration_allow,
                 max_per_identity: cli.max_registrations_per_identity,
+                ..Default::default()
             },
             registration_grace: cli.registration_grace,
         },

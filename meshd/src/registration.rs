@@ -8,7 +8,10 @@
 //!   as `istio-ingressgateway` — plus an explicit mapping file for anything else.
 //! - **Addresses:** the peer address of the registering connection (an unspecified host means
 //!   exactly that), or an address in a configured allow-list for workloads behind NAT.
-//! - **Limits:** concurrent registrations per identity, and well-formed names and labels.
+//! - **Limits:** concurrent registrations per identity, how often one identity may register
+//!   (every registration pushes a snapshot to every data plane), and well-formed names and
+//!   labels of a bounded size — so one identity's share of every snapshot is bounded too:
+//!   at most `max_per_identity` endpoints of at most [`MAX_LABELS_BYTES`] of labels each.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +32,16 @@ pub const MAX_LABELS: usize = 32;
 /// Longest label key (Kubernetes: a 253-byte prefix, `/`, a 63-byte name) and value.
 pub const MAX_LABEL_KEY_BYTES: usize = 317;
 pub const MAX_LABEL_VALUE_BYTES: usize = 63;
+/// All of a registration's label keys and values together: Kubernetes' own labels on a pod
+/// are a few hundred bytes; the per-label bounds alone would let one registration carry 12 KB
+/// into every snapshot.
+pub const MAX_LABELS_BYTES: usize = 2048;
+/// Registrations one identity may open in a burst, and per second after it, by default: a
+/// workload registers at start, after each renewal and when its readiness changes, and after
+/// a meshd restart every replica of an identity registers at once (so the burst is
+/// [`DEFAULT_MAX_PER_IDENTITY`]).
+pub const DEFAULT_REGISTRATION_BURST: u32 = 32;
+pub const DEFAULT_REGISTRATIONS_PER_SECOND: u32 = 4;
 
 /// What meshd accepts as registrations.
 #[derive(Debug, Clone)]
@@ -38,6 +51,10 @@ pub struct RegistrationPolicy {
     /// Addresses a workload may register although its connection comes from elsewhere.
     pub allowed_nets: Vec<Cidr>,
     pub max_per_identity: usize,
+    /// Registrations one identity may open at once after a quiet spell.
+    pub registration_burst: u32,
+    /// Registrations one identity may open per second beyond the burst.
+    pub registrations_per_second: u32,
 }
 
 impl Default for RegistrationPolicy {
@@ -46,7 +63,45 @@ impl Default for RegistrationPolicy {
             extra: HashMap::new(),
             allowed_nets: Vec::new(),
             max_per_identity: DEFAULT_MAX_PER_IDENTITY,
+            registration_burst: DEFAULT_REGISTRATION_BURST,
+            registrations_per_second: DEFAULT_REGISTRATIONS_PER_SECOND,
         }
+    }
+}
+
+/// Identities whose registration rate is tracked at most; beyond it, identities whose
+/// bucket is full again are forgotten (they are as good as new).
+const MAX_TRACKED_IDENTITIES: usize = 16_384;
+
+/// How often each identity registers: a token bucket per identity.
+#[derive(Debug, Default)]
+pub struct Churn {
+    buckets: HashMap<SpiffeId, (f64, tokio::time::Instant)>,
+}
+
+impl Churn {
+    /// Whether `identity` may register now under `policy`; takes a token if so.
+    pub fn allow(&mut self, identity: &SpiffeId, policy: &RegistrationPolicy) -> bool {
+        let now = tokio::time::Instant::now();
+        let burst = f64::from(policy.registration_burst.max(1));
+        let rate = f64::from(policy.registrations_per_second);
+        let refill = |(tokens, at): (f64, tokio::time::Instant)| {
+            (tokens + now.duration_since(at).as_secs_f64() * rate).min(burst)
+        };
+        if self.buckets.len() >= MAX_TRACKED_IDENTITIES && !self.buckets.contains_key(identity) {
+            self.buckets.retain(|_, bucket| refill(*bucket) < burst);
+            if self.buckets.len() >= MAX_TRACKED_IDENTITIES {
+                return false;
+            }
+        }
+        let bucket = self.buckets.entry(identity.clone()).or_insert((burst, now));
+        let tokens = refill(*bucket);
+        if tokens < 1.0 {
+            *bucket = (tokens, now);
+            return false;
+        }
+        *bucket = (tokens - 1.0, now);
+        true
     }
 }
 
@@ -142,6 +197,12 @@ pub fn check_names(service: &str, labels: &BTreeMap<String, String>) -> Result<(
         return Err(Refused::Invalid(format!(
             "{} labels; at most {MAX_LABELS}",
             labels.len()
+        )));
+    }
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_LABELS_BYTES {
+        return Err(Refused::Invalid(format!(
+            "labels of {bytes} bytes; at most {MAX_LABELS_BYTES} in all"
         )));
     }
     for (key, value) in labels {
@@ -261,6 +322,52 @@ fn parse_map(text: &str) -> Result<HashMap<(String, String), BTreeSet<String>>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_bounded_in_all_not_only_one_by_one() {
+        let big: BTreeMap<String, String> = (0..MAX_LABELS)
+            .map(|i| {
+                (
+                    format!("example.com/key-{i:02}-{}", "k".repeat(40)),
+                    "v".repeat(63),
+                )
+            })
+            .collect();
+        let err = check_names("ratings", &big).unwrap_err();
+        assert!(err.to_string().contains("at most 2048 in all"), "{err}");
+        let usual = BTreeMap::from([
+            ("app".to_owned(), "ratings".to_owned()),
+            ("version".to_owned(), "v1".to_owned()),
+            ("pod-template-hash".to_owned(), "5d8b7c9f4".to_owned()),
+        ]);
+        assert_eq!(check_names("ratings", &usual), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_identity_registers_in_a_burst_then_at_its_rate_and_others_are_not_held_up() {
+        let policy = RegistrationPolicy {
+            registration_burst: 3,
+            registrations_per_second: 2,
+            ..Default::default()
+        };
+        let mut churn = Churn::default();
+        let (ratings, details) = (id("default", "ratings"), id("default", "details"));
+        assert!((0..3).all(|_| churn.allow(&ratings, &policy)));
+        assert!(!churn.allow(&ratings, &policy), "the burst is spent");
+        assert!(
+            churn.allow(&details, &policy),
+            "another identity has its own"
+        );
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        assert!(churn.allow(&ratings, &policy));
+        assert!(!churn.allow(&ratings, &policy));
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert!(
+            (0..3).all(|_| churn.allow(&ratings, &policy)),
+            "refilled to the burst"
+        );
+        assert!(!churn.allow(&ratings, &policy));
+    }
 
     fn id(ns: &str, sa: &str) -> SpiffeId {
         SpiffeId::new("cluster.local", ns, sa)

@@ -141,6 +141,8 @@ struct Registry {
     /// Every service registered since meshd started (bounded by [`MAX_KNOWN_SERVICES`]): a
     /// service whose workloads are all gone stays a mesh service without endpoints.
     known: std::collections::BTreeSet<String>,
+    /// How often each identity registers.
+    churn: crate::registration::Churn,
 }
 
 impl Registry {
@@ -524,6 +526,14 @@ impl ControlPlane {
                 .copied()
                 .unwrap_or(0);
             let limit = self.options.registration.max_per_identity;
+            let policy = &self.options.registration;
+            if !registry.churn.allow(&workload.identity, policy) {
+                tracing::warn!(identity = %workload.identity, "refused: registering more often than {} a second", policy.registrations_per_second);
+                return Err(Status::resource_exhausted(format!(
+                    "{} registers more often than {} a second (burst {})",
+                    workload.identity, policy.registrations_per_second, policy.registration_burst
+                )));
+            }
             if held >= limit {
                 tracing::warn!(identity = %workload.identity, "refused: {held} registrations already (limit {limit})");
                 return Err(Status::resource_exhausted(format!(
@@ -750,6 +760,8 @@ mod tests {
         let options = PlaneOptions {
             registration: RegistrationPolicy {
                 max_per_identity,
+                // These tests register faster than any workload would.
+                registration_burst: 1024,
                 ..Default::default()
             },
             registration_grace: Duration::ZERO,
@@ -797,6 +809,33 @@ mod tests {
         let snapshot = plane.snapshots.borrow().clone();
         assert!(snapshot.endpoints.is_empty());
         assert_eq!(snapshot.services, ["reviews"], "known without endpoints");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_identity_that_churns_its_registration_is_refused_beyond_its_rate() {
+        let mut plane = plane(64);
+        Arc::get_mut(&mut plane.options)
+            .unwrap()
+            .registration
+            .registration_burst = 4;
+        let published = plane.snapshots.borrow().version;
+        // Re-watching in a loop, as the audit's churn did: four get through, then none.
+        let outcomes: Vec<bool> = (0..10)
+            .map(|i| plane.register(reviews(9000 + i)).is_ok())
+            .collect();
+        assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 4);
+        let Err(err) = plane.register(reviews(9100)) else {
+            panic!("the fifth registration in a burst of four was accepted");
+        };
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            err.message().contains("more often than 4 a second"),
+            "{err:?}"
+        );
+        // Only the accepted registrations (and their ends) pushed snapshots.
+        assert!(plane.snapshots.borrow().version - published <= 8);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(plane.register(reviews(9200)).is_ok());
     }
 
     #[test]
