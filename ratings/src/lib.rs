@@ -8,8 +8,8 @@
 //! MySQL query, error texts and 501 for POST, and JavaScript's numbers: the id is a double and
 //! every number is written as `JSON.stringify` writes it ([`js`]).
 //! Fixed: other methods get 405 instead of a request that never ends; the posted ratings
-//! are bounded (at most [`MAX_STORED_PRODUCTS`] ids of at most [`MAX_BODY_BYTES`] each) where
-//! upstream grows until the process runs out of memory; v2 answers **500** when it cannot
+//! are bounded (at most [`MAX_STORED_PRODUCTS`] ids of at most [`MAX_BODY_BYTES`] each, and
+//! [`MAX_STORED_BYTES`] in all) where upstream grows until the process runs out of memory; v2 answers **500** when it cannot
 //! connect to the database, where upstream sends its error body with status 200; and v2's
 //! lookups are bounded by [`db::DB_TIMEOUT`] where upstream waits for a hung database forever.
 #![forbid(unsafe_code)]
@@ -43,9 +43,18 @@ pub const UNHEALTHY_PERIOD: Duration = Duration::from_secs(15 * 60);
 /// The largest POST body accepted, in bytes; larger is 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How many distinct product ids can hold posted ratings unless `RATINGS_MAX_PRODUCTS` says
-/// otherwise; a POST for one more new id is 507. With [`MAX_BODY_BYTES`] per id this bounds the
-/// store at some 625 MiB, where upstream's grows with every new id anyone posts.
+/// otherwise; a POST for one more new id is 507. Upstream's store grows with every new id
+/// anyone posts.
 pub const MAX_STORED_PRODUCTS: usize = 10_000;
+/// How many bytes the posted ratings may take in all unless `RATINGS_MAX_BYTES` says otherwise;
+/// a POST that would take the store beyond it is 507. [`MAX_STORED_PRODUCTS`] ids of
+/// [`MAX_BODY_BYTES`] each would be some 625 MiB, five times the 128 Mi memory limit of
+/// `k8s/deploymentRating.yaml`; 32 MiB leaves the rest of that limit to the process itself.
+pub const MAX_STORED_BYTES: usize = 32 * 1024 * 1024;
+/// What a stored entry costs beyond the bytes of its id and ratings, counted against
+/// [`MAX_STORED_BYTES`] so that many tiny entries cannot exceed it either: the map's slot
+/// (`String` and `Box<str>`, with room for the table's growth) and the two allocations' headers.
+pub const ENTRY_OVERHEAD_BYTES: usize = 128;
 
 /// Which upstream ratings image this process behaves like (`SERVICE_VERSION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,12 +105,15 @@ pub struct Config {
     /// `RATINGS_MAX_PRODUCTS`: distinct ids that can hold posted ratings (default
     /// [`MAX_STORED_PRODUCTS`]; 0 refuses every new id).
     pub max_products: usize,
+    /// `RATINGS_MAX_BYTES`: the bytes all posted ratings may take together, each entry counted
+    /// as its id, its ratings and [`ENTRY_OVERHEAD_BYTES`] (default [`MAX_STORED_BYTES`]).
+    pub max_bytes: usize,
     /// The database of [`Variant::V2`] (`MYSQL_DB_*`); `Some` exactly when the variant is v2.
     pub mysql: Option<MysqlConfig>,
 }
 
 impl Config {
-    /// Reads `SERVICE_VERSION`, `RATINGS_MAX_PRODUCTS` and, for v2, `DB_TYPE` (which must be
+    /// Reads `SERVICE_VERSION`, `RATINGS_MAX_PRODUCTS`, `RATINGS_MAX_BYTES` and, for v2, `DB_TYPE` (which must be
     /// `mysql`) and [`MysqlConfig`]'s variables.
     pub fn from_env(vars: &impl Vars) -> Result<Self, VarError> {
         let variant = Variant::parse(&vars.get_or("SERVICE_VERSION", "v1"))?;
@@ -125,6 +137,7 @@ impl Config {
         Ok(Self {
             variant,
             max_products: vars.parse_or("RATINGS_MAX_PRODUCTS", MAX_STORED_PRODUCTS)?,
+            max_bytes: vars.parse_or("RATINGS_MAX_BYTES", MAX_STORED_BYTES)?,
             mysql,
         })
     }
@@ -140,11 +153,12 @@ impl Config {
 }
 
 impl Default for Config {
-    /// `v1` holding up to [`MAX_STORED_PRODUCTS`] posted ids.
+    /// `v1` holding up to [`MAX_STORED_PRODUCTS`] posted ids in [`MAX_STORED_BYTES`].
     fn default() -> Self {
         Self {
             variant: Variant::V1,
             max_products: MAX_STORED_PRODUCTS,
+            max_bytes: MAX_STORED_BYTES,
             mysql: None,
         }
     }
@@ -159,10 +173,8 @@ pub struct State {
 struct Inner {
     variant: Variant,
     max_products: usize,
-    /// Posted ratings by id, as compact JSON text of at most [`MAX_BODY_BYTES`]: a parsed
-    /// `Value` can take many times the bytes of its body (`[0,0,…]` costs a whole `Value` per
-    /// two bytes).
-    posted: Mutex<HashMap<String, Box<str>>>,
+    max_bytes: usize,
+    posted: Mutex<Posted>,
     /// v2's database.
     db: Option<Db>,
     started: Instant,
@@ -170,11 +182,29 @@ struct Inner {
     coin: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
+/// The posted ratings and what they cost, under one lock so the count cannot drift.
+#[derive(Default)]
+struct Posted {
+    /// Ratings by id, as compact JSON text of at most [`MAX_BODY_BYTES`]: a parsed `Value` can
+    /// take many times the bytes of its body (`[0,0,…]` costs a whole `Value` per two bytes).
+    by_id: HashMap<String, Box<str>>,
+    /// The sum of [`Posted::cost`] over `by_id`.
+    bytes: usize,
+}
+
+impl Posted {
+    /// What an entry counts against [`Config::max_bytes`].
+    fn cost(id: &str, ratings: &str) -> usize {
+        id.len() + ratings.len() + ENTRY_OVERHEAD_BYTES
+    }
+}
+
 impl fmt::Debug for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("State")
             .field("variant", &self.inner.variant)
             .field("max_products", &self.inner.max_products)
+            .field("max_bytes", &self.inner.max_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -206,12 +236,22 @@ impl State {
             inner: Arc::new(Inner {
                 variant: config.variant,
                 max_products: config.max_products,
-                posted: Mutex::new(HashMap::new()),
+                max_bytes: config.max_bytes,
+                posted: Mutex::new(Posted::default()),
                 db,
                 started: Instant::now(),
                 coin: Box::new(coin),
             }),
         }
+    }
+
+    /// The bytes the posted ratings take now, as counted against [`Config::max_bytes`].
+    pub fn posted_bytes(&self) -> usize {
+        self.inner
+            .posted
+            .lock()
+            .expect("ratings lock is never poisoned")
+            .bytes
     }
 
     /// Whether the toggling variants are in their failing phase now.
@@ -305,6 +345,7 @@ async fn get_ratings(state: &State, raw_url: &str) -> Response {
         .posted
         .lock()
         .expect("ratings lock is never poisoned")
+        .by_id
         .get(&js::number_to_string(id))
         .cloned();
     match posted {
@@ -354,20 +395,32 @@ fn post_ratings(state: &State, raw_url: &str, body: &Bytes) -> Response {
     }
     let key = js::number_to_string(id);
     let max = state.inner.max_products;
+    let max_bytes = state.inner.max_bytes;
     {
         let mut posted = state
             .inner
             .posted
             .lock()
             .expect("ratings lock is never poisoned");
-        // Updating a stored id replaces its entry and cannot grow the store.
-        if posted.len() >= max && !posted.contains_key(&key) {
+        let replaced = posted.by_id.get(&key).map(|old| Posted::cost(&key, old));
+        // Updating a stored id replaces its entry and cannot add an id.
+        if posted.by_id.len() >= max && replaced.is_none() {
             return error(
                 StatusCode::INSUFFICIENT_STORAGE,
                 &format!("ratings store is full: at most {max} products can hold posted ratings"),
             );
         }
-        posted.insert(key, ratings.clone());
+        let bytes = posted.bytes - replaced.unwrap_or(0) + Posted::cost(&key, &ratings);
+        if bytes > max_bytes {
+            return error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                &format!(
+                    "ratings store is full: posted ratings can take at most {max_bytes} bytes"
+                ),
+            );
+        }
+        posted.bytes = bytes;
+        posted.by_id.insert(key, ratings.clone());
     }
     ratings_response(id, &ratings)
 }
@@ -471,5 +524,18 @@ mod tests {
         let err = limit("many").unwrap_err();
         assert_eq!(err.name, "RATINGS_MAX_PRODUCTS");
         assert!(limit("-1").is_err());
+    }
+
+    #[test]
+    fn ratings_max_bytes_defaults_to_32_mib_and_must_be_a_number() {
+        let empty: [(&str, &str); 0] = [];
+        assert_eq!(
+            Config::from_env(&empty).unwrap().max_bytes,
+            MAX_STORED_BYTES
+        );
+        assert_eq!(Config::default().max_bytes, 32 * 1024 * 1024);
+        let limit = |s| Config::from_env(&[("RATINGS_MAX_BYTES", s)]).map(|c| c.max_bytes);
+        assert_eq!(limit("1048576"), Ok(1 << 20));
+        assert_eq!(limit("32MiB").unwrap_err().name, "RATINGS_MAX_BYTES");
     }
 }

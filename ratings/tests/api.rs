@@ -26,6 +26,15 @@ fn limited_app(max_products: usize) -> Router {
     }))
 }
 
+/// A v1 ratings whose posted ratings may take at most `max_bytes`, and its state.
+fn budgeted_app(max_bytes: usize) -> (Router, State) {
+    let state = State::new(Config {
+        max_bytes,
+        ..Config::default()
+    });
+    (ratings::app(state.clone()), state)
+}
+
 async fn post(app: &Router, uri: &str, body: &str) -> (StatusCode, String) {
     call(app, Method::POST, uri, body).await
 }
@@ -352,4 +361,89 @@ async fn a_body_that_grows_past_the_limit_when_stored_is_413() {
     assert_eq!(reply, r#"{"error":"ratings body too large"}"#);
     let (status, _) = post(&app, "/ratings/1", "[1e15]").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A JSON string of exactly `len` bytes, of `fill` characters.
+fn json_string_of(len: usize, fill: char) -> String {
+    format!(r#""{}""#, fill.to_string().repeat(len - 2))
+}
+
+#[tokio::test]
+async fn posting_beyond_the_default_byte_budget_is_507_and_the_store_stays_within_it() {
+    let (app, state) = budgeted_app(ratings::Config::default().max_bytes);
+    assert_eq!(ratings::MAX_STORED_BYTES, 32 * 1024 * 1024);
+    let body = json_string_of(ratings::MAX_BODY_BYTES, 'a');
+    let mut accepted = 0;
+    // Twice the budget's worth of the largest bodies, each to a new id.
+    let posts = 2 * ratings::MAX_STORED_BYTES / ratings::MAX_BODY_BYTES;
+    for id in 0..posts {
+        let (status, reply) = post(&app, &format!("/ratings/{id}"), &body).await;
+        match status {
+            StatusCode::OK => {
+                assert_eq!(accepted, id, "an id after a refusal was accepted");
+                accepted += 1;
+            }
+            StatusCode::INSUFFICIENT_STORAGE => assert_eq!(
+                reply,
+                format!(
+                    r#"{{"error":"ratings store is full: posted ratings can take at most {} bytes"}}"#,
+                    ratings::MAX_STORED_BYTES
+                )
+            ),
+            other => panic!("POST {id}: {other} {reply}"),
+        }
+        assert!(state.posted_bytes() <= ratings::MAX_STORED_BYTES, "{id}");
+    }
+    // Every accepted entry is counted at least at its body's size: the store was filled, not
+    // refused early.
+    let per_entry = ratings::MAX_BODY_BYTES + ratings::ENTRY_OVERHEAD_BYTES + 3;
+    assert_eq!(accepted, ratings::MAX_STORED_BYTES / per_entry);
+    assert!(state.posted_bytes() > ratings::MAX_STORED_BYTES - per_entry);
+    // The service still answers: stored ids, refused ids and health.
+    assert_eq!(
+        get(&app, "/ratings/0").await,
+        (StatusCode::OK, format!(r#"{{"id":0,"ratings":{body}}}"#))
+    );
+    assert_eq!(
+        get(&app, &format!("/ratings/{}", posts - 1)).await.1,
+        format!(
+            r#"{{"id":{},"ratings":{{"Reviewer1":5,"Reviewer2":4}}}}"#,
+            posts - 1
+        )
+    );
+    assert_eq!(get(&app, "/health").await.0, StatusCode::OK);
+    // Shrinking a stored entry frees its bytes for a new id.
+    assert_eq!(post(&app, "/ratings/0", "{}").await.0, StatusCode::OK);
+    assert_eq!(
+        post(&app, &format!("/ratings/{accepted}"), "[1]").await.0,
+        StatusCode::OK
+    );
+    assert!(state.posted_bytes() <= ratings::MAX_STORED_BYTES);
+}
+
+#[tokio::test]
+async fn an_update_that_would_exceed_the_byte_budget_is_507_and_keeps_the_old_ratings() {
+    let entry = |id: &str, ratings: usize| id.len() + ratings + ratings::ENTRY_OVERHEAD_BYTES;
+    let (app, state) = budgeted_app(entry("1", 100) + entry("2", 100));
+    for id in [1, 2] {
+        let (status, _) = post(&app, &format!("/ratings/{id}"), &json_string_of(100, 'x')).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+    }
+    assert_eq!(state.posted_bytes(), entry("1", 100) + entry("2", 100));
+    // Growing id 1 by one byte takes the store over.
+    let (status, _) = post(&app, "/ratings/1", &json_string_of(101, 'y')).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(
+        get(&app, "/ratings/1").await.1,
+        format!(r#"{{"id":1,"ratings":{}}}"#, json_string_of(100, 'x'))
+    );
+    // Replacing it with one as large as before fits: the old entry's bytes are given back.
+    let (status, _) = post(&app, "/ratings/1", &json_string_of(100, 'z')).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(state.posted_bytes(), entry("1", 100) + entry("2", 100));
+    // A new id, however small, does not fit.
+    assert_eq!(
+        post(&app, "/ratings/3", "0").await.0,
+        StatusCode::INSUFFICIENT_STORAGE
+    );
 }
