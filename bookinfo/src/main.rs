@@ -9,8 +9,9 @@ use meshd::daemon::CaSource;
 /// Runs the whole Bookinfo app on this machine: productpage, details, reviews v1/v2/v3 and
 /// ratings, each on its own port. Refreshing the page cycles through reviews v1 (no stars),
 /// v2 (black stars) and v3 (red stars). Ctrl-C stops everything gracefully.
+// No bare `about`: it would show the crate's Cargo description instead of this text.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// Address every workload binds (use 0.0.0.0 to reach the page from other machines).
     #[arg(long, env = "BOOKINFO_BIND", default_value = "127.0.0.1")]
@@ -33,7 +34,9 @@ struct Cli {
     /// ratings port.
     #[arg(long, default_value_t = bookinfo::DEFAULT_RATINGS_PORT)]
     ratings_port: u16,
-    /// ratings variant: v1, v-faulty, v-delayed, v-unavailable or v-unhealthy.
+    /// ratings variant: v1, v-faulty, v-delayed, v-unavailable or v-unhealthy. ratings' v2
+    /// (MySQL) is not run here: start the ratings binary alone with SERVICE_VERSION=v2
+    /// DB_TYPE=mysql MYSQL_DB_HOST=… (see README).
     #[arg(long, default_value = "v1", value_parser = parse_variant)]
     ratings_version: ratings::Variant,
     /// Run without the mesh: plain HTTP between the services, no meshd.
@@ -48,7 +51,8 @@ struct Cli {
         conflicts_with = "no_mesh"
     )]
     mode: Mode,
-    /// Directory of Istio-style YAML (PeerAuthentication, AuthorizationPolicy), watched live.
+    /// Directory of Istio-style YAML (VirtualService, DestinationRule, Gateway,
+    /// PeerAuthentication, AuthorizationPolicy, LocalRateLimit), watched live.
     #[arg(long, env = "BOOKINFO_CONFIG_DIR", conflicts_with = "no_mesh")]
     config_dir: Option<PathBuf>,
     /// Keep the mesh's root CA in this directory (generated on first start); by default a
@@ -91,10 +95,20 @@ enum Mode {
 }
 
 fn parse_variant(s: &str) -> Result<ratings::Variant, String> {
-    ratings::Config::from_env(&[("SERVICE_VERSION", s)])
-        .map(|c| c.variant)
-        .map_err(|e| e.reason)
+    match ratings::Config::from_env(&[("SERVICE_VERSION", s)]) {
+        Ok(c) => Ok(c.variant),
+        // ratings' own reason (set DB_TYPE=mysql) would not help: the launcher has no database.
+        Err(e) if e.name == "DB_TYPE" => Err(format!(
+            "v2 reads MySQL, which the launcher does not run; start ratings alone with \
+             SERVICE_VERSION=v2 DB_TYPE=mysql MYSQL_DB_HOST=… (see README), or pick one of {}",
+            LAUNCHER_VARIANTS
+        )),
+        Err(e) => Err(e.reason),
+    }
 }
+
+/// The ratings variants the launcher runs (all but v2, which needs a database).
+const LAUNCHER_VARIANTS: &str = "v1, v-faulty, v-delayed, v-unavailable, v-unhealthy";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

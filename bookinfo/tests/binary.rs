@@ -81,6 +81,58 @@ fn help_describes_the_options() {
     for flag in ["--bind", "--productpage-port", "--ratings-version"] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
+    // The launcher's own description, not the crate's ("… and its end-to-end tests").
+    assert!(
+        help.starts_with("Runs the whole Bookinfo app on this machine"),
+        "{help}"
+    );
+    let option = |flag: &str| {
+        let start = help.find(&format!("{flag} <")).unwrap();
+        let end = help[start + 2..]
+            .find("\n      --")
+            .map_or(help.len(), |e| e + start + 2);
+        help[start..end].to_owned()
+    };
+    let config_dir = option("--config-dir");
+    for kind in [
+        "VirtualService",
+        "DestinationRule",
+        "Gateway",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+        "LocalRateLimit",
+    ] {
+        assert!(config_dir.contains(kind), "{kind}: {config_dir}");
+    }
+    let ratings_version = option("--ratings-version");
+    let words: Vec<&str> = ratings_version
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .collect();
+    for variant in [
+        "v1",
+        "v2",
+        "v-faulty",
+        "v-delayed",
+        "v-unavailable",
+        "v-unhealthy",
+    ] {
+        assert!(words.contains(&variant), "{variant}: {ratings_version}");
+    }
+}
+
+#[test]
+fn ratings_v2_is_refused_with_where_to_run_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bookinfo"))
+        .args(["--ratings-version", "v2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("start ratings alone with SERVICE_VERSION=v2 DB_TYPE=mysql"),
+        "{err}"
+    );
+    assert!(!err.contains("means MongoDB"), "{err}");
 }
 
 #[test]

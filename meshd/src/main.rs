@@ -16,8 +16,9 @@ use meshd::server::{PlaneOptions, Tokens};
 /// only as its own service, at its own address), and streams endpoints and Istio-style
 /// policies from watched directories to every data plane. Its API is TLS 1.3 only, with a
 /// serving certificate from its own CA: give workloads the root (--publish-root) out of band.
+// No bare `about`: it would show the crate's Cargo description instead of this text.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// gRPC address data planes connect to.
     #[arg(long, env = "MESHD_LISTEN", default_value = "0.0.0.0:15012")]
@@ -32,7 +33,8 @@ struct Cli {
     /// The key of --ca-cert (PEM).
     #[arg(long, env = "MESHD_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
-    /// Bootstrap tokens: DIR/<namespace>.<service-account> files (or DIR/<namespace>/<sa>), one token each.
+    /// Bootstrap tokens: DIR/<namespace>.<service-account> files (or DIR/<namespace>/<sa>), one
+    /// token each. Required, unless --token-review is given (or --init-ca, --health-check).
     #[arg(
         long,
         env = "MESHD_TOKEN_DIR",
@@ -62,7 +64,8 @@ struct Cli {
     #[arg(long, env = "MESHD_TOKEN_AUDIENCE", default_value = meshd::kubernetes::token_review::DEFAULT_AUDIENCE)]
     token_audience: String,
     /// Directory of Istio-style YAML (VirtualService, DestinationRule, Gateway,
-    /// PeerAuthentication, AuthorizationPolicy), watched; repeat to merge several in order.
+    /// PeerAuthentication, AuthorizationPolicy, LocalRateLimit), watched; repeat to merge
+    /// several in order.
     #[arg(long = "config-dir", env = "MESHD_CONFIG_DIR", value_delimiter = ',')]
     config_dirs: Vec<PathBuf>,
     /// SPIFFE trust domain.

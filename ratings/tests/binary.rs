@@ -39,6 +39,45 @@ fn health_check_succeeds_only_while_the_service_answers() {
 }
 
 #[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let port = free_port();
+    let mut server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_ratings"))
+            .args([&port.to_string(), "--bind", "127.0.0.1"])
+            // Colour must go because stderr is a pipe, not because NO_COLOR says so.
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("listening on")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no start-up log line ({e}); stderr so far: {seen:?}"),
+        }
+    }
+    assert!(
+        seen.iter().all(|l| !l.contains("\x1b[")),
+        "ANSI codes in piped logs: {seen:?}"
+    );
+}
+
+#[test]
 fn an_unknown_variant_is_a_configuration_error_with_exit_64() {
     let stderr = refused(&[("SERVICE_VERSION", "v9")]);
     assert!(

@@ -12,8 +12,9 @@ use mesh::{Server, gateway, sidecar};
 /// mesh-proxy: proxies for the Bookinfo mesh, built from the same tower layers as the
 /// embedded data plane. Worker threads: one per core by default, TOKIO_WORKER_THREADS=N sets
 /// them; each serves the connections it accepts, and the requests on them, alone.
+// No bare `about`: it would show the library's Cargo description instead of this text.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
