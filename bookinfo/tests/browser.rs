@@ -280,6 +280,12 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
         }
     }
     assert!(missing.is_empty(), "not drawn: {missing:?}");
+    // At 1280 px every column of both tables is in view (CODES and DURATION were cut off).
+    for _ in 0..6 {
+        get(&client, &app.addrs.page_url()).await;
+    }
+    let overflow = tables_overflow_at_1280px(&browser, &dashboard).await;
+    assert_eq!(overflow.as_deref(), Some("[0,0]"), "px hidden per table");
     let shot = tempdir("screenshots").join("dashboard.png");
     let args = [
         format!("--screenshot={}", shot.display()),
@@ -298,4 +304,67 @@ async fn the_dashboard_shows_the_edges_that_carried_traffic() {
     assert!(out.status.success());
     eprintln!("screenshot: {}", shot.display());
     app.shutdown().await;
+}
+
+/// How many pixels of each of the dashboard's tables are scrolled out of view when the page
+/// is 1280 px wide (a JSON list, one number per table), once both have rows; `None` if they
+/// never got rows. The dashboard is measured in an iframe of a page that the browser loads
+/// with the same-origin policy off, so the page's script can read the frame's layout.
+async fn tables_overflow_at_1280px(browser: &Path, dashboard: &str) -> Option<String> {
+    let harness = format!(
+        r#"<!doctype html><html><body style="margin:0">
+<iframe id="f" src="{dashboard}" width="1280" height="1400" style="border:0"></iframe>
+<script>
+const f = document.getElementById('f');
+function measure() {{
+  const d = f.contentDocument;
+  if (!d || !d.querySelector('#edges td:not(.empty)') || !d.querySelector('#trace-list td:not(.empty)')) {{
+    setTimeout(measure, 200);
+    return;
+  }}
+  const hidden = [...d.querySelectorAll('.tbl-wrap')].map((w) => w.scrollWidth - w.clientWidth);
+  document.body.dataset.overflow = JSON.stringify(hidden);
+}}
+f.addEventListener('load', measure);
+</script></body></html>"#
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let page = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(harness) }),
+        );
+        axum::serve(listener, page).await
+    });
+    let mut overflow = None;
+    // As above: on a busy machine the first load can end before the tables fill.
+    for _ in 0..5 {
+        let (browser, url) = (browser.to_owned(), url.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            headless(
+                &browser,
+                &[
+                    "--disable-web-security",
+                    "--disable-site-isolation-trials",
+                    "--window-size=1300,1400",
+                    "--virtual-time-budget=10000",
+                    "--dump-dom",
+                    &url,
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        overflow = dom
+            .split_once("data-overflow=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(value, _)| value.to_owned());
+        if overflow.is_some() {
+            break;
+        }
+    }
+    server.abort();
+    overflow
 }
