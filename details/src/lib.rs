@@ -5,13 +5,14 @@
 //! `/details/0`, a path climbing above the root is 400), prefix mounts on `/details` and
 //! `/health`, Ruby `Integer()` id parsing (sign, `_`, `0x`/`0b`/`0o`, leading-zero octal,
 //! surrounding whitespace) with integers of any size echoed digit for digit, 400
-//! `please provide numeric product id` otherwise, an HTML 404 for other paths, and 405 for
-//! methods WEBrick does not serve.
+//! `please provide numeric product id` otherwise, an HTML 404 for other paths, the methods
+//! WEBrick's `mount_proc` serves (GET, HEAD, POST and PUT alike; OPTIONS answered with
+//! `Allow`), 405 for the others, and 414 for a request line over [`MAX_REQUEST_LINE_BYTES`].
 #![forbid(unsafe_code)]
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -40,6 +41,10 @@ impl Config {
 /// The most digits a non-decimal id may have: converting one to decimal costs time
 /// quadratic in its length, and 1024 hex digits is already a 1234-digit number.
 pub const MAX_RADIX_DIGITS: usize = 1024;
+
+/// The longest request line WEBrick reads (`MAX_URI_LENGTH`), CRLF included; a longer one is
+/// 414 before anything else is looked at.
+pub const MAX_REQUEST_LINE_BYTES: usize = 2083;
 
 /// The book, in upstream's exact key order.
 #[derive(Debug, Serialize)]
@@ -82,6 +87,9 @@ pub fn app(_config: Config) -> Router {
 }
 
 async fn handle(request: Request) -> Response {
+    if request_line_bytes(&request) > MAX_REQUEST_LINE_BYTES {
+        return uri_too_large(request.version());
+    }
     let Ok(path) = webrick_path(request.uri().path()) else {
         return bad_request();
     };
@@ -93,8 +101,18 @@ async fn handle(request: Request) -> Response {
     } else {
         return not_found();
     };
-    // WEBrick's mount_proc answers GET, HEAD, POST and OPTIONS alike.
-    if ![Method::GET, Method::HEAD, Method::POST, Method::OPTIONS].contains(request.method()) {
+    // WEBrick 1.8's mount_proc runs the proc for GET, HEAD, POST and PUT; OPTIONS lists
+    // them (its servlet's do_* methods, sorted) and runs nothing.
+    if request.method() == Method::OPTIONS {
+        return (
+            StatusCode::OK,
+            [(header::ALLOW, "GET,HEAD,OPTIONS,POST,PUT")],
+            // No body, so no Content-Type either, as WEBrick.
+            axum::body::Body::empty(),
+        )
+            .into_response();
+    }
+    if ![Method::GET, Method::HEAD, Method::POST, Method::PUT].contains(request.method()) {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
             [(header::CONTENT_TYPE, "application/json")],
@@ -140,6 +158,35 @@ fn last_segment(path: &str) -> &str {
 
 fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The bytes of the request line `request` came with (`GET /details/0 HTTP/1.1` and CRLF), as
+/// WEBrick counts them; an HTTP/2 request is counted as its HTTP/1.1 line would be.
+fn request_line_bytes(request: &Request) -> usize {
+    let target = match request.uri().path_and_query() {
+        // Origin form, as clients send it; an absolute-form target keeps scheme and host.
+        Some(pq) if request.uri().scheme().is_none() => pq.as_str().len(),
+        _ => request.uri().to_string().len(),
+    };
+    request.method().as_str().len() + " ".len() + target + " HTTP/1.1\r\n".len()
+}
+
+/// WEBrick's `RequestURITooLarge`, after which it closes the connection.
+fn uri_too_large(version: Version) -> Response {
+    let mut response = (
+        StatusCode::URI_TOO_LONG,
+        [(header::CONTENT_TYPE, "text/html; charset=ISO-8859-1")],
+        "<HTML>\n  <HEAD><TITLE>Request-URI Too Large</TITLE></HEAD>\n  <BODY>\n    <H1>Request-URI Too Large</H1>\n    WEBrick::HTTPStatus::RequestURITooLarge\n  </BODY>\n</HTML>\n",
+    )
+        .into_response();
+    // Connection-specific headers do not exist in HTTP/2.
+    if version <= Version::HTTP_11 {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 fn bad_request() -> Response {

@@ -2,7 +2,7 @@
 //! offline and from a `FROM scratch` image.
 
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 const STYLESHEET: &[u8] = include_bytes!("../static/css/bookinfo.css");
@@ -33,6 +33,6 @@ pub(crate) async fn serve(Path(path): Path<String>) -> Response {
             *bytes,
         )
             .into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+        None => crate::werkzeug::not_found(),
     }
 }

@@ -5,8 +5,9 @@
 //! signed `session` cookie with `end-user` on every backend call, the header allow-list with
 //! B3 re-emission, simplejson-style API JSON, the `request_result` metric, and the backend
 //! timeouts the fault-injection task depends on (details 3 s × 1, reviews 3 s × 2 attempts,
-//! ratings 3 s × 1). Fixed: login and logout without a `Referer` redirect to `/productpage`,
-//! and the cookie's signing key is configured or generated at start, never built in.
+//! ratings 3 s × 1), and Werkzeug's own 404 and redirect pages. Fixed: login and logout
+//! without a `Referer` redirect to `/productpage`, and the cookie's signing key is configured
+//! or generated at start, never built in.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -16,6 +17,7 @@ mod pages;
 mod paths;
 pub mod pyjson;
 mod session;
+mod werkzeug;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +147,7 @@ pub fn app(state: State) -> Router {
         };
         routes = routes.route(path, handlers().options(move || options(allow)));
     }
+    let routes = routes.fallback(|| async { werkzeug::not_found() });
     Router::new()
         .fallback_service(routes.with_state(state))
         .layer(axum::middleware::from_fn_with_state(

@@ -173,9 +173,10 @@ pub(crate) async fn index(AxumState(state): AxumState<State>) -> Response {
     render(&IndexPage {
         services: vec![
             row("http://productpage:9080".to_owned(), "productpage", 0),
-            row(format!("{}/details", c.details_url), "details", 1),
-            row(format!("{}/reviews", c.reviews_url), "reviews", 1),
-            row(format!("{}/ratings", c.ratings_url), "ratings", 2),
+            // Upstream's rows name each service's base URL; the endpoint column says the path.
+            row(c.details_url.clone(), "details", 1),
+            row(c.reviews_url.clone(), "reviews", 1),
+            row(c.ratings_url.clone(), "ratings", 2),
         ],
     })
 }

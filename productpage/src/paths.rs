@@ -134,31 +134,7 @@ fn redirect(request: &Request, path: &str) -> Response {
     let Ok(value) = HeaderValue::from_str(&location) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let body = format!(
-        "<!doctype html>\n<html lang=en>\n<title>Redirecting...</title>\n<h1>Redirecting...</h1>\n\
-         <p>You should be redirected automatically to the target URL: <a href=\"{0}\">{0}</a>. \
-         If not, click the link.",
-        html_escape(&location)
-    );
-    (
-        StatusCode::PERMANENT_REDIRECT,
-        [
-            (header::LOCATION, value),
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    crate::werkzeug::redirect(StatusCode::PERMANENT_REDIRECT, value)
 }
 
 /// A path segment of a routed path as Flask hands it to the view: decoded once.

@@ -12,7 +12,7 @@ use std::fmt;
 use axum::extract::{FromRef, FromRequestParts, RawQuery, State as AxumState};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -181,7 +181,8 @@ impl Session {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
     }
 
-    fn from_headers(headers: &HeaderMap, secret: &SessionSecret) -> Self {
+    /// The session of a validly signed `session` cookie in `headers`, if there is one.
+    fn presented(headers: &HeaderMap, secret: &SessionSecret) -> Option<Self> {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -190,7 +191,6 @@ impl Session {
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(name, _)| *name == COOKIE)
             .and_then(|(_, value)| Self::decode(value, secret))
-            .unwrap_or_default()
     }
 }
 
@@ -213,10 +213,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = State::from_ref(state);
-        Ok(Self::from_headers(
-            &parts.headers,
-            &state.config.session_secret,
-        ))
+        Ok(Self::presented(&parts.headers, &state.config.session_secret).unwrap_or_default())
     }
 }
 
@@ -242,27 +239,32 @@ pub(crate) async fn login(
         "{COOKIE}={}; HttpOnly; Path=/; SameSite=Lax",
         session.encode(&state.config.session_secret)
     );
+    redirect_back(&headers, Some(cookie))
+}
+
+/// `GET /logout`: forgets the user and answers 302 like login. As Flask, the cookie is
+/// cleared only when the request had a session: without one there is nothing to forget, and
+/// Flask sends no `Set-Cookie`.
+pub(crate) async fn logout(AxumState(state): AxumState<State>, headers: HeaderMap) -> Response {
+    let had_session = Session::presented(&headers, &state.config.session_secret).is_some();
+    let cookie = had_session.then(|| {
+        format!("{COOKIE}=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Path=/")
+    });
     redirect_back(&headers, cookie)
 }
 
-/// `GET /logout`: forgets the user and answers 302 like login.
-pub(crate) async fn logout(headers: HeaderMap) -> Response {
-    let cookie =
-        format!("{COOKIE}=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Path=/");
-    redirect_back(&headers, cookie)
-}
-
-fn redirect_back(headers: &HeaderMap, cookie: String) -> Response {
+/// Werkzeug's 302 page to the `Referer` (or [`DEFAULT_REDIRECT`]), setting `cookie` if any.
+fn redirect_back(headers: &HeaderMap, cookie: Option<String>) -> Response {
     let location = headers
         .get(header::REFERER)
         .cloned()
         .unwrap_or(HeaderValue::from_static(DEFAULT_REDIRECT));
-    let cookie = HeaderValue::from_str(&cookie).expect("base64 and ASCII make a valid cookie");
-    (
-        StatusCode::FOUND,
-        [(header::LOCATION, location), (header::SET_COOKIE, cookie)],
-    )
-        .into_response()
+    let mut response = crate::werkzeug::redirect(StatusCode::FOUND, location);
+    if let Some(cookie) = cookie {
+        let cookie = HeaderValue::from_str(&cookie).expect("base64 and ASCII make a valid cookie");
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -323,13 +323,95 @@ async fn a_forged_cookie_is_ignored() {
 #[tokio::test]
 async fn logout_clears_the_session() {
     let app = Mesh::healthy("v1").productpage();
-    let reply = get(&app, "/logout").await;
+    let cookie = session_cookie(&login(&app, "username=jason", None).await);
+    let reply = send(
+        &app,
+        Request::get("/logout")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::FOUND);
     assert_eq!(reply.headers[header::LOCATION], "/productpage");
     let set = reply.headers[header::SET_COOKIE].to_str().unwrap();
     assert!(
         set.starts_with("session=;") && set.contains("Max-Age=0"),
         "{set}"
+    );
+}
+
+/// Flask's `session.pop` changes nothing when there is no session, so no `Set-Cookie`.
+#[tokio::test]
+async fn logout_without_a_session_sets_no_cookie() {
+    let app = Mesh::healthy("v1").productpage();
+    for cookie in [
+        None,
+        Some("session=eyJ1c2VyIjoiYWRtaW4ifQ.AAAA"),
+        Some("other=1"),
+    ] {
+        let mut req = Request::get("/logout");
+        if let Some(cookie) = cookie {
+            req = req.header(header::COOKIE, cookie);
+        }
+        let reply = send(&app, req.body(Body::empty()).unwrap()).await;
+        assert_eq!(reply.status, StatusCode::FOUND, "{cookie:?}");
+        assert_eq!(reply.headers.get(header::SET_COOKIE), None, "{cookie:?}");
+    }
+}
+
+/// Werkzeug's redirect page, as Flask 3.1 writes it for `redirect(request.referrer)`.
+fn werkzeug_redirect_page(escaped_location: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=en>\n<title>Redirecting...</title>\n<h1>Redirecting...</h1>\n\
+         <p>You should be redirected automatically to the target URL: \
+         <a href=\"{escaped_location}\">{escaped_location}</a>. If not, click the link.\n"
+    )
+}
+
+#[tokio::test]
+async fn login_and_logout_redirect_with_werkzeugs_page() {
+    let app = Mesh::healthy("v1").productpage();
+    let referer = r#"http://shop/productpage?u=test&x="a""#;
+    let reply = login(&app, "username=jason", Some(referer)).await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(reply.headers[header::LOCATION], referer);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    assert_eq!(
+        reply.body,
+        werkzeug_redirect_page("http://shop/productpage?u=test&amp;x=&#34;a&#34;")
+    );
+    let reply = get(&app, "/logout").await;
+    assert_eq!(reply.body, werkzeug_redirect_page("/productpage"));
+}
+
+#[tokio::test]
+async fn unknown_paths_get_flasks_404_page() {
+    let app = Mesh::healthy("v1").productpage();
+    let page = "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n\
+                <p>The requested URL was not found on the server. If you entered the URL \
+                manually please check your spelling and try again.</p>\n";
+    for path in [
+        "/nope",
+        "/static/nope.js",
+        "/productpage/x",
+        "/api/v1/products/0/x",
+    ] {
+        let reply = get(&app, path).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            reply.headers[header::CONTENT_TYPE],
+            "text/html; charset=utf-8",
+            "{path}"
+        );
+        assert_eq!(reply.body, page, "{path}");
+    }
+    assert_eq!(
+        request(&app, http::Method::OPTIONS, "/nope").await.body,
+        page
     );
 }
 
@@ -460,6 +542,15 @@ async fn health_index_and_static_assets() {
         index.body.contains("/productpage?u=normal") && index.body.contains("/productpage?u=test")
     );
     assert!(!index.body.contains("<title>"));
+    // Each service's base URL, as upstream's table shows it, with no path appended.
+    for url in [
+        "http://details:9080",
+        "http://reviews:9080",
+        "http://ratings:9080",
+    ] {
+        assert!(index.body.contains(&format!(">{url}</a>")), "{url}");
+    }
+    assert!(!index.body.contains("9080/"), "{}", index.body);
     assert_eq!(get(&app, "/index.html").await.status, StatusCode::OK);
     let css = get(&app, "/static/css/bookinfo.css").await;
     assert_eq!(css.headers[header::CONTENT_TYPE], "text/css; charset=utf-8");
@@ -753,7 +844,10 @@ async fn paths_are_decoded_and_merged_as_gunicorn_and_werkzeug_do() {
         reply.headers[header::LOCATION],
         "http://shop:9080/api/v1/products?x=1&y=%20"
     );
-    assert!(reply.body.contains("Redirecting..."), "{}", reply.body);
+    assert_eq!(
+        reply.body,
+        werkzeug_redirect_page("http://shop:9080/api/v1/products?x=1&amp;y=%20")
+    );
     // ... but only when the merged path is a route.
     assert_eq!(get(&app, "/nope//x").await.status, StatusCode::NOT_FOUND);
 }
