@@ -16,6 +16,7 @@ use http::StatusCode;
 use mesh::Client;
 use mesh::outbound::proxy::Proxy;
 use test_support::{Killed, PATIENCE, free_port, tempdir, whoami};
+use tokio::sync::oneshot;
 
 const SIDECAR: &str = env!("CARGO_BIN_EXE_mesh-proxy");
 
@@ -26,7 +27,9 @@ struct App {
 }
 
 /// The application beside the sidecar: plain, on loopback, calling out through the proxy.
-async fn start_app(proxy: SocketAddr) -> (u16, Arc<AtomicBool>) {
+/// It runs on a runtime of its own, so that killing it closes every one of its sockets at
+/// once, as a process that dies does.
+async fn start_app(proxy: SocketAddr) -> (u16, Arc<AtomicBool>, oneshot::Sender<()>) {
     let healthy = Arc::new(AtomicBool::new(true));
     let state = App {
         healthy: healthy.clone(),
@@ -61,10 +64,25 @@ async fn start_app(proxy: SocketAddr) -> (u16, Arc<AtomicBool>) {
             }),
         )
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(axum::serve(listener, app).into_future());
-    (port, healthy)
+    let (kill, killed) = oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            tokio::select! {
+                _ = axum::serve(listener, app).into_future() => {}
+                _ = killed => {}
+            }
+        });
+        // Dropping the runtime drops every connection's task with it.
+    });
+    (port, healthy, kill)
 }
 
 struct Ports {
@@ -99,16 +117,22 @@ async fn meshd_with_root(
 /// The app (calling out through the sidecar's outbound port) and free ports for the
 /// sidecar's listeners; the app's health flag. Called after the test's own workloads have
 /// bound theirs, so that none of them takes a port chosen here.
-async fn app_and_ports() -> (Ports, Arc<AtomicBool>) {
+/// The app's health flag, and what kills it.
+struct AppControl {
+    healthy: Arc<AtomicBool>,
+    kill: oneshot::Sender<()>,
+}
+
+async fn app_and_ports() -> (Ports, AppControl) {
     let outbound = free_port();
-    let (app, healthy) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
+    let (app, healthy, kill) = start_app(SocketAddr::from(([127, 0, 0, 1], outbound))).await;
     let ports = Ports {
         app,
         inbound: free_port(),
         outbound,
         admin: free_port(),
     };
-    (ports, healthy)
+    (ports, AppControl { healthy, kill })
 }
 
 fn sidecar(meshd: &meshd::daemon::RunningMeshd, root: &std::path::Path, p: &Ports) -> Command {
@@ -192,7 +216,8 @@ async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
     let (_, _beta) = test_support::workload(&meshd, "beta", "beta").await;
     let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
 
-    let (ports, healthy) = app_and_ports().await;
+    let (ports, app) = app_and_ports().await;
+    let healthy = app.healthy.clone();
 
     let _sidecar = Killed(sidecar(&meshd, &root, &ports).spawn().unwrap());
     until_ready_is(ports.admin, 200).await;
@@ -280,6 +305,16 @@ async fn the_sidecar_binary_carries_an_apps_traffic_both_ways_over_mtls() {
         .await
         .unwrap();
     assert_eq!(looped.status(), StatusCode::LOOP_DETECTED);
+
+    // The application dies (its listener closes): withdrawn within 2 s again.
+    app.kill.send(()).unwrap();
+    let killed = Instant::now();
+    until_endpoints(&gamma, "alpha", 0).await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "withdrawn after {:?}",
+        killed.elapsed()
+    );
     meshd.shutdown().await;
 }
 
@@ -298,7 +333,7 @@ async fn worker_threads_share_the_listeners_and_a_sigterm_still_drains_them() {
     let dir = tempdir("sidecar-workers");
     let (meshd, root) = meshd_with_root(&dir).await;
     let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
-    let (ports, _) = app_and_ports().await;
+    let (ports, _app) = app_and_ports().await;
     let mut sidecar = Killed(sidecar_on(&meshd, &root, &ports, 3).spawn().unwrap());
     until_ready_is(ports.admin, 200).await;
     let names = thread_names(sidecar.0.id());
