@@ -1,7 +1,7 @@
 //! Watched config directories, loaded file by file, so one bad file never freezes the rest:
-//! meshd polls its directories, and a config a user is editing is sometimes wrong; if that
-//! held back every other change, a broken route file would also hold back the security policy
-//! written next to it.
+//! meshd reloads its directories as they change, and a config a user is editing is sometimes
+//! wrong; if that held back every other change, a broken route file would also hold back the
+//! security policy written next to it.
 //!
 //! [`Watched`] remembers, per file, the last version that parsed and fitted (the version *in
 //! force*) and the fingerprint (size, modification time) it last read. Each
@@ -65,9 +65,15 @@ pub struct Watched {
 
 /// Documents kept in memory by another source (meshd's Kubernetes source: one per object),
 /// watched like the files of a directory: each has a name (its place in merge order, and what
-/// errors name) and a text, and a changed text is parsed again on the next reload.
+/// errors name) and a text, and a changed text is parsed again on the next reload, which
+/// [`changes`](Documents::changes) tells the watcher to run.
 #[derive(Debug, Clone, Default)]
-pub struct Documents(Arc<Mutex<DocumentsState>>);
+pub struct Documents {
+    state: Arc<Mutex<DocumentsState>>,
+    /// How many changes so far: a watch channel holds only the latest, so a burst of changes
+    /// is one wake-up and none is lost.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
 
 #[derive(Debug, Default)]
 struct DocumentsState {
@@ -77,24 +83,39 @@ struct DocumentsState {
 
 impl Documents {
     fn lock(&self) -> std::sync::MutexGuard<'_, DocumentsState> {
-        self.0
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Changes whenever a document is added, replaced or removed (its value counts them).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        // `send_modify`, not `send`: it updates the value even while nobody subscribes.
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// Adds or replaces `name`.
     pub fn put(&self, name: &str, text: String) {
-        let mut state = self.lock();
-        if state.by_name.get(name).is_some_and(|(_, t)| *t == text) {
-            return;
+        {
+            let mut state = self.lock();
+            if state.by_name.get(name).is_some_and(|(_, t)| *t == text) {
+                return;
+            }
+            state.revision += 1;
+            let revision = state.revision;
+            state.by_name.insert(name.to_owned(), (revision, text));
         }
-        state.revision += 1;
-        let revision = state.revision;
-        state.by_name.insert(name.to_owned(), (revision, text));
+        self.changed();
     }
 
     pub fn remove(&self, name: &str) {
-        self.lock().by_name.remove(name);
+        if self.lock().by_name.remove(name).is_some() {
+            self.changed();
+        }
     }
 
     /// Replaces every document whose name starts with `prefix` by `documents` (a relist).

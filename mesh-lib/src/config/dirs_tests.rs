@@ -453,3 +453,24 @@ fn a_change_that_would_overflow_the_snapshot_is_rejected_and_the_last_good_stays
         "{err}"
     );
 }
+
+#[test]
+fn documents_tell_their_watcher_of_every_change_but_not_of_a_put_of_the_same_text() {
+    let documents = Documents::default();
+    let mut changes = documents.changes();
+    assert!(!changes.has_changed().unwrap());
+    documents.put("a", policy("a", "DENY"));
+    documents.put("b", policy("b", "DENY"));
+    assert!(changes.has_changed().unwrap(), "a put is a change");
+    assert_eq!(*changes.borrow_and_update(), 2, "two puts, one wake-up");
+
+    documents.put("a", policy("a", "DENY"));
+    documents.remove("c");
+    assert!(!changes.has_changed().unwrap(), "nothing changed");
+
+    documents.remove("a");
+    assert!(changes.has_changed().unwrap(), "a removal is a change");
+    changes.borrow_and_update();
+    documents.replace_all("", vec![("d".to_owned(), policy("d", "DENY"))]);
+    assert!(changes.has_changed().unwrap(), "a relist is a change");
+}
