@@ -1,5 +1,6 @@
 //! meshd as a library: the control plane's gRPC server, its CA, and the watched config
-//! directory. The `meshd` binary and the in-process `bookinfo` launcher both run this.
+//! directories (`config_watch`). The `meshd` binary and the in-process `bookinfo` launcher
+//! both run this.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,11 +12,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::ca::{CaError, CertificateAuthority};
+pub use crate::config_watch::ConfigWatchOptions;
 use crate::listener::{self, ServingNames};
 use crate::server::{ControlPlane, PlaneOptions, Tokens};
 use mesh::config::{self, ConfigError, MeshConfig};
 
-/// How often the config directory is checked for changes.
+/// How often the config directories are read when they cannot be watched for changes (see
+/// [`ConfigWatchOptions`]).
 pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where the CA's root comes from.
@@ -42,6 +45,8 @@ pub struct MeshdConfig {
     pub base: MeshConfig,
     /// Directories of Istio-style YAML, merged in order and watched for changes.
     pub config_dirs: Vec<PathBuf>,
+    /// How changes to them (and to the Kubernetes source's objects) are noticed.
+    pub config_watch: ConfigWatchOptions,
     pub trust_domain: String,
     /// Lifetime of workload certificates.
     pub cert_ttl: Duration,
@@ -93,6 +98,7 @@ impl Default for MeshdConfig {
             tokens: Tokens::default(),
             base: MeshConfig::default(),
             config_dirs: Vec::new(),
+            config_watch: ConfigWatchOptions::default(),
             trust_domain: mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             cert_ttl: crate::ca::DEFAULT_CERT_TTL,
             dashboard: None,
@@ -255,10 +261,18 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
             stopped.clone(),
         ));
     }
+    let sources: Vec<config::Documents> = documents.iter().map(|(_, d)| d.clone()).collect();
     let watched = load(&config.base, &config.config_dirs, documents)?;
     plane.set_config(watched.config().clone());
-    if !config.config_dirs.is_empty() || config.kubernetes.as_ref().is_some_and(|k| k.config) {
-        tasks.push(spawn_config_watch(watched, plane.clone(), stopped.clone()));
+    if !config.config_dirs.is_empty() || !sources.is_empty() {
+        tasks.push(crate::config_watch::spawn(
+            watched,
+            &config.config_dirs,
+            sources,
+            config.config_watch.clone(),
+            plane.clone(),
+            stopped.clone(),
+        ));
     }
     // The snapshot that ends the re-registration window: from then on data planes replace
     // what they know instead of adding to it.
@@ -361,52 +375,7 @@ fn load(
     Ok(watched)
 }
 
-/// Reloads what changed in the directories every [`CONFIG_POLL_INTERVAL`]; a bad file is
-/// logged with file, line and reason and rejected alone (its last good version stays), and
-/// every other change applies.
-fn spawn_config_watch(
-    mut watched: config::Watched,
-    plane: ControlPlane,
-    mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(CONFIG_POLL_INTERVAL) => {}
-                _ = stopped.wait_for(|s| *s) => return,
-            }
-            // Listing and parsing touch the disk; off the runtime's worker threads.
-            let (back, reload) = match tokio::task::spawn_blocking(move || {
-                let reload = watched.reload();
-                (watched, reload)
-            })
-            .await
-            {
-                Ok(done) => done,
-                Err(e) => {
-                    tracing::error!("mesh config watch stopped: {e}");
-                    return;
-                }
-            };
-            watched = back;
-            log_reload(&reload);
-            if reload.changed {
-                let config = watched.config();
-                tracing::info!(
-                    "mesh config reloaded: {} VirtualService, {} DestinationRule, {} Gateway, {} PeerAuthentication, {} AuthorizationPolicy",
-                    config.virtual_services.len(),
-                    config.destination_rules.len(),
-                    config.gateways.len(),
-                    config.peer_authentications.len(),
-                    config.authorization_policies.len()
-                );
-                plane.set_config(config.clone());
-            }
-        }
-    })
-}
-
-fn log_reload(reload: &config::Reload) {
+pub(crate) fn log_reload(reload: &config::Reload) {
     for e in &reload.errors {
         tracing::error!("rejected mesh config: {e}; the rest of the config applies");
     }

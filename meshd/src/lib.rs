@@ -7,10 +7,12 @@
 //! - [`registration`]: which registrations an identity may make.
 //! - [`server`]: the gRPC service: certificates, the registry, the snapshot stream.
 //! - [`daemon`]: all of it started together with the watched config directories.
+//! - [`config_watch`]: when the config is read again (filesystem events, a slow poll).
 //! - [`dashboard`]: the live service graph and recent traces.
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod config_watch;
 pub mod daemon;
 pub mod dashboard;
 pub mod kubernetes;

@@ -204,6 +204,7 @@ fn main() -> ExitCode {
         tokens,
         base: Default::default(),
         config_dirs: cli.config_dirs,
+        config_watch: Default::default(),
         trust_domain: cli.trust_domain,
         cert_ttl: cli.cert_ttl,
         namespace: cli.namespace,

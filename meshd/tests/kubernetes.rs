@@ -859,3 +859,46 @@ async fn ready_pods_are_routable_before_they_register_and_not_ready_ones_go_at_o
     until_endpoints(&mesh, &[]).await;
     meshd.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_changed_in_the_api_server_applies_at_once_with_no_poll_to_catch_it() {
+    let (api, url) = FakeApi::start().await;
+    // Polls that never come within the test: only the source's own wake-up applies a change.
+    let meshd = meshd::daemon::start(meshd::daemon::MeshdConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dashboard: None,
+        kubernetes: Some(meshd::daemon::KubernetesOptions {
+            client: FakeApi::client(&url),
+            config: true,
+            endpoints: false,
+            token_audience: None,
+        }),
+        config_watch: meshd::daemon::ConfigWatchOptions {
+            safety_poll: Duration::from_secs(3600),
+            fallback_poll: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let until = |what: &str, subset: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let plane = meshd.plane.clone();
+        let (what, subset) = (what.to_owned(), subset.to_owned());
+        async move {
+            while reviews_subset(&plane.config()).as_deref() != Some(subset.as_str()) {
+                assert!(Instant::now() < deadline, "never {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    api.apply(fixture("virtualservice-reviews.json"));
+    until("the added VirtualService", "v1").await;
+    // Applied after meshd's first reload, so only a wake-up from the source can apply it.
+    let mut modified = fixture("virtualservice-reviews.json");
+    modified["spec"]["http"][0]["route"][0]["destination"]["subset"] = json!("v3");
+    api.apply(modified);
+    until("the modified VirtualService", "v3").await;
+    meshd.shutdown().await;
+}
