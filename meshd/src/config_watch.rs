@@ -1,7 +1,8 @@
 //! The config watch: meshd reloads its config directories when the kernel says they changed
 //! (inotify, through the `notify` crate), and its in-memory [`Documents`] when their source
 //! says so, instead of listing every directory and reading every file's metadata five times
-//! a second, which with 5,000 files cost about a fifth of a core for ever.
+//! a second, which with 5,000 files cost about a fifth of a core for ever (measured idle over
+//! 40 s, debug build: 14.7 % of a core polling, 0.1 % watching, one safety read included).
 //!
 //! - Events are debounced: a reload runs once they have been quiet for
 //!   [`ConfigWatchOptions::debounce`] (at most [`MAX_DEBOUNCE`] after the first), so an
