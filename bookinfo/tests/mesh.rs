@@ -599,15 +599,7 @@ async fn a_dependency_stopped_under_load_degrades_the_page_at_once() {
 
     // The mesh answered, not a resolver: reviews' calls got Envoy's 503 UH.
     let admin = app.addrs.admin.expect("the launcher serves metrics");
-    let metrics = Client::new()
-        .get(
-            &format!("http://{admin}/stats/prometheus"),
-            Default::default(),
-            PATIENCE,
-        )
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(metrics.body());
+    let metrics = test_support::metrics_text(admin).await;
     assert!(
         metrics
             .lines()

@@ -205,15 +205,7 @@ async fn upstreams_python_productpage_behind_our_sidecar_is_routed_mtls_and_auth
 
     // Its calls were mTLS: the backends' inbound metrics name it as the source.
     let admin = running.addrs.admin.unwrap();
-    let metrics = Client::new()
-        .get(
-            &format!("http://{admin}/stats/prometheus"),
-            Default::default(),
-            PATIENCE,
-        )
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(metrics.body()).into_owned();
+    let metrics = test_support::metrics_text(admin).await;
     for destination in ["details", "reviews"] {
         assert!(
             metrics

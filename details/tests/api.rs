@@ -6,17 +6,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 async fn call(method: Method, uri: &str) -> (StatusCode, String, String) {
-    let app = details::app(details::Config::default());
-    let response = app
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = respond(method, uri).await;
     let status = response.status();
     let content_type = response
         .headers()

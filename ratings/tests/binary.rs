@@ -166,15 +166,8 @@ async fn joins_the_mesh_from_its_environment_and_reports_ready_on_the_admin_port
     assert_eq!(entry["response_code"], 200);
     assert_eq!(entry["workload"], "ratings-v1");
     assert_eq!(entry["response_flags"], "-");
-    let metrics = mesh::Client::new()
-        .get(
-            &format!("http://127.0.0.1:{admin}/stats/prometheus"),
-            Default::default(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    let text =
+        test_support::metrics_text(std::net::SocketAddr::from(([127, 0, 0, 1], admin))).await;
     assert!(
         text.contains("istio_requests_total{reporter=\"destination\""),
         "{text}"

@@ -158,6 +158,17 @@ pub async fn whoami(client: &Client, url: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(response.body()).into_owned())
 }
 
+/// The Prometheus text a workload's admin port at `admin` serves.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let url = format!("http://{admin}{}", mesh::telemetry::METRICS_PATH);
+    let response = Client::new()
+        .get(&url, HeaderMap::new(), PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+    String::from_utf8_lossy(response.body()).into_owned()
+}
+
 /// Whether `openssl` is here: a skip outside CI, a failure in CI.
 pub fn has_openssl() -> bool {
     let here = std::process::Command::new("openssl")

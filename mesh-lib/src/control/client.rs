@@ -218,8 +218,6 @@ pub fn spawn_watch(
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
         let mut certs = credentials.subscribe();
-        // Once the workload's owner is gone nothing changes readiness again: keep the last.
-        let mut serving_open = true;
         loop {
             if certs
                 .wait_for(|c| c.as_ref().is_some_and(|c| c.is_usable()))
@@ -257,10 +255,10 @@ pub fn spawn_watch(
                                 Err(e) => tracing::debug!("re-watching after renewal failed ({e}); keeping the current watch"),
                             }
                         }
-                        changed = serving.changed(), if serving_open => {
+                        changed = serving.changed() => {
+                            // The sender lives as long as the workload's Mesh.
                             if changed.is_err() {
-                                serving_open = false;
-                                continue;
+                                return;
                             }
                             let ready = *serving.borrow_and_update();
                             tracing::info!(service = %spec.service, ready, "telling meshd whether this workload takes requests");
