@@ -599,10 +599,10 @@ async fn start_meshd(
     let token = format!("{:032x}", fastrand::u128(..));
     tokens.insert(mesh::gateway::GATEWAY_NAMESPACE, GATEWAY_ACCOUNT, &token);
     by_account.insert(GATEWAY_ACCOUNT.to_owned(), token);
-    let mut base = mesh::config::MeshConfig::default();
+    let mut base = mesh_config::MeshConfig::default();
     for (file, text) in BASE_CONFIG {
         let loaded =
-            mesh::config::parse_file(file, text).map_err(|e| StartError::Mesh(e.to_string()))?;
+            mesh_yaml::parse_file(file, text).map_err(|e| StartError::Mesh(e.to_string()))?;
         base.merge(loaded.config);
     }
     let meshd = daemon::start(MeshdConfig {

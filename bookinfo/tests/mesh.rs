@@ -307,15 +307,15 @@ async fn every_workload_has_its_upstream_service_account_identity(mode: Mode) {
 #[test]
 fn the_shipped_mesh_config_samples_load_cleanly() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-config/security");
-    let loaded = mesh::config::load_dir(&dir).unwrap();
+    let loaded = mesh_yaml::load_dir(&dir).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert_eq!(loaded.config.authorization_policies.len(), 5);
     assert_eq!(loaded.config.peer_authentications.len(), 2);
     let live = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh-config/live");
-    let loaded = mesh::config::load_dir(&live).unwrap();
+    let loaded = mesh_yaml::load_dir(&live).unwrap();
     assert_eq!(
         loaded.config,
-        mesh::config::MeshConfig::default(),
+        mesh_config::MeshConfig::default(),
         "nothing is applied by default"
     );
 }

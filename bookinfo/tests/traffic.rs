@@ -48,13 +48,13 @@ impl App {
         for entry in std::fs::read_dir(&self.dir).unwrap() {
             std::fs::remove_file(entry.unwrap().path()).unwrap();
         }
-        let mut expected = mesh::config::MeshConfig::default();
+        let mut expected = mesh_config::MeshConfig::default();
         for (file, text) in bookinfo::BASE_CONFIG {
-            expected.merge(mesh::config::parse_file(file, text).unwrap().config);
+            expected.merge(mesh_yaml::parse_file(file, text).unwrap().config);
         }
         for file in files {
             let text = std::fs::read_to_string(routing(file)).unwrap();
-            expected.merge(mesh::config::parse_file(file, &text).unwrap().config);
+            expected.merge(mesh_yaml::parse_file(file, &text).unwrap().config);
             std::fs::write(self.dir.join(file), text).unwrap();
         }
         let deadline = Instant::now() + PATIENCE;

@@ -12,12 +12,12 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Decision, MtlsMode, RequestAttrs, Workload};
 use crate::control::client::{self, ControlError, WorkloadSpec};
 use crate::control::{Endpoint, Snapshot};
 use crate::identity::{Certified, Credentials, SpiffeId};
 use crate::telemetry::metrics::WorkloadLabels;
 use crate::telemetry::{AccessLog, MeshMetrics, WorkloadName};
+use mesh_config::{Decision, MtlsMode, RequestAttrs, Workload};
 
 /// The peer's identity on an inbound connection: `None` for plaintext. Inserted into every
 /// request's extensions.

@@ -26,11 +26,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::config::MeshConfig;
 use crate::dataplane::Mesh;
 use crate::forward;
 use crate::outbound::Client;
 use crate::outbound::routing::{self, GatewayContext};
+use mesh_config::MeshConfig;
 
 /// The gateway's port, as Istio's ingress gateway (its Service maps 80 → 8080).
 pub const DEFAULT_GATEWAY_PORT: u16 = 8080;

@@ -17,7 +17,6 @@
 #[cfg(feature = "mimalloc")]
 mod alloc;
 pub mod cli;
-pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod env;

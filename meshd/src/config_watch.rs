@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh::config::{self, Documents};
+use mesh_yaml::{self as config, Documents};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

@@ -15,7 +15,8 @@ use crate::ca::{CaError, CertificateAuthority};
 pub use crate::config_watch::ConfigWatchOptions;
 use crate::listener::{self, ServingNames};
 use crate::server::{ControlPlane, PlaneOptions, Tokens};
-use mesh::config::{self, ConfigError, MeshConfig};
+use mesh_config::MeshConfig;
+use mesh_yaml::{self as config, ConfigError};
 
 /// How often the config directories are read when they cannot be watched for changes (see
 /// [`ConfigWatchOptions`]).
@@ -245,7 +246,7 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
         if kube.config {
             let source = crate::kubernetes::ConfigSource::new(
                 kube.client.clone(),
-                mesh::config::Documents::default(),
+                mesh_yaml::Documents::default(),
             );
             documents.push((
                 crate::kubernetes::config_source::LABEL.to_owned(),

@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status};
 use crate::ca::CertificateAuthority;
 use crate::listener::ControlPeer;
 use crate::registration::{self, MAX_REGISTRATIONS, Refused, RegistrationPolicy};
-use mesh::config::MeshConfig;
 use mesh::control::pb;
 use mesh::identity::SpiffeId;
+use mesh_config::MeshConfig;
 
 /// The bootstrap secrets that prove identities: one per namespace/service account.
 #[derive(Debug, Default, Clone)]

@@ -20,10 +20,10 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use mesh::Server;
-use mesh::config::MeshConfig;
 use mesh::dataplane::Telemetry;
 use mesh::telemetry::tracing::{Propagators, Sampler, Tracing};
 use mesh::workload::WorkloadBuilder;
+use mesh_config::MeshConfig;
 use meshd::daemon::{self, CaSource, MeshdConfig};
 
 fn app() -> Router {
@@ -156,7 +156,7 @@ async fn main() {
     let unsampled = Sampler::from_env(&[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap();
     let b3 = Propagators { b3_always: true };
     let w3c = Propagators::default();
-    let disable = mesh::config::parse_file(
+    let disable = mesh_yaml::parse_file(
         "disable.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: istio-system\nspec:\n  mtls:\n    mode: DISABLE\n",
     )

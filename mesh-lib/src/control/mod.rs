@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::MeshConfig;
 use crate::identity::SpiffeId;
+use mesh_config::MeshConfig;
 
 /// Generated protobuf and gRPC code.
 #[allow(unreachable_pub, missing_docs, clippy::all)]
@@ -27,7 +27,7 @@ pub mod pb {
 }
 
 /// The largest snapshot meshd sends and data planes accept: the config is bounded by
-/// [`crate::config::MAX_CONFIG_JSON_BYTES`], the endpoints by meshd's registration limits on
+/// [`mesh_config::MAX_CONFIG_JSON_BYTES`], the endpoints by meshd's registration limits on
 /// count, names and labels.
 pub const MAX_SNAPSHOT_BYTES: usize = 8 << 20;
 

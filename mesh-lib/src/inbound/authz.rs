@@ -6,8 +6,8 @@ use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::config::{Decision, RequestAttrs};
 use crate::dataplane::{Mesh, PeerIdentity};
+use mesh_config::{Decision, RequestAttrs};
 
 /// The body of a denied request.
 pub const DENIED_BODY: &str = "RBAC: access denied";

@@ -12,8 +12,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use crate::config::{LocalRateLimit, Workload};
 use crate::dataplane::Mesh;
+use mesh_config::{LocalRateLimit, Workload};
 
 /// A bucket that starts full and gains `per_fill` tokens (up to `max`) every `interval`.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::config::MtlsMode;
 use crate::dataplane::Mesh;
 use crate::identity::SpiffeId;
 use crate::io::EitherIo;
+use mesh_config::MtlsMode;
 
 /// How long a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

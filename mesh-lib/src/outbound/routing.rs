@@ -13,12 +13,12 @@ use http::{HeaderName, HeaderValue, Request, Uri, header};
 use super::plan::{
     Destination, FaultPlan, LbPolicy, OutlierPlan, RetryOn, RetryPlan, RoutePlan, TrafficPlan,
 };
-use crate::config::{
+use crate::control::Snapshot;
+use crate::dataplane::Mesh;
+use mesh_config::{
     HttpRoute, LoadBalancer, MeshConfig, RouteMatch, RouteRequest, StringMatch, TlsMode,
     TrafficPolicy, resolve_host,
 };
-use crate::control::Snapshot;
-use crate::dataplane::Mesh;
 
 /// Set on a request that arrived at an ingress gateway: the gateways (`namespace/name`) whose
 /// VirtualServices may route it. The host it is routed on is its `Host` header.
@@ -493,7 +493,7 @@ mod tests {
         let text = include_str!(
             "../../../mesh-config/routing/destination-rule-reviews-circuit-breaker.yaml"
         );
-        let config = crate::config::parse_file("cb.yaml", text).unwrap().config;
+        let config = mesh_yaml::parse_file("cb.yaml", text).unwrap().config;
         let d = destination(
             &config,
             "reviews",

@@ -1,7 +1,7 @@
 //! The mesh config from the API server: a watcher (list, then watch from the list's
 //! resourceVersion; a relist after `410 Gone`; bookmarks; backoff while the API server is
 //! away) per supported kind, each object turned into the document a file would hold and put in
-//! a [`Documents`] set that meshd's [`Watched`](mesh::config::Watched) reloads like a
+//! a [`Documents`] set that meshd's [`Watched`](mesh_yaml::Watched) reloads like a
 //! directory. So an object gets exactly a file's treatment: the same parser, validation and
 //! limits, rejected alone when bad (its last good version stays), merged with the rest.
 //!
@@ -17,7 +17,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use mesh::config::Documents;
+use mesh_yaml::Documents;
 use serde_json::{Map, Value, json};
 
 /// A kind meshd reads: group, version served, kind, plural.
@@ -202,7 +202,7 @@ impl ConfigSource {
         let name = document_name(kind, object);
         let text = document_text(kind, object);
         let label = format!("{LABEL}/{name}");
-        if let Err(e) = mesh::config::parse_file(&label, &text) {
+        if let Err(e) = mesh_yaml::parse_file(&label, &text) {
             tracing::error!(
                 "rejected {} {}: {}",
                 kind.kind,

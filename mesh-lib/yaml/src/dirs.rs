@@ -13,7 +13,7 @@
 //!   one, stays in force, and it is read again when it changes;
 //! - a removed file's resources go;
 //! - a change that would take the merged config over
-//!   [`MAX_CONFIG_JSON_BYTES`](super::MAX_CONFIG_JSON_BYTES) is rejected, the file's
+//!   [`MAX_CONFIG_JSON_BYTES`](mesh_config::MAX_CONFIG_JSON_BYTES) is rejected, the file's
 //!   previous version stays (changes in one reload are tried together first, then one by
 //!   one in merge order, so the others still apply).
 //!
@@ -39,10 +39,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use super::limits::{self, MAX_FILE_BYTES};
-use super::model::MeshConfig;
+use mesh_config::{MAX_FILE_BYTES, check_config_size};
+
+use super::limits;
 use super::net_yaml::{self, Origins};
 use super::{ConfigError, yaml};
+use mesh_config::MeshConfig;
 
 /// Size and modification time: a change in either means the file is read again.
 type Fingerprint = (u64, Option<SystemTime>);
@@ -355,7 +357,7 @@ impl Watched {
             .map(|c| self.set(c.dir, &c.name, c.new.clone()))
             .collect();
         let merged = self.merge();
-        if limits::check_config_size(&merged).is_ok() {
+        if check_config_size(&merged).is_ok() {
             self.merged = merged;
             reload
                 .warnings
@@ -368,7 +370,7 @@ impl Watched {
         for change in changes {
             let old = self.set(change.dir, &change.name, change.new);
             let merged = self.merge();
-            match limits::check_config_size(&merged) {
+            match check_config_size(&merged) {
                 Ok(_) => {
                     self.merged = merged;
                     reload.warnings.extend(change.warnings);
@@ -485,7 +487,7 @@ impl Dir {
 /// Every resource of `config` by kind and `namespace/name`.
 fn resources(config: &MeshConfig) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    let mut add = |kind: &'static str, metas: &mut dyn Iterator<Item = &super::Metadata>| {
+    let mut add = |kind: &'static str, metas: &mut dyn Iterator<Item = &mesh_config::Metadata>| {
         out.extend(metas.map(|m| (kind, m.key())));
     };
     add(

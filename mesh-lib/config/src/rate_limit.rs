@@ -86,7 +86,7 @@ impl LocalRateLimit {
     }
 }
 
-pub(super) fn default_response_headers() -> BTreeMap<String, String> {
+pub fn default_response_headers() -> BTreeMap<String, String> {
     BTreeMap::from([(
         DEFAULT_RATE_LIMIT_HEADER.0.to_owned(),
         DEFAULT_RATE_LIMIT_HEADER.1.to_owned(),
@@ -94,14 +94,14 @@ pub(super) fn default_response_headers() -> BTreeMap<String, String> {
 }
 
 /// `maxTokens` / `tokensPerFill`: 1 to `u32::MAX`.
-pub(super) fn check_tokens(field: &str, value: i64) -> Result<u32, String> {
+pub fn check_tokens(field: &str, value: i64) -> Result<u32, String> {
     u32::try_from(value)
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| format!("{field} must be between 1 and {} (got {value})", u32::MAX))
 }
 
-pub(super) fn check_fill_interval(interval: Duration) -> Result<(), String> {
+pub fn check_fill_interval(interval: Duration) -> Result<(), String> {
     if interval.is_zero() {
         Err("fillInterval must be more than zero".to_owned())
     } else {
@@ -109,7 +109,7 @@ pub(super) fn check_fill_interval(interval: Duration) -> Result<(), String> {
     }
 }
 
-pub(super) fn check_status(value: i64) -> Result<u16, String> {
+pub fn check_status(value: i64) -> Result<u16, String> {
     u16::try_from(value)
         .ok()
         .filter(|s| (400..=599).contains(s))
@@ -117,13 +117,13 @@ pub(super) fn check_status(value: i64) -> Result<u16, String> {
 }
 
 /// The header name in its canonical (lowercase) form.
-pub(super) fn check_header_name(name: &str) -> Result<String, String> {
+pub fn check_header_name(name: &str) -> Result<String, String> {
     http::HeaderName::from_bytes(name.as_bytes())
         .map(|n| n.as_str().to_owned())
         .map_err(|_| format!("responseHeaders: invalid header name {name:?}"))
 }
 
-pub(super) fn check_header_value(value: &str) -> Result<(), String> {
+pub fn check_header_value(value: &str) -> Result<(), String> {
     http::HeaderValue::from_str(value)
         .map(drop)
         .map_err(|_| format!("responseHeaders: invalid header value {value:?}"))

@@ -8,13 +8,13 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
 use super::ConfigError;
-use super::model::Metadata;
-use super::net_model::parse_duration;
-use super::rate_limit::{
+use super::yaml::{Cx, RawSelector, selector};
+use mesh_config::Metadata;
+use mesh_config::parse_duration;
+use mesh_config::{
     DEFAULT_RATE_LIMIT_STATUS, LocalRateLimit, check_fill_interval, check_header_name,
     check_header_value, check_status, check_tokens, default_response_headers,
 };
-use super::yaml::{Cx, RawSelector, selector};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

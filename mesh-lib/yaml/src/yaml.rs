@@ -1,5 +1,5 @@
 //! The YAML side: Istio resources as written, with source locations, checked and turned
-//! into the [`model`](super::model) types.
+//! into the [`mesh_config`] types.
 //!
 //! Every struct denies unknown fields, and every Istio field that the evaluator does not
 //! implement is still declared so that, when it is set, loading fails with an error naming
@@ -13,12 +13,12 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
 use super::ConfigError;
-use super::model::{
+use super::net_yaml::{Origins, RawDrSpec, RawGatewaySpec, RawVsSpec};
+use super::rate_limit_yaml::RawRateLimitSpec;
+use mesh_config::{
     Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
     Operation, PeerAuthentication, Rule, Source,
 };
-use super::net_yaml::{Origins, RawDrSpec, RawGatewaySpec, RawVsSpec};
-use super::rate_limit_yaml::RawRateLimitSpec;
 
 const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 const NETWORKING_VERSIONS: &[&str] = &[

@@ -1,47 +1,35 @@
-//! Istio configuration: parses security (`PeerAuthentication`, `AuthorizationPolicy`) and
-//! traffic-management (`VirtualService`, `DestinationRule`, `Gateway`) resources from YAML
-//! and evaluates them with Istio's semantics, plus the mesh's own `LocalRateLimit`
-//! (`mesh.bookinfo.io/v1alpha1`, where Istio would need an `EnvoyFilter`).
+//! Reads the mesh's config as an Istio user writes it: security (`PeerAuthentication`,
+//! `AuthorizationPolicy`) and traffic-management (`VirtualService`, `DestinationRule`,
+//! `Gateway`) resources, plus the mesh's own `LocalRateLimit`, from YAML files and
+//! directories into the [`mesh_config`] types. meshd, the launcher and tests link it; data
+//! planes do not (they receive the config meshd read).
 //!
 //! The mesh reads the same YAML an Istio user would `kubectl apply`, so the Bookinfo
 //! security tutorials work unchanged. Loading is strict on purpose: an unknown field, or an
-//! Istio field this module does not implement (for example `ipBlocks`), is an error with its
+//! Istio field the mesh does not implement (for example `ipBlocks`), is an error with its
 //! file, line and column, because silently ignoring part of a security policy would change
 //! what it allows. A file that fails to load contributes nothing, so a caller can keep its
 //! last good version. The same holds for a kind the mesh does not implement (`ServiceEntry`,
 //! `EnvoyFilter`, a Gateway API `Gateway`, ...): an error naming its apiVersion and kind,
 //! checked before its spec is read. Only fields that tune performance or visibility and
 //! cannot change where a request goes or who may send it are accepted and ignored (README
-//! lists them). Sizes are bounded ([`MAX_FILE_BYTES`],
-//! [`MAX_STRING_BYTES`], [`MAX_HOST_BYTES`], [`MAX_CONFIG_JSON_BYTES`]) so that config can
-//! always be shipped in one snapshot.
+//! lists them). Sizes are bounded ([`mesh_config::MAX_FILE_BYTES`],
+//! [`mesh_config::MAX_STRING_BYTES`], [`mesh_config::MAX_HOST_BYTES`],
+//! [`mesh_config::MAX_CONFIG_JSON_BYTES`]) so that config can always be shipped in one
+//! snapshot.
 //!
 //! - [`load_dir`] / [`parse_file`]: YAML (multi-document) to a [`MeshConfig`] plus warnings.
 //! - [`Watched`]: meshd's watched directories, loaded and reloaded file by file.
-//! - [`MeshConfig::mtls_mode`]: which mTLS mode a workload accepts.
-//! - [`MeshConfig::authorize`]: whether a workload accepts a request.
-//! - [`MeshConfig::route`]: which virtual service rule a request follows;
-//!   [`choose_destination`] picks one of its weighted destinations.
-//! - [`MeshConfig::destination_rule`] / [`MeshConfig::subset_labels`]: a host's policy and
-//!   subsets; [`MeshConfig::gateway_for`]: the gateways a gateway workload serves.
-//! - [`MeshConfig::local_rate_limit`]: the token bucket on a workload's inbound.
-//!
-//! A [`MeshConfig`] round-trips through JSON (serde) so it can be shipped to proxies.
 
 mod dirs;
 #[cfg(test)]
 mod dirs_tests;
-mod eval;
 mod limits;
 #[cfg(test)]
 mod limits_tests;
-mod model;
-mod net_eval;
-mod net_model;
 #[cfg(test)]
 mod net_tests;
 mod net_yaml;
-mod rate_limit;
 #[cfg(test)]
 mod rate_limit_tests;
 mod rate_limit_yaml;
@@ -53,24 +41,10 @@ use std::fmt;
 use std::path::Path;
 
 pub use dirs::{Documents, Reload, Watched};
-pub use eval::{Decision, RequestAttrs, Workload};
-pub use limits::{
-    ConfigTooLarge, MAX_CONFIG_JSON_BYTES, MAX_FILE_BYTES, MAX_HOST_BYTES, MAX_STRING_BYTES,
-    check_config_size,
-};
-pub use model::{
-    Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
-    Operation, PeerAuthentication, ROOT_NAMESPACE, Rule, Source, UnsupportedKey,
-};
-pub use net_eval::{RouteMatch, RouteRequest, choose_destination, resolve_host, total_weight};
-pub use net_model::{
-    ClientTls, ConnectionPool, Destination, DestinationRule, Fault, FaultAbort, FaultDelay,
-    Gateway, HeaderOperations, Headers, HttpMatch, HttpPool, HttpRoute, LoadBalancer,
-    OutlierDetection, Percent, RegexPattern, Retries, Rewrite, RouteDestination, Server,
-    ServerPort, StringMatch, Subset, TcpPool, TlsMode, TrafficPolicy, VirtualService,
-    format_duration, parse_duration,
-};
-pub use rate_limit::{DEFAULT_RATE_LIMIT_HEADER, DEFAULT_RATE_LIMIT_STATUS, LocalRateLimit};
+use mesh_config::MeshConfig;
+// The tests (`super::*`) read the model's whole face.
+#[cfg(test)]
+use mesh_config::*;
 
 /// A configuration that loaded, with what was accepted but ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! The YAML side of `networking.istio.io`: `VirtualService`, `DestinationRule` and
-//! `Gateway` as written, checked and turned into the [`net_model`](super::net_model) types.
+//! `Gateway` as written, checked and turned into the [`mesh_config`] types.
 //!
 //! As for security resources, every struct denies unknown fields, and Istio fields that the
 //! mesh does not implement are declared so that setting one is an error naming it, except a
@@ -14,15 +14,15 @@ use serde_saphyr::{Location, Spanned};
 
 use super::ConfigError;
 use super::limits;
-use super::model::{MeshConfig, Metadata};
-use super::net_model::{
+use super::yaml::Cx;
+use mesh_config::{
     ClientTls, ConnectionPool, Destination, DestinationRule, Fault, FaultAbort, FaultDelay,
     Gateway, HeaderOperations, Headers, HttpMatch, HttpPool, HttpRoute, LoadBalancer,
     OutlierDetection, Percent, RegexPattern, Retries, Rewrite, RouteDestination, Server,
     ServerPort, StringMatch, Subset, TcpPool, TlsMode, TrafficPolicy, VirtualService,
     parse_duration,
 };
-use super::yaml::Cx;
+use mesh_config::{MeshConfig, Metadata};
 
 /// A field the mesh does not implement: an error when present.
 type Rejected = Option<Spanned<IgnoredAny>>;
