@@ -28,5 +28,5 @@ target=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/static}
 # sidecar-pair runs the mesh-proxy beside its own executable.
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile image --locked --target "$target" \
-  -p bench --bin "$bench" -p mesh-lib --bin mesh-proxy
+  -p bench --bin "$bench" -p mesh-proxy --bin mesh-proxy
 exec "$CARGO_TARGET_DIR/$target/image/$bench" "$@"

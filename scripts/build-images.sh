@@ -19,7 +19,7 @@ case "${1:-}" in
     # this keeps it from waiting on another cargo's lock.
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/static}
     RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile image --locked --target "$target" \
-      -p details -p ratings -p reviews -p productpage -p mesh-lib -p meshd $(printf -- '--bin %s ' "${services[@]}")
+      -p details -p ratings -p reviews -p productpage -p mesh-proxy -p meshd $(printf -- '--bin %s ' "${services[@]}")
     context=$(mktemp -d)
     trap 'rm -rf "$context"' EXIT
     for s in "${services[@]}"; do

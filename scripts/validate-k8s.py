@@ -256,7 +256,7 @@ GATEWAY_SA = "istio-ingressgateway-service-account"
 GATEWAY_TOKEN = "%s.%s" % (GATEWAY_NS, GATEWAY_SA)
 GATEWAY_OBJECTS = {("ServiceAccount", GATEWAY_SA), ("Service", GATEWAY), ("Deployment", GATEWAY)}
 # What a meshed container claims when MESH_NAMESPACE / MESH_SERVICE_ACCOUNT are unset:
-# mesh-proxy gateway's identity (mesh-lib/src/bin/mesh-proxy.rs), else (an app, or
+# mesh-proxy gateway's identity (mesh-lib/proxy/src/main.rs), else (an app, or
 # `mesh-proxy sidecar --service <name>`) default / bookinfo-<name> (mesh-lib/src/workload.rs).
 WORKLOAD_DEFAULT_NS = "default"
 # Service port -> (name, targetPort), as Istio's ingress Service maps 80 to the gateway's 8080.

@@ -35,7 +35,7 @@ pub const DEFAULT_RATINGS_PORT: u16 = 9085;
 
 /// The Kubernetes namespace the workloads' identities name.
 pub const NAMESPACE: &str = "default";
-const GATEWAY_ACCOUNT: &str = mesh::gateway::GATEWAY_SERVICE_ACCOUNT;
+const GATEWAY_ACCOUNT: &str = mesh_proxy::gateway::GATEWAY_SERVICE_ACCOUNT;
 
 /// How long start waits for every workload's certificate and first snapshot.
 pub const MESH_READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -65,7 +65,7 @@ pub enum Mode {
     #[default]
     Embedded,
     /// Each service runs plain on its own loopback port, with a sidecar
-    /// ([`mesh::sidecar`], what `mesh-proxy sidecar` runs) at the workload's address: the mesh
+    /// ([`mesh_proxy::sidecar`], what `mesh-proxy sidecar` runs) at the workload's address: the mesh
     /// reaches the service through the sidecar's inbound listener, the service calls out
     /// through the sidecar's outbound HTTP proxy.
     Sidecar,
@@ -126,7 +126,7 @@ pub const DEFAULT_ADMIN_PORT: u16 = 15000;
 impl Default for MeshOptions {
     fn default() -> Self {
         Self {
-            gateway_port: mesh::gateway::DEFAULT_GATEWAY_PORT,
+            gateway_port: mesh_proxy::gateway::DEFAULT_GATEWAY_PORT,
             admin_port: DEFAULT_ADMIN_PORT,
             dashboard_port: DEFAULT_DASHBOARD_PORT,
             otlp: None,
@@ -447,8 +447,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 let client = Client::builder()
                     .proxy(Some(Proxy::new(outbound.local_addr())))
                     .build();
-                let beside = mesh::sidecar::App::on_loopback(app.local_addr().port());
-                apps.extend(mesh::sidecar::listeners(&mesh, &beside, server, outbound));
+                let beside = mesh_proxy::sidecar::App::on_loopback(app.local_addr().port());
+                apps.extend(mesh_proxy::sidecar::listeners(
+                    &mesh, &beside, server, outbound,
+                ));
                 Ok((app, client))
             }
         }
@@ -471,8 +473,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(beside) => {
             let mesh = join_as(&productpage, "productpage", "v1")?;
             let outbound = loopback("productpage sidecar outbound", beside.proxy_port)?;
-            let app = mesh::sidecar::App::on_loopback(beside.app_port);
-            apps.extend(mesh::sidecar::listeners(&mesh, &app, productpage, outbound));
+            let app = mesh_proxy::sidecar::App::on_loopback(beside.app_port);
+            apps.extend(mesh_proxy::sidecar::listeners(
+                &mesh,
+                &app,
+                productpage,
+                outbound,
+            ));
         }
         None => {
             let (server, client) = join(productpage, "productpage", "v1", &mut apps)?;
@@ -483,9 +490,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let (Some(server), Some(meshd)) = (gateway, &meshd) {
         let gateway_mesh = workload(
             meshd,
-            mesh::gateway::GATEWAY_SERVICE,
-            mesh::gateway::labels(),
-            mesh::gateway::GATEWAY_NAMESPACE,
+            mesh_proxy::gateway::GATEWAY_SERVICE,
+            mesh_proxy::gateway::labels(),
+            mesh_proxy::gateway::GATEWAY_NAMESPACE,
             GATEWAY_ACCOUNT,
         )?
         .start(server.local_addr())
@@ -494,12 +501,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // Whichever port this listener got (tests use free ports), it serves as Istio's
         // ingress gateway on 8080 behind its default Service (80 → 8080), so a Gateway on
         // either port applies, as `mesh-proxy gateway` does by default.
-        let options = mesh::gateway::Options::new(mesh::gateway::DEFAULT_GATEWAY_PORT);
-        tokio::spawn(mesh::gateway::warn_unmatched(
+        let options = mesh_proxy::gateway::Options::new(mesh_proxy::gateway::DEFAULT_GATEWAY_PORT);
+        tokio::spawn(mesh_proxy::gateway::warn_unmatched(
             gateway_mesh.clone(),
             options.clone(),
         ));
-        apps.push((server, mesh::gateway::router(gateway_mesh, &options)));
+        apps.push((server, mesh_proxy::gateway::router(gateway_mesh, &options)));
     }
 
     for mesh in &meshes {
@@ -597,7 +604,11 @@ async fn start_meshd(
         by_account.insert(account, token);
     }
     let token = format!("{:032x}", fastrand::u128(..));
-    tokens.insert(mesh::gateway::GATEWAY_NAMESPACE, GATEWAY_ACCOUNT, &token);
+    tokens.insert(
+        mesh_proxy::gateway::GATEWAY_NAMESPACE,
+        GATEWAY_ACCOUNT,
+        &token,
+    );
     by_account.insert(GATEWAY_ACCOUNT.to_owned(), token);
     let mut base = mesh_config::MeshConfig::default();
     for (file, text) in BASE_CONFIG {

@@ -63,7 +63,7 @@ struct Cli {
     #[arg(long, default_value_t = mesh::control::DEFAULT_CONTROL_PORT)]
     meshd_port: u16,
     /// The ingress gateway's port (the page URL's).
-    #[arg(long, env = "BOOKINFO_GATEWAY_PORT", default_value_t = mesh::gateway::DEFAULT_GATEWAY_PORT)]
+    #[arg(long, env = "BOOKINFO_GATEWAY_PORT", default_value_t = mesh_proxy::gateway::DEFAULT_GATEWAY_PORT)]
     gateway_port: u16,
     /// Admin port: every workload's Istio metrics at /stats/prometheus.
     #[arg(long, default_value_t = bookinfo::DEFAULT_ADMIN_PORT)]

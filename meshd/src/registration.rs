@@ -126,9 +126,9 @@ impl RegistrationPolicy {
         let account = identity.service_account.as_str();
         let by_convention = account == service
             || account.strip_prefix("bookinfo-") == Some(service)
-            || (identity.namespace == mesh::gateway::GATEWAY_NAMESPACE
-                && account == mesh::gateway::GATEWAY_SERVICE_ACCOUNT
-                && service == mesh::gateway::GATEWAY_SERVICE);
+            || (identity.namespace == mesh::identity::GATEWAY_NAMESPACE
+                && account == mesh::identity::GATEWAY_SERVICE_ACCOUNT
+                && service == mesh::identity::GATEWAY_SERVICE);
         by_convention
             || self
                 .extra

@@ -200,7 +200,7 @@ fn is_normal(path: &str) -> bool {
 
 /// A path that cannot be normalised: Envoy's local reply, 400 with an empty body.
 #[derive(Debug)]
-pub(crate) struct PathRefused;
+pub struct PathRefused;
 
 impl IntoResponse for PathRefused {
     fn into_response(self) -> Response {
@@ -209,7 +209,7 @@ impl IntoResponse for PathRefused {
 }
 
 /// The request with its path in normal form.
-pub(crate) fn normalize(mut request: Request) -> Result<Request, PathRefused> {
+pub fn normalize(mut request: Request) -> Result<Request, PathRefused> {
     if is_normal(request.uri().path()) {
         return Ok(request);
     }

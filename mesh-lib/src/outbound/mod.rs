@@ -228,7 +228,7 @@ impl Client {
 
 /// `call`'s outcome as an outbound call's to `authority`: a timeout after `deadline`, its
 /// error the request's.
-pub(crate) async fn within<T>(
+pub async fn within<T>(
     deadline: Duration,
     authority: &http::uri::Authority,
     call: impl Future<Output = Result<T, BoxError>>,
@@ -245,7 +245,7 @@ pub(crate) async fn within<T>(
 
 /// A request body in memory, so that any attempt can resend it: at most
 /// [`MAX_REQUEST_BODY`], beyond which it is an error.
-pub(crate) async fn read_limited(body: Body) -> Result<Bytes, BoxError> {
+pub async fn read_limited(body: Body) -> Result<Bytes, BoxError> {
     collect(http_body_util::Limited::new(body, MAX_REQUEST_BODY)).await
 }
 
@@ -403,7 +403,7 @@ impl ClientBuilder {
 
 /// TCP connections as every outbound connection opens them: TCP_NODELAY (small request and
 /// response exchanges are latency-bound), bounded by [`DEFAULT_CONNECT_TIMEOUT`].
-pub(crate) fn tcp_connector() -> HttpConnector {
+pub fn tcp_connector() -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));

@@ -126,7 +126,7 @@ pub(crate) fn plan(mesh: &Mesh, plans: &Plans, req: &mut Request<Bytes>) -> Arc<
 }
 
 /// Whether a VirtualService bound to one of `gateways` routes `req` (else the gateway's 404).
-pub(crate) fn gateway_routes(mesh: &Mesh, gateways: &[String], req: &Request<Bytes>) -> bool {
+pub fn gateway_routes(mesh: &Mesh, gateways: &[String], req: &Request<Bytes>) -> bool {
     let snapshot = mesh.snapshot();
     let namespace = &mesh.identity().namespace;
     gateways.iter().any(|g| {

@@ -5,9 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mesh::Server;
 use mesh::env::{ProcessEnv, Vars};
 use mesh::workload::{Readiness, WorkloadEnv};
-use mesh::{Server, gateway, sidecar};
+use mesh_proxy::{gateway, sidecar};
 
 /// mesh-proxy: proxies for the Bookinfo mesh, built from the same tower layers as the
 /// embedded data plane. Worker threads: one per core by default, TOKIO_WORKER_THREADS=N sets

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::outbound::{Client, OutboundError};
+use mesh::outbound::{Client, OutboundError};
 
 /// How long a proxy waits for an upstream answer (Istio sets no route timeout by default;
 /// this only bounds a request nobody answers).
@@ -58,10 +58,10 @@ pub(crate) async fn buffer(
     request: axum::extract::Request,
 ) -> Result<(http::request::Parts, Bytes), Response> {
     let (mut parts, body) = request.into_parts();
-    let body = match crate::outbound::read_limited(body).await {
+    let body = match mesh::outbound::read_limited(body).await {
         Ok(body) => body,
         Err(e) => {
-            let refusal = if caused_by::<crate::server::BodyReadTimeout>(&*e) {
+            let refusal = if caused_by::<mesh::server::BodyReadTimeout>(&*e) {
                 (StatusCode::REQUEST_TIMEOUT, "request timeout")
             } else if caused_by::<http_body_util::LengthLimitError>(&*e) {
                 (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
@@ -146,23 +146,23 @@ mod tests {
     }
 
     /// A body that fails with `error` on its first read.
-    fn failing(error: crate::BoxError) -> axum::body::Body {
+    fn failing(error: mesh::BoxError) -> axum::body::Body {
         let frames = tokio_stream::iter([Err::<hyper::body::Frame<Bytes>, _>(error)]);
         axum::body::Body::new(http_body_util::StreamBody::new(frames))
     }
 
     #[tokio::test]
     async fn a_stalled_body_is_408_an_oversized_one_413_a_broken_one_400() {
-        let stalled = crate::server::BodyReadTimeout(std::time::Duration::from_secs(15));
+        let stalled = mesh::server::BodyReadTimeout(std::time::Duration::from_secs(15));
         for (error, status) in [
-            (crate::BoxError::from(stalled), StatusCode::REQUEST_TIMEOUT),
+            (mesh::BoxError::from(stalled), StatusCode::REQUEST_TIMEOUT),
             ("connection reset".into(), StatusCode::BAD_REQUEST),
         ] {
             let request = http::Request::post("/").body(failing(error)).unwrap();
             let refused = buffer(request).await.unwrap_err();
             assert_eq!(refused.status(), status);
         }
-        let huge = vec![0u8; crate::outbound::MAX_REQUEST_BODY + 1];
+        let huge = vec![0u8; mesh::outbound::MAX_REQUEST_BODY + 1];
         let request = http::Request::post("/")
             .body(axum::body::Body::from(huge))
             .unwrap();

@@ -10,7 +10,8 @@ use axum::Router;
 use axum::routing::get;
 use http::{HeaderMap, StatusCode};
 use mesh::workload::WorkloadBuilder;
-use mesh::{Client, Server, gateway};
+use mesh::{Client, Server};
+use mesh_proxy::gateway;
 use test_support::{Killed, PATIENCE, free_port, tempdir};
 
 const PROXY: &str = env!("CARGO_BIN_EXE_mesh-proxy");

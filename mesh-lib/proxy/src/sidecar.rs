@@ -3,13 +3,13 @@
 //! or compose's `network_mode: service:<app>`) and joins meshd as the application's workload,
 //! so the registry, routing, policies and the dashboard cannot tell it from an embedded one.
 //!
-//! - **inbound** (default `:15006`): the mesh's inbound listener ([`crate::Server`] with the
+//! - **inbound** (default `:15006`): the mesh's inbound listener ([`mesh::Server`] with the
 //!   mesh: mTLS per PeerAuthentication, telemetry, path normalisation, rate limit,
 //!   AuthorizationPolicy, server span), whose "service" passes each request on in plaintext to
 //!   the application on `127.0.0.1:<app port>`;
 //! - **outbound** (default `127.0.0.1:15001`): an HTTP proxy the application reaches through
 //!   `HTTP_PROXY` (absolute-form requests, or origin-form with a `Host` header), whose requests
-//!   go through the whole outbound stack ([`crate::Client`] of the mesh: route, fault, timeout,
+//!   go through the whole outbound stack ([`mesh::Client`] of the mesh: route, fault, timeout,
 //!   retry, split, balance, breaker, mTLS connect, client span, `reporter="source"` metrics).
 //!
 //! The two are built from the same layers as the embedded data plane; only the ends differ.
@@ -23,18 +23,18 @@ use axum::response::{IntoResponse, Response};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 
-use crate::dataplane::Mesh;
 use crate::forward::{self, UPSTREAM_DEADLINE};
-use crate::outbound::connect::MeshConnector;
-use crate::outbound::pool::Pool;
-use crate::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, MAX_RESPONSE_BODY, within};
+use mesh::dataplane::Mesh;
+use mesh::outbound::connect::MeshConnector;
+use mesh::outbound::pool::Pool;
+use mesh::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, MAX_RESPONSE_BODY, within};
 
 /// Where the mesh reaches the application through the sidecar (Istio's inbound capture port).
 pub const DEFAULT_INBOUND_PORT: u16 = 15006;
 /// Where the application reaches the mesh (Istio's outbound capture port); loopback only.
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 /// The application's port on loopback.
-pub const DEFAULT_APP_PORT: u16 = crate::cli::DEFAULT_PORT;
+pub const DEFAULT_APP_PORT: u16 = mesh::cli::DEFAULT_PORT;
 /// What readiness asks of the application (every Bookinfo service answers it).
 pub const DEFAULT_APP_HEALTH_PATH: &str = "/health";
 /// How often the sidecar asks the application's health, and how long one answer may take.
@@ -64,8 +64,8 @@ impl App {
     }
 
     /// What the sidecar's `/healthz/ready` asks besides the certificate.
-    pub fn readiness(&self) -> crate::workload::Readiness {
-        crate::workload::Readiness::Http(self.health_url())
+    pub fn readiness(&self) -> mesh::workload::Readiness {
+        mesh::workload::Readiness::Http(self.health_url())
     }
 
     fn health_url(&self) -> String {
@@ -108,15 +108,15 @@ pub fn follow_app_health(mesh: &Mesh, app: &App) -> tokio::task::JoinHandle<()> 
 
 /// The sidecar's two listeners, bound and ready to serve as `mesh`'s workload for `app`:
 /// `inbound` through the mesh's inbound stack to the application, `outbound` (plaintext, for
-/// the application only) through the mesh's outbound stack. [`crate::workload::serve`] runs
+/// the application only) through the mesh's outbound stack. [`mesh::workload::serve`] runs
 /// them with the admin listener ([`App::readiness`]); the application's health decides
 /// whether meshd publishes the endpoint ([`follow_app_health`], started here).
 pub fn listeners(
     mesh: &Mesh,
     app: &App,
-    inbound: crate::Server,
-    outbound: crate::Server,
-) -> Vec<(crate::Server, Router)> {
+    inbound: mesh::Server,
+    outbound: mesh::Server,
+) -> Vec<(mesh::Server, Router)> {
     let routers = routers(mesh, app, outbound.local_addr());
     follow_app_health(mesh, app);
     servers(mesh, inbound, outbound)
@@ -127,13 +127,13 @@ pub fn listeners(
 
 /// The sidecar's two listeners in the order [`routers`] makes theirs: inbound (with the mesh's
 /// inbound stack), then outbound.
-pub fn servers(mesh: &Mesh, inbound: crate::Server, outbound: crate::Server) -> Vec<crate::Server> {
+pub fn servers(mesh: &Mesh, inbound: mesh::Server, outbound: mesh::Server) -> Vec<mesh::Server> {
     vec![inbound.with_mesh(mesh.clone()), outbound]
 }
 
 /// The routers of [`listeners`], inbound's then outbound's (listening at `outbound`): each
 /// call makes a fresh pair with connections of their own, for one worker thread
-/// ([`crate::workload::serve_on_workers`]).
+/// ([`mesh::workload::serve_on_workers`]).
 pub fn routers(mesh: &Mesh, app: &App, outbound: SocketAddr) -> Vec<Router> {
     vec![inbound_router(app), outbound_router(mesh, outbound)]
 }
@@ -152,7 +152,7 @@ struct Inbound {
 /// loopback, so a request goes straight to a pooled connection to it: Istio's inbound cluster
 /// has no routing, retries or balancing either.
 pub fn inbound_router(app: &App) -> Router {
-    let connector = MeshConnector::new(crate::outbound::tcp_connector(), None);
+    let connector = MeshConnector::new(mesh::outbound::tcp_connector(), None);
     Router::new().fallback(pass_in).with_state(Inbound {
         pool: Pool::new(connector, DEFAULT_POOL_IDLE_TIMEOUT, MAX_RESPONSE_BODY),
         app: Authority::try_from(app.addr.to_string())

@@ -26,10 +26,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::dataplane::Mesh;
 use crate::forward;
-use crate::outbound::Client;
-use crate::outbound::routing::{self, GatewayContext};
+use mesh::dataplane::Mesh;
+pub use mesh::identity::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, GATEWAY_SERVICE_ACCOUNT};
+use mesh::outbound::Client;
+use mesh::outbound::routing::{self, GatewayContext};
 use mesh_config::MeshConfig;
 
 /// The gateway's port, as Istio's ingress gateway (its Service maps 80 → 8080).
@@ -141,6 +142,8 @@ impl Options {
     }
 }
 
+pub use crate::forward::UPSTREAM_DEADLINE;
+
 /// Logs [`Options::unmatched`] for each new config `mesh` receives (each warning once while
 /// it holds), until the mesh stops.
 pub async fn warn_unmatched(mesh: Mesh, options: Options) {
@@ -157,12 +160,6 @@ pub async fn warn_unmatched(mesh: Mesh, options: Options) {
         }
     }
 }
-/// The namespace, service account and labels of Istio's ingress gateway, which Gateway
-/// selectors (`istio: ingressgateway`) and policies name.
-pub const GATEWAY_NAMESPACE: &str = "istio-system";
-pub const GATEWAY_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
-pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
-pub use crate::forward::UPSTREAM_DEADLINE;
 
 /// The labels Gateway resources select the ingress gateway by.
 pub fn labels() -> BTreeMap<String, String> {
@@ -196,7 +193,7 @@ pub fn router(mesh: Mesh, options: &Options) -> Router {
 }
 
 async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
-    let request = match crate::inbound::normalize::normalize(request) {
+    let request = match mesh::inbound::normalize::normalize(request) {
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
@@ -256,7 +253,7 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
     let span = gw.mesh.telemetry().tracing.as_ref().map(|t| {
         let (method, uri, headers) = (&parts.method, &parts.uri, &mut parts.headers);
         t.start(opentelemetry::trace::SpanKind::Server, headers, || {
-            crate::telemetry::tracing::SpanInfo::Server {
+            mesh::telemetry::tracing::SpanInfo::Server {
                 method: method.clone(),
                 path: uri.path().into(),
                 workload: gw.mesh.workload_shared(),
