@@ -21,7 +21,6 @@ pub mod control;
 pub mod dataplane;
 pub mod env;
 mod fast_hash;
-pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod logging;
@@ -32,8 +31,10 @@ pub mod run;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
-pub mod tls;
 pub mod workload;
+
+/// SPIFFE identities and the TLS that checks them, shared with meshd (`mesh-proto`).
+pub use mesh_proto::{identity, tls};
 
 pub use dataplane::{Mesh, PeerIdentity};
 pub use nofile::raise_nofile_limit;

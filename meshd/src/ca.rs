@@ -16,7 +16,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use mesh::identity::SpiffeId;
+use mesh_proto::identity::SpiffeId;
 
 /// How long a workload certificate is valid unless configured otherwise (Istio's default).
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -335,7 +335,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh::identity::Credentials;
+    use mesh_proto::identity::Credentials;
     use rustls_pki_types::pem::PemObject;
 
     fn id(sa: &str) -> SpiffeId {
@@ -354,7 +354,7 @@ mod tests {
         let creds = Credentials::new(id("bookinfo-details"));
         let request = creds.request().unwrap();
         let cert = ca.sign(&request.csr_pem, &id("bookinfo-details")).unwrap();
-        let anchors = mesh::identity::TrustRoots::from_pem(ca.root_pem())
+        let anchors = mesh_proto::identity::TrustRoots::from_pem(ca.root_pem())
             .unwrap()
             .load()
             .unwrap();
@@ -376,7 +376,7 @@ mod tests {
         let cert = impostor
             .sign(&request.csr_pem, &id("bookinfo-details"))
             .unwrap();
-        let anchors = mesh::identity::TrustRoots::from_pem(ours.root_pem())
+        let anchors = mesh_proto::identity::TrustRoots::from_pem(ours.root_pem())
             .unwrap()
             .load()
             .unwrap();
@@ -396,11 +396,12 @@ mod tests {
             .unwrap();
         let der =
             rustls_pki_types::CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).unwrap();
-        assert!(mesh::tls::spiffe_id_of(&der).is_err(), "no SPIFFE id");
+        assert!(mesh_proto::tls::spiffe_id_of(&der).is_err(), "no SPIFFE id");
         let root =
             rustls_pki_types::CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap();
-        let err = mesh::tls::verify_chain(&der, &[], &[root], rustls_pki_types::UnixTime::now())
-            .unwrap_err();
+        let err =
+            mesh_proto::tls::verify_chain(&der, &[], &[root], rustls_pki_types::UnixTime::now())
+                .unwrap_err();
         assert!(err.to_string().contains("RequiredEkuNotFound"), "{err}");
     }
 

@@ -94,13 +94,13 @@ impl std::fmt::Debug for KubernetesOptions {
 impl Default for MeshdConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], mesh::control::DEFAULT_CONTROL_PORT)),
+            listen: SocketAddr::from(([0, 0, 0, 0], mesh_proto::DEFAULT_CONTROL_PORT)),
             ca: CaSource::Ephemeral,
             tokens: Tokens::default(),
             base: MeshConfig::default(),
             config_dirs: Vec::new(),
             config_watch: ConfigWatchOptions::default(),
-            trust_domain: mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            trust_domain: mesh_proto::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             cert_ttl: crate::ca::DEFAULT_CERT_TTL,
             dashboard: None,
             namespace: DEFAULT_NAMESPACE.to_owned(),
@@ -178,8 +178,9 @@ impl RunningMeshd {
     }
 
     /// [`root_pem`](Self::root_pem) as trust roots for a workload in this process.
-    pub fn trust_roots(&self) -> mesh::identity::TrustRoots {
-        mesh::identity::TrustRoots::from_pem(self.root_pem()).expect("the CA's own root parses")
+    pub fn trust_roots(&self) -> mesh_proto::identity::TrustRoots {
+        mesh_proto::identity::TrustRoots::from_pem(self.root_pem())
+            .expect("the CA's own root parses")
     }
 
     /// Stops serving and watching; registered workloads keep their last snapshot.

@@ -1,6 +1,7 @@
 //! meshd, the mesh's control plane, as a library: the `meshd` binary and the in-process
-//! `bookinfo` launcher both run it. Services never link it: they only need the data plane's
-//! side of the API (`mesh::control`).
+//! `bookinfo` launcher both run it. Services never link it: the API, the snapshot and the
+//! identities both sides check are `mesh-proto`'s; the data plane's side of the API is
+//! `mesh::control`.
 //!
 //! - [`ca`]: the root that signs workload certificates and meshd's own serving certificate.
 //! - [`listener`]: the API's TLS 1.3 transport and the caller's proven identity.

@@ -35,7 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ca::{CaError, CertificateAuthority};
-use mesh::identity::SpiffeId;
+use mesh_proto::identity::SpiffeId;
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -345,7 +345,7 @@ fn issue(
     ];
     let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
         .map_err(|e| bad(e.to_string()))?;
-    let key = mesh::tls::provider()
+    let key = mesh_proto::tls::provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| bad(e.to_string()))?;
@@ -380,7 +380,7 @@ pub fn server_config(
     ca: Arc<CertificateAuthority>,
     names: ServingNames,
 ) -> Result<Arc<ServerConfig>, CaError> {
-    let provider = mesh::tls::provider();
+    let provider = mesh_proto::tls::provider();
     let bad = |e: String| CaError::Sign(e);
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -504,7 +504,7 @@ pub fn incoming(
 }
 
 fn peer_certificate(cert: &CertificateDer<'_>) -> Option<Arc<PeerCertificate>> {
-    let id = mesh::tls::spiffe_id_of(cert).ok()?;
+    let id = mesh_proto::tls::spiffe_id_of(cert).ok()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
     let secs = parsed.validity().not_after.timestamp().max(0) as u64;
     Some(Arc::new(PeerCertificate {

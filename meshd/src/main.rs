@@ -69,7 +69,7 @@ struct Cli {
     #[arg(long = "config-dir", env = "MESHD_CONFIG_DIR", value_delimiter = ',')]
     config_dirs: Vec<PathBuf>,
     /// SPIFFE trust domain.
-    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = mesh_proto::identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// Lifetime of workload certificates (e.g. 24h, 10m, 30s).
     #[arg(long, env = "MESHD_CERT_TTL", default_value = "24h", value_parser = mesh::cli::parse_duration)]

@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use mesh::identity::SpiffeId;
+use mesh_proto::identity::SpiffeId;
 
 /// Concurrent registrations one identity may hold by default (replicas of one service account
 /// each hold one, and a restarting watch briefly holds two).
@@ -126,9 +126,9 @@ impl RegistrationPolicy {
         let account = identity.service_account.as_str();
         let by_convention = account == service
             || account.strip_prefix("bookinfo-") == Some(service)
-            || (identity.namespace == mesh::identity::GATEWAY_NAMESPACE
-                && account == mesh::identity::GATEWAY_SERVICE_ACCOUNT
-                && service == mesh::identity::GATEWAY_SERVICE);
+            || (identity.namespace == mesh_proto::identity::GATEWAY_NAMESPACE
+                && account == mesh_proto::identity::GATEWAY_SERVICE_ACCOUNT
+                && service == mesh_proto::identity::GATEWAY_SERVICE);
         by_convention
             || self
                 .extra

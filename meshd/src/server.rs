@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status};
 use crate::ca::CertificateAuthority;
 use crate::listener::ControlPeer;
 use crate::registration::{self, MAX_REGISTRATIONS, Refused, RegistrationPolicy};
-use mesh::control::pb;
-use mesh::identity::SpiffeId;
 use mesh_config::MeshConfig;
+use mesh_proto::identity::SpiffeId;
+use mesh_proto::pb;
 
 /// The bootstrap secrets that prove identities: one per namespace/service account.
 #[derive(Debug, Default, Clone)]
@@ -298,7 +298,7 @@ impl ControlPlane {
     pub fn service(self) -> pb::mesh_control_server::MeshControlServer<Self> {
         pb::mesh_control_server::MeshControlServer::new(self)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(mesh::control::MAX_SNAPSHOT_BYTES)
+            .max_encoding_message_size(mesh_proto::MAX_SNAPSHOT_BYTES)
     }
 
     /// The distinct metrics URLs of the registered workloads.

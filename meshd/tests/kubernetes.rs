@@ -640,7 +640,7 @@ fn spec(
 async fn certify(
     spec: &mesh::control::client::WorkloadSpec,
 ) -> Result<String, mesh::control::client::ControlError> {
-    let credentials = mesh::identity::Credentials::new(mesh::identity::SpiffeId::new(
+    let credentials = mesh_proto::identity::Credentials::new(mesh_proto::identity::SpiffeId::new(
         "cluster.local",
         &spec.namespace,
         &spec.service_account,

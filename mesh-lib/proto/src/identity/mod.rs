@@ -79,6 +79,12 @@ impl FromStr for SpiffeId {
     }
 }
 
+/// The namespace, service account and service of Istio's ingress gateway, which policies name
+/// and meshd lets the gateway (alone) register as.
+pub const GATEWAY_NAMESPACE: &str = "istio-system";
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
+pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,9 +114,3 @@ mod tests {
         }
     }
 }
-
-/// The namespace, service account and service of Istio's ingress gateway, which policies name
-/// and meshd lets the gateway (alone) register as.
-pub const GATEWAY_NAMESPACE: &str = "istio-system";
-pub const GATEWAY_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
-pub const GATEWAY_SERVICE: &str = "istio-ingressgateway";
