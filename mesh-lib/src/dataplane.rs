@@ -44,6 +44,8 @@ struct Inner {
     workload: Arc<str>,
     /// What all of this workload's outbound clients share.
     outbound: crate::outbound::Shared,
+    /// The local rate limit's bucket: one per workload, whatever serves it.
+    rate_limit: crate::token_bucket::WorkloadBucket,
     /// Whether the workload takes requests: meshd publishes its endpoint only while true.
     serving: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -184,6 +186,7 @@ impl Mesh {
                 workload: Arc::from(name.workload.as_str()),
                 name,
                 outbound: crate::outbound::Shared::default(),
+                rate_limit: Default::default(),
                 serving,
                 tasks,
             }),
@@ -307,6 +310,11 @@ impl Mesh {
     /// What every outbound client of this workload shares.
     pub(crate) fn outbound_shared(&self) -> &crate::outbound::Shared {
         &self.inner.outbound
+    }
+
+    /// The workload's local rate-limit bucket.
+    pub(crate) fn rate_limit_bucket(&self) -> &crate::token_bucket::WorkloadBucket {
+        &self.inner.rate_limit
     }
 
     /// An outbound client that routes through the mesh.

@@ -31,6 +31,7 @@ pub mod run;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+mod token_bucket;
 pub mod workload;
 
 /// SPIFFE identities and the TLS that checks them, shared with meshd (`mesh-proto`).

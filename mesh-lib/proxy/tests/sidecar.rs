@@ -393,6 +393,52 @@ async fn worker_threads_share_the_listeners_and_a_sigterm_still_drains_them() {
     meshd.shutdown().await;
 }
 
+/// A workload's local rate limit is the workload's, not each worker thread's: with three
+/// workers accepting, a limit of 10 per hour admits 10 of 60 requests on 60 connections (a
+/// bucket per worker admitted up to 30).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_rate_limit_holds_across_worker_threads() {
+    let _turn = ONE_SIDECAR_AT_A_TIME.lock().await;
+    let dir = tempdir("sidecar-rate-limit");
+    std::fs::write(
+        dir.join("rate-limit.yaml"),
+        "apiVersion: mesh.bookinfo.io/v1alpha1\nkind: LocalRateLimit\nmetadata:\n  name: alpha\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: alpha\n  maxTokens: 10\n  tokensPerFill: 10\n  fillInterval: 3600s\n",
+    )
+    .unwrap();
+    let (meshd, root) = meshd_with_root(&dir).await;
+    let (_, gamma) = test_support::workload(&meshd, "gamma", "gamma").await;
+    let (ports, _app) = app_and_ports().await;
+    let sidecar = Killed(sidecar_on(&meshd, &root, &ports, 3).spawn().unwrap());
+    until_ready_is(ports.admin, 200).await;
+    let names = thread_names(sidecar.0.id());
+    assert!(names.iter().any(|n| n == "mesh-worker-2"), "{names:?}");
+    test_support::sees(&gamma, "alpha").await;
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..60 {
+        // A client of its own: a connection of its own, given to whichever worker accepts.
+        let client = gamma.client();
+        calls.spawn(async move {
+            let r = client
+                .get("http://alpha:9080/hello", Default::default(), PATIENCE)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(r.status())
+        });
+    }
+    let mut admitted = 0;
+    let mut limited = 0;
+    for status in calls.join_all().await {
+        match status.unwrap() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((admitted, limited), (10, 50));
+    meshd.shutdown().await;
+}
+
 #[test]
 fn without_a_control_plane_the_sidecar_says_what_it_needs_and_exits_64() {
     let out = Command::new(SIDECAR)

@@ -84,11 +84,7 @@ impl std::fmt::Debug for Stack {
 /// logs at `debug`, then (in the mesh) [`Inbound`].
 pub fn stack(app: Router, mesh: Option<Mesh>) -> Stack {
     match mesh {
-        Some(mesh) => Stack(Layers::Mesh(traced(Inbound {
-            limiter: ratelimit::Limiter::new(mesh.clone()),
-            mesh,
-            app,
-        }))),
+        Some(mesh) => Stack(Layers::Mesh(traced(Inbound { mesh, app }))),
         None => Stack(Layers::Plain(traced(app))),
     }
 }
@@ -134,7 +130,6 @@ where
 #[derive(Clone)]
 struct Inbound {
     mesh: Mesh,
-    limiter: ratelimit::Limiter,
     app: Router,
 }
 
@@ -166,7 +161,7 @@ impl Inbound {
             Ok(request) => request,
             Err(refused) => return refused.into_response(),
         };
-        if let Some(refused) = self.limiter.refuse(&request) {
+        if let Some(refused) = ratelimit::refuse(&self.mesh, &request) {
             return refused;
         }
         if let Some(denied) = authz::deny(&self.mesh, &request) {
