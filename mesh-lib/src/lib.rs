@@ -27,6 +27,7 @@ pub mod logging;
 pub mod nofile;
 pub mod outbound;
 pub mod propagation;
+pub mod respond;
 pub mod run;
 pub mod server;
 pub mod shutdown;

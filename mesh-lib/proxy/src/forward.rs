@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use bytes::Bytes;
 
 use mesh::outbound::{Client, OutboundError};
+use mesh::respond::Synthetic;
 
 /// How long a proxy waits for an upstream answer (Istio sets no route timeout by default;
 /// this only bounds a request nobody answers).
@@ -62,13 +63,13 @@ pub(crate) async fn buffer(
         Ok(body) => body,
         Err(e) => {
             let refusal = if caused_by::<mesh::server::BodyReadTimeout>(&*e) {
-                (StatusCode::REQUEST_TIMEOUT, "request timeout")
+                Synthetic::RequestTimeout
             } else if caused_by::<http_body_util::LengthLimitError>(&*e) {
-                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                Synthetic::BodyTooLarge
             } else {
-                (StatusCode::BAD_REQUEST, "request body could not be read")
+                Synthetic::BodyUnreadable
             };
-            return Err(refusal.into_response());
+            return Err(refusal.response());
         }
     };
     strip_hop_by_hop(&mut parts.headers);
@@ -104,26 +105,20 @@ pub(crate) fn respond<B: Into<Body>>(response: http::Response<B>) -> Response {
     Response::from_parts(parts, body.into())
 }
 
-/// Envoy's answer for a request that got no response.
+/// Envoy's answer for a request that got no response (worded by [`mesh::respond`], as the
+/// outbound stack's own answers are).
 pub(crate) fn failure(error: &OutboundError) -> Response {
-    match error {
-        OutboundError::Timeout(_) => {
-            (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout").into_response()
-        }
-        e => {
-            tracing::warn!("proxy: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers",
-            )
-                .into_response()
-        }
+    let synthetic = Synthetic::for_outbound(error);
+    if synthetic != Synthetic::UpstreamTimeout {
+        tracing::warn!("proxy: {error}");
     }
+    synthetic.response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_stay_behind() {

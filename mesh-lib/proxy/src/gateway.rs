@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::forward;
@@ -31,6 +31,7 @@ use mesh::dataplane::Mesh;
 pub use mesh::identity::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, GATEWAY_SERVICE_ACCOUNT};
 use mesh::outbound::Client;
 use mesh::outbound::routing::{self, GatewayContext};
+use mesh::respond::Synthetic;
 use mesh_config::MeshConfig;
 
 /// The gateway's port, as Istio's ingress gateway (its Service maps 80 → 8080).
@@ -240,11 +241,11 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         .build()
     {
         Ok(uri) => parts.uri = uri,
-        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        Err(_) => return Synthetic::BadRequest.response(),
     }
     let probe = http::Request::from_parts(parts, body);
     if gateways.is_empty() || !routing::gateway_routes(&gw.mesh, &gateways, &probe) {
-        return StatusCode::NOT_FOUND.into_response();
+        return Synthetic::NoRoute.response();
     }
     let (mut parts, body) = probe.into_parts();
     parts.extensions.insert(GatewayContext(gateways));

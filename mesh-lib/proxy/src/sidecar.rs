@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 
@@ -28,6 +28,7 @@ use mesh::dataplane::Mesh;
 use mesh::outbound::connect::MeshConnector;
 use mesh::outbound::pool::Pool;
 use mesh::outbound::{Client, DEFAULT_POOL_IDLE_TIMEOUT, MAX_RESPONSE_BODY, within};
+use mesh::respond::Synthetic;
 
 /// Where the mesh reaches the application through the sidecar (Istio's inbound capture port).
 pub const DEFAULT_INBOUND_PORT: u16 = 15006;
@@ -173,7 +174,7 @@ async fn pass_in(State(inbound): State<Inbound>, request: Request) -> Response {
     }
     match Uri::from_parts(uri) {
         Ok(uri) => parts.uri = uri,
-        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        Err(_) => return Synthetic::BadRequest.response(),
     }
     let sent = inbound.pool.send(http::Request::from_parts(parts, body));
     match within(UPSTREAM_DEADLINE, &inbound.app, sent).await {
@@ -226,7 +227,7 @@ async fn pass_out(State(outbound): State<Outbound>, request: Request) -> Respons
                 ProxyRequestError::Loop => StatusCode::LOOP_DETECTED,
                 _ => StatusCode::BAD_REQUEST,
             };
-            return (status, e.to_string()).into_response();
+            return mesh::respond::proxy_refusal(status, e.to_string());
         }
     };
     let (mut parts, body) = match forward::buffer(request).await {

@@ -3,14 +3,11 @@
 //! RBAC filter response: 403 with the body `RBAC: access denied`.
 
 use axum::extract::Request;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::dataplane::{Mesh, PeerIdentity};
+use crate::respond::Synthetic;
 use mesh_config::{Decision, RequestAttrs};
-
-/// The body of a denied request.
-pub const DENIED_BODY: &str = "RBAC: access denied";
 
 /// Envoy's RBAC answer when `mesh`'s policies deny `request`; `None` lets it through.
 pub(crate) fn deny(mesh: &Mesh, request: &Request) -> Option<Response> {
@@ -40,14 +37,7 @@ pub(crate) fn deny(mesh: &Mesh, request: &Request) -> Option<Response> {
                 policy = %policy,
                 "request denied"
             );
-            Some(
-                (
-                    StatusCode::FORBIDDEN,
-                    [(header::CONTENT_TYPE, "text/plain")],
-                    DENIED_BODY,
-                )
-                    .into_response(),
-            )
+            Some(Synthetic::RbacDenied.response())
         }
     }
 }

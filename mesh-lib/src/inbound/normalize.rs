@@ -30,7 +30,6 @@
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use http::uri::{PathAndQuery, Uri};
 
 /// Why a path cannot be normalised.
@@ -204,7 +203,7 @@ pub struct PathRefused;
 
 impl IntoResponse for PathRefused {
     fn into_response(self) -> Response {
-        StatusCode::BAD_REQUEST.into_response()
+        crate::respond::Synthetic::BadRequest.response()
     }
 }
 
@@ -230,6 +229,7 @@ pub fn normalize(mut request: Request) -> Result<Request, PathRefused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     #[test]
     fn normalises_like_decode_and_merge_slashes() {

@@ -7,8 +7,7 @@
 //! limit of N per minute admits N, however many threads accept connections.
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::dataplane::Mesh;
 use mesh_config::Workload;
@@ -25,15 +24,9 @@ pub(crate) fn refuse(mesh: &Mesh, request: &Request) -> Option<Response> {
         return None;
     }
     tracing::debug!(workload = %mesh.service(), "local rate limit: {} refused", request.uri().path());
-    let status = StatusCode::from_u16(policy.status_code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-    let mut response = (status, "local_rate_limited").into_response();
-    for (name, value) in &policy.response_headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::from_str(value),
-        ) {
-            response.headers_mut().insert(n, v);
-        }
-    }
-    Some(response)
+    let headers = policy
+        .response_headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    Some(crate::respond::rate_limited(policy.status_code, headers))
 }

@@ -210,7 +210,10 @@ where
             let result = inner.call(req).await.map_err(Into::into);
             if let Some(span) = span {
                 let status = result.as_ref().map_or(0, |r| r.status().as_u16());
-                let flag = result.as_ref().err().map(crate::outbound::rescue::flag);
+                let flag = result
+                    .as_ref()
+                    .err()
+                    .map(|e| crate::respond::Synthetic::for_error(e).flag());
                 span.finish(status, flag);
             }
             if health.finish(addr, classify(&result), outlier.as_ref(), &peers)

@@ -8,16 +8,13 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
 use super::plan::RoutePlan;
 use crate::BoxError;
 use crate::telemetry::outbound::Attempt;
-
-/// The body of an injected abort.
-pub const ABORT_BODY: &str = "fault filter abort";
 
 /// Decides whether a percentage applies to this request.
 pub type Roll = Arc<dyn Fn(f64) -> bool + Send + Sync>;
@@ -94,13 +91,7 @@ where
             if let Some((status, percent)) = fault.abort
                 && roll(percent)
             {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return Ok(Response::builder()
-                    .status(status)
-                    .header(header::CONTENT_TYPE, "text/plain")
-                    .body(Body::from(ABORT_BODY))
-                    .expect("a valid synthetic response"));
+                return Ok(crate::respond::fault_abort(status));
             }
             inner.call(req).await
         })
@@ -164,7 +155,7 @@ mod tests {
             .await
             .unwrap()
             .to_bytes();
-        assert_eq!(body.as_ref(), ABORT_BODY.as_bytes());
+        assert_eq!(body.as_ref(), crate::respond::FAULT_ABORT_BODY.as_bytes());
     }
 
     #[tokio::test]

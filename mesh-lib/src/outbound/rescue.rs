@@ -1,61 +1,20 @@
-//! The one place the outbound stack turns its failures into HTTP responses, as an Istio
-//! sidecar does: the application sees Envoy's statuses and bodies (504 `upstream request
-//! timeout`, 503 with `x-envoy-overloaded: true`, 503 `no healthy upstream`, 503
-//! `upstream connect error …`), never a transport error. Outermost in the mesh stack.
+//! Where the outbound stack turns its failures into HTTP responses, as an Istio sidecar does:
+//! the application sees Envoy's statuses and bodies ([`crate::respond`] words them), never a
+//! transport error. Outermost in the mesh stack.
 
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use super::classify::{ConnectError, LocalError};
 use crate::BoxError;
 use crate::dataplane::Mesh;
+use crate::respond::Synthetic;
 use crate::telemetry::PEER_HEADER;
 use crate::telemetry::outbound::Attempt;
-
-/// The synthetic response for a failure inside the mesh.
-pub fn respond(error: &BoxError) -> Response<Body> {
-    let (status, body, overloaded) = match error.downcast_ref::<LocalError>() {
-        Some(LocalError::RouteTimeout) => (StatusCode::GATEWAY_TIMEOUT, error.to_string(), false),
-        Some(LocalError::Overflow) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string(), true),
-        Some(LocalError::NoHealthyUpstream) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string(), false),
-        None if error.is::<ConnectError>() => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure".to_owned(),
-            false,
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination".to_owned(),
-            false,
-        ),
-    };
-    tracing::debug!(%status, "mesh answered for the upstream: {error}");
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain");
-    if overloaded {
-        response = response.header("x-envoy-overloaded", "true");
-    }
-    response
-        .body(Body::from(body))
-        .expect("a valid synthetic response")
-}
-
-/// Envoy's response flag for a failure inside the mesh.
-pub fn flag(error: &BoxError) -> &'static str {
-    match error.downcast_ref::<LocalError>() {
-        Some(LocalError::RouteTimeout) => "UT",
-        Some(LocalError::Overflow) => "UO",
-        Some(LocalError::NoHealthyUpstream) => "UH",
-        None if error.is::<ConnectError>() => "UF",
-        None => "UC",
-    }
-}
 
 /// Also where each request is recorded for Istio's source-side metrics, since this is where
 /// its final outcome (answer or synthetic response) is known.
@@ -118,7 +77,11 @@ where
         Box::pin(async move {
             let (response, local) = match call.await {
                 Ok(r) => (r, None),
-                Err(e) => (respond(&e), Some(flag(&e))),
+                Err(e) => {
+                    let synthetic = Synthetic::for_error(&e);
+                    tracing::debug!(status = %synthetic.status(), "mesh answered for the upstream: {e}");
+                    (synthetic.response(), Some(synthetic.flag()))
+                }
             };
             let millis = start.elapsed().as_secs_f64() * 1000.0;
             let response_bytes = axum::body::HttpBody::size_hint(response.body()).exact();

@@ -117,7 +117,7 @@ mod tests {
             Some(LocalError::RouteTimeout)
         ));
         assert_eq!(start.elapsed(), Duration::from_millis(500));
-        let response = crate::outbound::rescue::respond(&err);
+        let response = crate::respond::Synthetic::for_error(&err).response();
         assert_eq!(response.status(), 504);
     }
 
