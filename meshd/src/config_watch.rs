@@ -52,7 +52,7 @@ impl Default for ConfigWatchOptions {
         Self {
             debounce: Duration::from_millis(100),
             safety_poll: Duration::from_secs(30),
-            fallback_poll: crate::daemon::CONFIG_POLL_INTERVAL,
+            fallback_poll: CONFIG_POLL_INTERVAL,
             file_events: true,
         }
     }
@@ -154,7 +154,7 @@ fn warn_polling(why: &str, every: Duration) {
 }
 
 fn publish(watched: &config::Watched, reload: &config::Reload, plane: &ControlPlane) {
-    crate::daemon::log_reload(reload);
+    log_reload(reload);
     if reload.changed {
         let config = watched.config();
         tracing::info!(
@@ -272,6 +272,20 @@ fn concerns(event: &notify::Event, dirs: &[PathBuf]) -> bool {
         .paths
         .iter()
         .any(|path| dirs.iter().any(|d| path == d || path.parent() == Some(d)))
+}
+
+/// How often the config directories are read when they cannot be watched for changes (see
+/// [`ConfigWatchOptions`]).
+pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Logs what a read of the config refused and warned about.
+pub(crate) fn log_reload(reload: &config::Reload) {
+    for e in &reload.errors {
+        tracing::error!("rejected mesh config: {e}; the rest of the config applies");
+    }
+    for w in &reload.warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 #[cfg(test)]

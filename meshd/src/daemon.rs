@@ -12,15 +12,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::ca::{CaError, CertificateAuthority};
-pub use crate::config_watch::ConfigWatchOptions;
+pub use crate::config_watch::{CONFIG_POLL_INTERVAL, ConfigWatchOptions};
 use crate::listener::{self, ServingNames};
 use crate::server::{ControlPlane, PlaneOptions, Tokens};
 use mesh_config::MeshConfig;
 use mesh_yaml::{self as config, ConfigError};
-
-/// How often the config directories are read when they cannot be watched for changes (see
-/// [`ConfigWatchOptions`]).
-pub const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where the CA's root comes from.
 #[derive(Debug, Clone)]
@@ -373,15 +369,6 @@ fn load(
     documents: Vec<(String, config::Documents)>,
 ) -> Result<config::Watched, ConfigError> {
     let (watched, first) = config::Watched::open_with(base.clone(), dirs.to_vec(), documents)?;
-    log_reload(&first);
+    crate::config_watch::log_reload(&first);
     Ok(watched)
-}
-
-pub(crate) fn log_reload(reload: &config::Reload) {
-    for e in &reload.errors {
-        tracing::error!("rejected mesh config: {e}; the rest of the config applies");
-    }
-    for w in &reload.warnings {
-        tracing::warn!("{w}");
-    }
 }

@@ -4,6 +4,7 @@
 //! of their own; [`admin_router`] serves them on a workload's admin port.
 
 pub mod access_log;
+mod finished;
 pub mod metrics;
 pub mod outbound;
 pub mod spans;

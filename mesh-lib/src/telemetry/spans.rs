@@ -15,8 +15,8 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::finished::{FinishedSpan, TracingError};
 use super::metrics::MeshMetrics;
-use super::tracing::{FinishedSpan, TracingError};
 use crate::env::Vars;
 
 /// Spans waiting for export at most (`OTEL_BSP_MAX_QUEUE_SIZE`).
