@@ -7,26 +7,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::model::{
-    Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
-    Operation, PeerAuthentication, ROOT_NAMESPACE, Rule, Source,
+use crate::meta::{Metadata, ROOT_NAMESPACE, Workload, order, selects, strip_port};
+use crate::model::{
+    Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, MtlsMode, Operation,
+    PeerAuthentication, Rule, Source,
 };
-
-/// The workload a policy is evaluated for.
-#[derive(Debug, Clone, Copy)]
-pub struct Workload<'a> {
-    /// Its namespace.
-    pub namespace: &'a str,
-    /// Its pod labels.
-    pub labels: &'a BTreeMap<String, String>,
-}
-
-impl<'a> Workload<'a> {
-    /// A workload in `namespace` with `labels`.
-    pub fn new(namespace: &'a str, labels: &'a BTreeMap<String, String>) -> Self {
-        Workload { namespace, labels }
-    }
-}
 
 /// What an authorization decision looks at.
 #[derive(Debug, Clone, Copy)]
@@ -135,17 +120,6 @@ impl MeshConfig {
     }
 }
 
-pub(super) fn order(a: &Metadata, b: &Metadata) -> std::cmp::Ordering {
-    (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
-}
-
-pub(super) fn selects(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 fn applies(meta: &Metadata, selector: &BTreeMap<String, String>, workload: &Workload<'_>) -> bool {
     (meta.namespace == workload.namespace || meta.namespace == ROOT_NAMESPACE)
         && selects(selector, workload.labels)
@@ -239,20 +213,6 @@ fn hosts_match(op: &Operation, request: &RequestAttrs<'_>) -> bool {
         })
     };
     (op.hosts.is_empty() || hit(&op.hosts)) && !hit(&op.not_hosts)
-}
-
-pub(super) fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
 }
 
 fn condition_matches(condition: &Condition, request: &RequestAttrs<'_>) -> bool {

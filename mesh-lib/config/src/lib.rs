@@ -20,19 +20,21 @@
 
 mod eval;
 mod limits;
+mod meta;
 mod model;
 mod net_eval;
 mod net_model;
 mod rate_limit;
 
-pub use eval::{Decision, RequestAttrs, Workload};
+pub use eval::{Decision, RequestAttrs};
 pub use limits::{
     ConfigTooLarge, MAX_CONFIG_JSON_BYTES, MAX_FILE_BYTES, MAX_HOST_BYTES, MAX_STRING_BYTES,
     check_config_size,
 };
+pub use meta::{Metadata, ROOT_NAMESPACE, Workload, format_duration, parse_duration};
 pub use model::{
-    Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
-    Operation, PeerAuthentication, ROOT_NAMESPACE, Rule, Source, UnsupportedKey,
+    Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, MtlsMode, Operation,
+    PeerAuthentication, Rule, Source, UnsupportedKey,
 };
 pub use net_eval::{RouteMatch, RouteRequest, choose_destination, resolve_host, total_weight};
 pub use net_model::{
@@ -40,7 +42,6 @@ pub use net_model::{
     Gateway, HeaderOperations, Headers, HttpMatch, HttpPool, HttpRoute, LoadBalancer,
     OutlierDetection, Percent, RegexPattern, Retries, Rewrite, RouteDestination, Server,
     ServerPort, StringMatch, Subset, TcpPool, TlsMode, TrafficPolicy, VirtualService,
-    format_duration, parse_duration,
 };
 pub use rate_limit::{
     DEFAULT_RATE_LIMIT_HEADER, DEFAULT_RATE_LIMIT_STATUS, LocalRateLimit, check_fill_interval,

@@ -10,11 +10,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::net_model::{DestinationRule, Gateway, VirtualService};
-use super::rate_limit::LocalRateLimit;
-
-/// The namespace whose policies apply mesh-wide.
-pub const ROOT_NAMESPACE: &str = "istio-system";
+use crate::meta::{Metadata, Workload};
+use crate::net_model::{DestinationRule, Gateway, VirtualService};
+use crate::rate_limit::LocalRateLimit;
 
 /// Every resource the mesh enforces: security policies, traffic routing and rate limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,29 +106,6 @@ fn upsert<T>(items: &mut Vec<T>, item: T, meta: impl Fn(&T) -> &Metadata) -> boo
             items.push(item);
             false
         }
-    }
-}
-
-/// The part of a resource's `metadata` that the mesh keeps.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Metadata {
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.namespace` (`"default"` when the YAML leaves it out).
-    pub namespace: String,
-    /// `metadata.labels`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    /// `metadata.annotations`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Metadata {
-    /// `"namespace/name"`, the form used in decisions and messages.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
     }
 }
 
@@ -320,5 +295,15 @@ impl fmt::Display for ConditionKey {
             ConditionKey::SourcePrincipal => f.write_str("source.principal"),
             ConditionKey::SourceNamespace => f.write_str("source.namespace"),
         }
+    }
+}
+
+impl MeshConfig {
+    /// The `LocalRateLimit` on `workload`'s inbound, with `PeerAuthentication`'s precedence:
+    /// one in its namespace whose selector matches, else one of its namespace without a
+    /// selector, else a mesh-wide one (in `istio-system`, without a selector). Within a level
+    /// the first in (namespace, name) order wins. Limits do not combine.
+    pub fn local_rate_limit(&self, workload: &Workload<'_>) -> Option<&LocalRateLimit> {
+        crate::rate_limit::select(&self.local_rate_limits, workload)
     }
 }

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use super::eval::{order, selects, strip_port};
 use super::model::MeshConfig;
 use super::net_model::{
     DestinationRule, Gateway, HttpMatch, HttpRoute, RouteDestination, StringMatch, VirtualService,
 };
+use crate::meta::{order, selects, strip_port};
 
 /// The Kubernetes cluster domain short names expand into.
 const CLUSTER_SUFFIX: &str = "svc.cluster.local";

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::Metadata;
+use crate::meta::{Metadata, duration, opt_duration};
 
 /// A `VirtualService`: how requests to some hosts are routed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -602,103 +602,4 @@ pub struct ServerPort {
     pub name: String,
     /// `protocol`, uppercased (`HTTP`, `HTTP2`, `GRPC`).
     pub protocol: String,
-}
-
-/// Parses an Istio (protobuf JSON) duration: `"7s"`, `"0.5s"`, `"100ms"`, `"1m30s"`, `"1h"`,
-/// also `"us"`/`"µs"`/`"ns"` units. Returns a reason when it is not one.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?} (expected e.g. \"7s\", \"0.5s\", \"100ms\")");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let (number, tail) = rest.split_at(digits);
-        if number.is_empty() || number.starts_with('.') && number.len() == 1 {
-            return Err(bad());
-        }
-        let value: f64 = number.parse().map_err(|_| bad())?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let nanos_per_unit: f64 = match unit {
-            "h" => 3_600e9,
-            "m" => 60e9,
-            "s" => 1e9,
-            "ms" => 1e6,
-            "us" | "µs" => 1e3,
-            "ns" => 1.0,
-            _ => return Err(bad()),
-        };
-        let nanos = (value * nanos_per_unit).round();
-        if !nanos.is_finite() || nanos > 1e20 {
-            return Err(bad());
-        }
-        total = total
-            .checked_add(Duration::from_nanos(nanos as u64))
-            .ok_or_else(bad)?;
-        rest = tail;
-    }
-    Ok(total)
-}
-
-/// Formats a duration the way Istio writes one: `"7s"`, `"500ms"`, `"1.5s"`, `"250us"`.
-pub fn format_duration(d: Duration) -> String {
-    let nanos = d.as_nanos();
-    if nanos == 0 {
-        "0s".to_owned()
-    } else if nanos.is_multiple_of(1_000_000_000) {
-        format!("{}s", d.as_secs())
-    } else if nanos.is_multiple_of(1_000_000) && nanos < 1_000_000_000 {
-        format!("{}ms", nanos / 1_000_000)
-    } else if nanos.is_multiple_of(1_000) && nanos < 1_000_000 {
-        format!("{}us", nanos / 1_000)
-    } else {
-        let fraction = format!("{:09}", d.subsec_nanos());
-        format!("{}.{}s", d.as_secs(), fraction.trim_end_matches('0'))
-    }
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_duration(*d))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-mod opt_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            Some(text) => super::parse_duration(&text)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
-    }
 }

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::eval::{Workload, order, selects};
-use super::model::{MeshConfig, Metadata, ROOT_NAMESPACE};
-use super::net_model::{format_duration, parse_duration};
+use crate::meta::{Metadata, ROOT_NAMESPACE, Workload, duration, order, selects};
 
 /// The header a throttled response carries when `responseHeaders` is left out.
 pub const DEFAULT_RATE_LIMIT_HEADER: (&str, &str) = ("x-local-rate-limit", "true");
@@ -165,50 +163,36 @@ impl TryFrom<RawJson> for LocalRateLimit {
     }
 }
 
-mod duration {
-    use std::time::Duration;
+/// The `LocalRateLimit` on `workload`'s inbound, with `PeerAuthentication`'s precedence:
+/// one in its namespace whose selector matches, else one of its namespace without a
+/// selector, else a mesh-wide one (in `istio-system`, without a selector). Within a level
+/// the first in (namespace, name) order wins. Limits do not combine.
+pub(crate) fn select<'a>(
+    limits: &'a [LocalRateLimit],
+    workload: &Workload<'_>,
+) -> Option<&'a LocalRateLimit> {
+    let mut limits: Vec<&LocalRateLimit> = limits.iter().collect();
+    limits.sort_by(|a, b| order(&a.metadata, &b.metadata));
 
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_duration(*d))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-impl MeshConfig {
-    /// The `LocalRateLimit` on `workload`'s inbound, with `PeerAuthentication`'s precedence:
-    /// one in its namespace whose selector matches, else one of its namespace without a
-    /// selector, else a mesh-wide one (in `istio-system`, without a selector). Within a level
-    /// the first in (namespace, name) order wins. Limits do not combine.
-    pub fn local_rate_limit(&self, workload: &Workload<'_>) -> Option<&LocalRateLimit> {
-        let mut limits: Vec<&LocalRateLimit> = self.local_rate_limits.iter().collect();
-        limits.sort_by(|a, b| order(&a.metadata, &b.metadata));
-
-        let in_namespace = |l: &LocalRateLimit| l.metadata.namespace == workload.namespace;
-        let workload_level = || {
-            limits.iter().copied().find(|l| {
-                in_namespace(l) && !l.selector.is_empty() && selects(&l.selector, workload.labels)
-            })
-        };
-        let namespace_level = || {
-            limits
-                .iter()
-                .copied()
-                .find(|l| in_namespace(l) && l.selector.is_empty())
-        };
-        let mesh_level = || {
-            limits
-                .iter()
-                .copied()
-                .find(|l| l.metadata.namespace == ROOT_NAMESPACE && l.selector.is_empty())
-        };
-        workload_level()
-            .or_else(namespace_level)
-            .or_else(mesh_level)
-    }
+    let in_namespace = |l: &LocalRateLimit| l.metadata.namespace == workload.namespace;
+    let workload_level = || {
+        limits.iter().copied().find(|l| {
+            in_namespace(l) && !l.selector.is_empty() && selects(&l.selector, workload.labels)
+        })
+    };
+    let namespace_level = || {
+        limits
+            .iter()
+            .copied()
+            .find(|l| in_namespace(l) && l.selector.is_empty())
+    };
+    let mesh_level = || {
+        limits
+            .iter()
+            .copied()
+            .find(|l| l.metadata.namespace == ROOT_NAMESPACE && l.selector.is_empty())
+    };
+    workload_level()
+        .or_else(namespace_level)
+        .or_else(mesh_level)
 }

@@ -42,8 +42,9 @@ use std::time::SystemTime;
 use mesh_config::{MAX_FILE_BYTES, check_config_size};
 
 use super::limits;
-use super::net_yaml::{self, Origins};
+use super::net_yaml;
 use super::{ConfigError, yaml};
+use crate::cx::Origins;
 use mesh_config::MeshConfig;
 
 /// Size and modification time: a change in either means the file is read again.

@@ -21,6 +21,7 @@
 //! - [`load_dir`] / [`parse_file`]: YAML (multi-document) to a [`MeshConfig`] plus warnings.
 //! - [`Watched`]: meshd's watched directories, loaded and reloaded file by file.
 
+mod cx;
 mod dirs;
 #[cfg(test)]
 mod dirs_tests;
@@ -124,7 +125,7 @@ impl ConfigError {
 /// `file` is only used to name the file in errors and warnings.
 pub fn parse_file(file: &str, text: &str) -> Result<Loaded, ConfigError> {
     let mut loaded = Loaded::default();
-    let mut origins = net_yaml::Origins::new();
+    let mut origins = cx::Origins::new();
     yaml::parse_into(
         file,
         text,
@@ -147,7 +148,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Loaded, ConfigError> {
 /// `DestinationRule` defines adds a warning.
 pub fn load_dir(dir: &Path) -> Result<Loaded, ConfigError> {
     let mut loaded = Loaded::default();
-    let mut origins = net_yaml::Origins::new();
+    let mut origins = cx::Origins::new();
     let mut files = dirs::yaml_files(dir)?;
     files.sort_by_cached_key(|(name, path)| (dirs::modified(path), name.clone()));
     for (_, path) in files {

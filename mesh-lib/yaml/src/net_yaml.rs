@@ -14,7 +14,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::ConfigError;
 use super::limits;
-use super::yaml::Cx;
+use crate::cx::{Cx, Origins};
 use mesh_config::{
     ClientTls, ConnectionPool, Destination, DestinationRule, Fault, FaultAbort, FaultDelay,
     Gateway, HeaderOperations, Headers, HttpMatch, HttpPool, HttpRoute, LoadBalancer,
@@ -954,9 +954,6 @@ fn valid_host(host: &str) -> bool {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             }))
 }
-
-/// Where each virtual service was defined (`"file:line"`), by `"namespace/name"`.
-pub(super) type Origins = BTreeMap<String, String>;
 
 /// Warns about route destinations naming a subset that no `DestinationRule` defines.
 pub(super) fn check_subsets(config: &MeshConfig, origins: &Origins, warnings: &mut Vec<String>) {

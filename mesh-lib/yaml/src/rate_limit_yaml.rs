@@ -8,7 +8,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
 use super::ConfigError;
-use super::yaml::{Cx, RawSelector, selector};
+use crate::cx::{Cx, RawSelector, selector};
 use mesh_config::Metadata;
 use mesh_config::parse_duration;
 use mesh_config::{

@@ -13,8 +13,9 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
 use super::ConfigError;
-use super::net_yaml::{Origins, RawDrSpec, RawGatewaySpec, RawVsSpec};
+use super::net_yaml::{RawDrSpec, RawGatewaySpec, RawVsSpec};
 use super::rate_limit_yaml::RawRateLimitSpec;
+use crate::cx::{Cx, Origins, RawSelector, selector};
 use mesh_config::{
     Action, AuthorizationPolicy, Condition, ConditionKey, MeshConfig, Metadata, MtlsMode,
     Operation, PeerAuthentication, Rule, Source,
@@ -178,12 +179,6 @@ struct RawMeta {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawSelector {
-    match_labels: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawPeerSpec {
     selector: Option<RawSelector>,
     mtls: Option<RawMtls>,
@@ -307,22 +302,7 @@ pub(super) fn parse_into(
     Ok(())
 }
 
-pub(super) struct Cx<'a> {
-    pub(super) file: &'a str,
-    warnings: &'a mut Vec<String>,
-    origins: &'a mut Origins,
-}
-
 impl Cx<'_> {
-    pub(super) fn err(&self, at: Location, reason: impl Into<String>) -> ConfigError {
-        ConfigError::at(self.file, at, reason)
-    }
-
-    pub(super) fn warn(&mut self, message: String) {
-        tracing::debug!(%message, "config warning");
-        self.warnings.push(message);
-    }
-
     fn document(
         &mut self,
         doc: Spanned<RawDoc>,
@@ -623,10 +603,6 @@ impl Cx<'_> {
             not_values,
         })
     }
-}
-
-pub(super) fn selector(raw: Option<RawSelector>) -> BTreeMap<String, String> {
-    raw.and_then(|s| s.match_labels).unwrap_or_default()
 }
 
 fn list(raw: List) -> Vec<String> {
