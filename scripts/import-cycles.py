@@ -1,19 +1,20 @@
 #!/usr/bin/env python3
 """Import circles between the modules of each crate of the workspace.
 
-Reads every `use crate::…`, `use super::…` and inline `crate::a::b` path in a crate's `src/`,
-maps each to the module (file) it names, and prints the strongly connected components of
-that graph with more than one module. Edges between a module and its own ancestors are
-ignored (a child using its parent's items, or a parent declaring its children, is nesting,
-not a circle). Exit status 1 when any crate has a circle.
+Reads every `use crate::...`, `use super::...` and inline `crate::a::b` path in a crate's
+`src/` (outside `#[cfg(test)]`), maps each to the module (file) it names, and lifts each use
+to the two sibling modules it connects: `a::x::y` using `b::z` is `a` depending on `b`, one
+level below their common parent. A child using its parent (or a parent its child) is
+nesting, not a dependency between rooms. Prints every set of siblings that depend on each
+other in a circle (the strongly connected components), at any level. Exit status 1 when
+there is one.
 
-usage: scripts/import-cycles.py [CRATE_DIR…]   (default: every workspace member)
+usage: scripts/import-cycles.py [CRATE_DIR...]   (default: every workspace member)
 """
 import os
 import re
 import sys
 import tomllib
-
 
 
 def workspace_root():
@@ -37,7 +38,7 @@ def members():
 
 
 def modules(src):
-    """Module path (tuple) -> file, for every .rs file under src."""
+    """Module path (tuple) -> file, for every .rs file under src (binaries aside)."""
     found = {}
     for dirpath, _, files in os.walk(src):
         for name in files:
@@ -63,8 +64,8 @@ def strip(text):
     return text if cut < 0 else text[:cut]
 
 
-def resolve(mods, here, kind, segs):
-    base = () if kind == "crate" else here[:-1]
+def resolve(mods, ctx, kind, segs):
+    base = () if kind == "crate" else ctx[:-1]
     while segs and segs[0] == "super":
         base, segs = base[:-1], segs[1:]
     path = base + tuple(segs)
@@ -74,28 +75,43 @@ def resolve(mods, here, kind, segs):
 
 
 def edges(mods):
+    """Module -> the modules its code names."""
     graph = {m: set() for m in mods}
     for here, file in mods.items():
         text = strip(open(file, encoding="utf-8").read())
-        # A file that is a directory's mod.rs is `here`; its `super` is its parent.
-        is_dir_mod = file.endswith(("mod.rs", "lib.rs", "main.rs"))
-        ctx = here + ("_",) if is_dir_mod else here
+        # In a directory's mod.rs, `super` is the directory's parent.
+        ctx = here + ("_",) if file.endswith(("mod.rs", "lib.rs", "main.rs")) else here
         targets = []
         for kind, head, body in GROUP.findall(text):
             prefix = [s for s in head.split("::") if s]
-            for item in re.split(r",", body):
-                item = item.strip().split(" as ")[0].strip()
-                item = re.sub(r"[{}]", "", item)
+            for item in body.split(","):
+                item = re.sub(r"[{}]", "", item.strip().split(" as ")[0])
                 segs = [s for s in item.split("::") if s and s != "self"]
                 targets.append((kind, prefix + segs[:1]))
         for kind, rest in PATH.findall(text):
             targets.append((kind, [s for s in rest.split("::") if s]))
         for kind, segs in targets:
             to = resolve(mods, ctx, kind, segs)
-            if to == here or here[: len(to)] == to or to[: len(here)] == here:
-                continue
-            graph[here].add(to)
+            if to != here:
+                graph[here].add(to)
     return graph
+
+
+def sibling_graph(graph):
+    """Each use lifted to the siblings it connects, grouped by their common parent."""
+    lifted = {}
+    for a, targets in graph.items():
+        for b in targets:
+            common = 0
+            while common < min(len(a), len(b)) and a[common] == b[common]:
+                common += 1
+            if common == len(a) or common == len(b):
+                continue  # nesting
+            group = lifted.setdefault(a[:common], {})
+            src, dst = a[: common + 1], b[: common + 1]
+            group.setdefault(src, set()).add(dst)
+            group.setdefault(dst, set())
+    return lifted
 
 
 def sccs(graph):
@@ -124,7 +140,7 @@ def sccs(graph):
                 out.append(sorted(comp))
 
     sys.setrecursionlimit(10000)
-    for v in graph:
+    for v in sorted(graph):
         if v not in index:
             visit(v)
     return out
@@ -137,12 +153,11 @@ def main():
         src = os.path.join(ROOT, crate, "src")
         if not os.path.isdir(src):
             continue
-        mods = modules(src)
-        found = sccs(edges(mods))
-        circles += len(found)
-        for comp in found:
-            names = ", ".join("::".join(m) or "(root)" for m in comp)
-            print(f"{crate}: circle of {len(comp)}: {names}")
+        for _, group in sorted(sibling_graph(edges(modules(src))).items()):
+            for comp in sccs(group):
+                circles += 1
+                names = ", ".join("::".join(m) for m in comp)
+                print(f"{crate}: circle of {len(comp)}: {names}")
     print(f"{circles} import circle(s) in {len(crates)} crate(s)")
     return 1 if circles else 0
 

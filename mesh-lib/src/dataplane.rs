@@ -15,8 +15,9 @@ use tokio::task::JoinHandle;
 use crate::control::client::{self, ControlError, WorkloadSpec};
 use crate::control::{Endpoint, Snapshot};
 use crate::identity::{Certified, Credentials, SpiffeId};
+pub use crate::telemetry::Telemetry;
+use crate::telemetry::WorkloadName;
 use crate::telemetry::metrics::WorkloadLabels;
-use crate::telemetry::{AccessLog, MeshMetrics, WorkloadName};
 use mesh_config::{Decision, MtlsMode, RequestAttrs, Workload};
 
 /// The peer's identity on an inbound connection: `None` for plaintext. Inserted into every
@@ -49,42 +50,6 @@ struct Inner {
     /// Whether the workload takes requests: meshd publishes its endpoint only while true.
     serving: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-}
-
-/// Where a workload's metrics, access logs and spans go.
-#[derive(Debug, Clone)]
-pub struct Telemetry {
-    /// Whether requests are recorded into `metrics` at all (off only to measure the cost).
-    pub record_metrics: bool,
-    /// Shared by every workload of a process (the launcher), or one per workload.
-    pub metrics: Arc<MeshMetrics>,
-    pub access_log: AccessLog,
-    /// Spans to OTLP or into `recent_spans`; `None` when tracing is off.
-    pub tracing: Option<crate::telemetry::tracing::Tracing>,
-    /// The recent spans of tracers without an OTLP endpoint, for the dashboard.
-    pub recent_spans: Arc<crate::telemetry::spans::SpanRing>,
-}
-
-impl Default for Telemetry {
-    fn default() -> Self {
-        Self {
-            record_metrics: true,
-            metrics: Arc::default(),
-            access_log: AccessLog::OFF,
-            tracing: None,
-            recent_spans: Arc::default(),
-        }
-    }
-}
-
-impl Telemetry {
-    /// No metrics, logs or spans.
-    pub fn off() -> Self {
-        Self {
-            record_metrics: false,
-            ..Self::default()
-        }
-    }
 }
 
 impl Drop for Inner {

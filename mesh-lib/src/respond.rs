@@ -4,16 +4,34 @@
 //!
 //! The outbound stack ([`rescue`](crate::outbound::rescue)), the proxies' relaying, the
 //! inbound refusals (authorization, rate limit, path normalization) and fault aborts all call
-//! this module; none writes a status or a body of its own. Errors are classified once, in
-//! [`outbound::classify`](crate::outbound::classify), and mapped here to an answer and its
-//! Envoy response flag, which metrics and access logs record.
+//! this module; none writes a status or a body of its own. The failures the mesh answers for
+//! ([`LocalError`], [`ConnectError`]) are defined here, below the layers that raise them;
+//! [`outbound::classify`](crate::outbound::classify) judges outcomes for retries and outlier
+//! detection, and each failure maps here to one answer and its Envoy response flag, which
+//! metrics and access logs record.
 
 use axum::body::Body;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::BoxError;
-use crate::outbound::OutboundError;
-use crate::outbound::classify::{ConnectError, LocalError};
+
+/// Errors raised inside the mesh's own layers (as opposed to the upstream's answer).
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("upstream request timeout")]
+    RouteTimeout,
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
+    Overflow,
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+}
+
+/// A connection to the chosen endpoint could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure ({0})"
+)]
+pub struct ConnectError(#[source] pub BoxError);
 
 /// Envoy's body for a connection that could not be opened.
 const CONNECT_FAILURE: &str =
@@ -58,15 +76,6 @@ impl Synthetic {
             Some(LocalError::NoHealthyUpstream) => Self::NoHealthyUpstream,
             None if error.is::<ConnectError>() => Self::ConnectFailure,
             None => Self::ConnectionTermination,
-        }
-    }
-
-    /// The answer for a call through a [`Client`](crate::Client) that got no response.
-    pub fn for_outbound(error: &OutboundError) -> Self {
-        match error {
-            OutboundError::Timeout(_) => Self::UpstreamTimeout,
-            OutboundError::Request { source, .. } => Self::for_error(source),
-            OutboundError::InvalidUrl { .. } => Self::BadRequest,
         }
     }
 
@@ -188,6 +197,7 @@ fn answer(status: StatusCode, body: Body) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::OutboundError;
 
     async fn read(response: Response<Body>) -> (StatusCode, http::HeaderMap, String) {
         let (parts, body) = response.into_parts();
@@ -245,17 +255,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_proxys_failed_call_is_answered_as_the_stack_answers_it() {
+    async fn no_route_is_an_empty_404() {
         let timeout = OutboundError::Timeout(std::time::Duration::from_secs(1));
-        assert_eq!(
-            Synthetic::for_outbound(&timeout),
-            Synthetic::UpstreamTimeout
-        );
+        assert_eq!(timeout.synthetic(), Synthetic::UpstreamTimeout);
         let refused = OutboundError::Request {
             authority: "app:9080".into(),
             source: Box::new(ConnectError("refused".into())),
         };
-        assert_eq!(Synthetic::for_outbound(&refused), Synthetic::ConnectFailure);
+        assert_eq!(refused.synthetic(), Synthetic::ConnectFailure);
         let (status, _, body) = read(Synthetic::NoRoute.response()).await;
         assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, ""));
     }

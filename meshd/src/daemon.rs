@@ -253,9 +253,10 @@ pub async fn start(config: MeshdConfig) -> Result<RunningMeshd, MeshdError> {
         }
     }
     if let Some(kube) = config.kubernetes.as_ref().filter(|k| k.endpoints) {
+        let plane = plane.clone();
         tasks.push(crate::kubernetes::endpoints::spawn(
             kube.client.clone(),
-            plane.clone(),
+            move |discovered| plane.set_discovered(discovered),
             stopped.clone(),
         ));
     }

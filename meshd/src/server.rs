@@ -1,6 +1,7 @@
 //! meshd's gRPC service: certificate signing for proven identities, the workload registry,
 //! and the snapshot stream.
 
+use crate::kubernetes::endpoints::Discovered;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::SocketAddr;
@@ -164,27 +165,6 @@ impl Registry {
             self.known.insert(service.to_owned());
         }
     }
-}
-
-/// Endpoints the Kubernetes API server reports (EndpointSlices and their Pods), beside the
-/// registry: a Ready pod is routable before its workload registers, and a pod that stopped
-/// being ready (deleted, terminating, failing its probe) stops being routed at once, before
-/// its registration's stream closes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Discovered {
-    /// Ready endpoints: service, address, the pod's namespace, service account and labels.
-    pub ready: Vec<DiscoveredEndpoint>,
-    /// Pod IPs an EndpointSlice lists as not ready: registrations there are not published.
-    pub not_ready: std::collections::BTreeSet<std::net::IpAddr>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DiscoveredEndpoint {
-    pub service: String,
-    pub addr: SocketAddr,
-    pub namespace: String,
-    pub service_account: String,
-    pub labels: BTreeMap<String, String>,
 }
 
 /// How meshd treats registrations and restarts.

@@ -10,77 +10,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 
+use crate::identity::x509::trust_anchors;
+pub use crate::identity::x509::{PeerIdError, provider, spiffe_id_of, verify_chain};
 use crate::identity::{Certified, SpiffeId};
-
-/// The crypto provider every mesh TLS config uses.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Why a peer certificate names no usable identity.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PeerIdError {
-    #[error("unparsable certificate: {0}")]
-    Unparsable(String),
-    #[error("the certificate has no SPIFFE URI SAN")]
-    NoSpiffeId,
-    #[error(transparent)]
-    Invalid(#[from] crate::identity::InvalidSpiffeId),
-}
-
-/// The SPIFFE id in a certificate's URI SAN.
-pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, PeerIdError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| PeerIdError::Unparsable(e.to_string()))?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| PeerIdError::Unparsable(e.to_string()))?
-        .ok_or(PeerIdError::NoSpiffeId)?;
-    for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(uri) = name
-            && uri.starts_with("spiffe://")
-        {
-            return Ok(uri.parse()?);
-        }
-    }
-    Err(PeerIdError::NoSpiffeId)
-}
-
-/// The webpki trust anchors of `roots`.
-fn trust_anchors(roots: &[CertificateDer<'_>]) -> Result<Vec<TrustAnchor<'static>>, rustls::Error> {
-    roots
-        .iter()
-        .map(|der| {
-            webpki::anchor_from_trusted_cert(der)
-                .map(|a| a.to_owned())
-                .map_err(|e| rustls::Error::General(e.to_string()))
-        })
-        .collect()
-}
-
-/// Checks that `leaf` (with `intermediates`) chains to one of `roots` and may authenticate a
-/// client, as of `at`.
-pub fn verify_chain(
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    roots: &[CertificateDer<'_>],
-    at: UnixTime,
-) -> Result<(), rustls::Error> {
-    let anchors = trust_anchors(roots)?;
-    let cert = webpki::EndEntityCert::try_from(leaf)
-        .map_err(|e| rustls::Error::General(format!("invalid certificate: {e}")))?;
-    cert.verify_for_usage(
-        provider().signature_verification_algorithms.all,
-        &anchors,
-        intermediates,
-        at,
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(|e| rustls::Error::General(e.to_string()))
-}
 
 /// The inbound config: our certificate, and any client certificate our roots signed.
 pub fn server_config(certified: &Certified) -> Result<Arc<ServerConfig>, rustls::Error> {

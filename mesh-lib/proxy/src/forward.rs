@@ -108,7 +108,7 @@ pub(crate) fn respond<B: Into<Body>>(response: http::Response<B>) -> Response {
 /// Envoy's answer for a request that got no response (worded by [`mesh::respond`], as the
 /// outbound stack's own answers are).
 pub(crate) fn failure(error: &OutboundError) -> Response {
-    let synthetic = Synthetic::for_outbound(error);
+    let synthetic = error.synthetic();
     if synthetic != Synthetic::UpstreamTimeout {
         tracing::warn!("proxy: {error}");
     }

@@ -4,6 +4,7 @@
 use http::{Response, StatusCode};
 
 use crate::BoxError;
+pub use crate::respond::{ConnectError, LocalError};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,24 +34,6 @@ impl Class {
         )
     }
 }
-
-/// Errors raised inside the mesh's own layers (as opposed to the upstream's answer).
-#[derive(Debug, thiserror::Error)]
-pub enum LocalError {
-    #[error("upstream request timeout")]
-    RouteTimeout,
-    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
-    Overflow,
-    #[error("no healthy upstream")]
-    NoHealthyUpstream,
-}
-
-/// A connection to the chosen endpoint could not be opened.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "upstream connect error or disconnect/reset before headers. reset reason: connection failure ({0})"
-)]
-pub struct ConnectError(#[source] pub BoxError);
 
 /// The classification of an attempt's outcome.
 pub fn classify<B>(result: &Result<Response<B>, BoxError>) -> Class {

@@ -84,6 +84,19 @@ pub enum OutboundError {
     },
 }
 
+impl OutboundError {
+    /// The answer a proxy gives for a call that got no response, as the outbound stack
+    /// answers its own failures.
+    pub fn synthetic(&self) -> crate::respond::Synthetic {
+        use crate::respond::Synthetic;
+        match self {
+            Self::Timeout(_) => Synthetic::UpstreamTimeout,
+            Self::Request { source, .. } => Synthetic::for_error(source),
+            Self::InvalidUrl { .. } => Synthetic::BadRequest,
+        }
+    }
+}
+
 /// [`Client::in_process`] has no router for this name.
 #[derive(Debug, thiserror::Error)]
 #[error("no in-process backend for {0}")]

@@ -85,8 +85,13 @@ where
             };
             let millis = start.elapsed().as_secs_f64() * 1000.0;
             let response_bytes = axum::body::HttpBody::size_hint(response.body()).exact();
+            let source = crate::telemetry::outbound::Source {
+                telemetry: mesh.telemetry(),
+                name: mesh.workload_name(),
+                identity: mesh.identity(),
+            };
             crate::telemetry::outbound::record(
-                &mesh,
+                source,
                 &service,
                 &attempt,
                 crate::telemetry::outbound::Outcome {

@@ -10,12 +10,50 @@ pub mod outbound;
 pub mod spans;
 pub mod tracing;
 
+use std::sync::Arc;
+
 pub use access_log::AccessLog;
 pub use metrics::MeshMetrics;
 
+/// Where a workload's metrics, access logs and spans go.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Whether requests are recorded into `metrics` at all (off only to measure the cost).
+    pub record_metrics: bool,
+    /// Shared by every workload of a process (the launcher), or one per workload.
+    pub metrics: Arc<MeshMetrics>,
+    pub access_log: AccessLog,
+    /// Spans to OTLP or into `recent_spans`; `None` when tracing is off.
+    pub tracing: Option<tracing::Tracing>,
+    /// The recent spans of tracers without an OTLP endpoint, for the dashboard.
+    pub recent_spans: Arc<spans::SpanRing>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            record_metrics: true,
+            metrics: Arc::default(),
+            access_log: AccessLog::OFF,
+            tracing: None,
+            recent_spans: Arc::default(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// No metrics, logs or spans.
+    pub fn off() -> Self {
+        Self {
+            record_metrics: false,
+            ..Self::default()
+        }
+    }
+}
+
 /// The admin port's telemetry: `/stats/prometheus` (the Istio metrics, as Envoy serves them)
 /// and `/debug/spans` (the recent spans, JSON, when no OTLP endpoint takes them).
-pub fn admin_router(telemetry: &crate::dataplane::Telemetry) -> axum::Router {
+pub fn admin_router(telemetry: &Telemetry) -> axum::Router {
     let metrics = telemetry.metrics.clone();
     let ring = telemetry.recent_spans.clone();
     axum::Router::new()

@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 
 use crate::control::Endpoint;
-use crate::dataplane::Mesh;
+use crate::identity::SpiffeId;
 
-use super::WorkloadName;
 use super::metrics::IstioLabels;
+use super::{Telemetry, WorkloadName};
 
 /// What the layers below learn about a request, for the record at the top.
 #[derive(Debug, Clone, Default)]
@@ -64,9 +64,17 @@ pub(crate) struct Outcome {
     pub(crate) response_bytes: Option<u64>,
 }
 
-/// Records one outbound request of `mesh` to the service `host_service` names.
-pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome: Outcome) {
-    if !mesh.telemetry().record_metrics {
+/// Who sends a request: the workload's telemetry, its name and its identity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source<'a> {
+    pub(crate) telemetry: &'a Telemetry,
+    pub(crate) name: &'a WorkloadName,
+    pub(crate) identity: &'a SpiffeId,
+}
+
+/// Records one outbound request of `source` to the service `host_service` names.
+pub(crate) fn record(source: Source<'_>, host_service: &str, attempt: &Attempt, outcome: Outcome) {
+    if !source.telemetry.record_metrics {
         return;
     }
     let Outcome {
@@ -81,26 +89,28 @@ pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome
         .endpoint
         .as_ref()
         .map_or(host_service, |e| e.service.as_str());
-    let me = mesh.workload_name();
+    let me = source.name;
     let edge = || super::metrics::EdgeLabels {
         source_workload: me.workload.clone(),
         destination_service_name: service.to_owned(),
     };
     if info.retries > 0 {
-        mesh.telemetry()
+        source
+            .telemetry
             .metrics
             .retries
             .get_or_create(&edge())
             .inc_by(info.retries);
     }
     if info.budget_exhausted {
-        mesh.telemetry()
+        source
+            .telemetry
             .metrics
             .retry_budget_exhausted
             .get_or_create(&edge())
             .inc();
     }
-    let id = mesh.identity();
+    let id = source.identity;
     let mut flags: Vec<&str> = info.flags.clone();
     if let Some(f) = local_flag {
         flags.push(f);
@@ -191,7 +201,8 @@ pub(crate) fn record(mesh: &Mesh, host_service: &str, attempt: &Attempt, outcome
             },
         }
     };
-    mesh.telemetry()
+    source
+        .telemetry
         .metrics
         .record_keyed(key, labels, millis, request_bytes, response_bytes);
 }

@@ -5,9 +5,9 @@
 //! served at once), and an address Kubernetes marks not ready (a deleted pod is terminating at
 //! once) stops being published at once rather than when its registration's stream ends.
 //!
-//! What the API server says is not a proof of identity: [`ControlPlane`] publishes a
-//! discovered endpoint only under an identity that a registration of the same service has
-//! proven with a certificate (see [`Discovered`]).
+//! What the API server says is not a proof of identity: the control plane (`server`), which
+//! this module hands each view to, publishes a discovered endpoint only under an identity
+//! that a registration of the same service has proven with a certificate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -19,27 +19,25 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 
-use crate::server::{ControlPlane, Discovered, DiscoveredEndpoint};
-
 /// The label an EndpointSlice names its Service by.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Watches EndpointSlices and Pods in every namespace and keeps `plane`'s discovered
-/// endpoints current, until `stopped`.
+/// Watches EndpointSlices and Pods in every namespace and hands every new view to `publish`
+/// (the control plane's discovered endpoints), until `stopped`.
 pub fn spawn(
     client: kube::Client,
-    plane: ControlPlane,
+    publish: impl Fn(Discovered) + Send + 'static,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::select! {
-            () = run(client, plane) => {}
+            () = run(client, publish) => {}
             _ = stopped.wait_for(|s| *s) => {}
         }
     })
 }
 
-async fn run(client: kube::Client, plane: ControlPlane) {
+async fn run(client: kube::Client, publish: impl Fn(Discovered)) {
     let (slices, slices_writer) = reflector::store::<EndpointSlice>();
     let (pods, pods_writer) = reflector::store::<Pod>();
     let slice_events = watcher(
@@ -63,8 +61,29 @@ async fn run(client: kube::Client, plane: ControlPlane) {
             tracing::debug!("endpoint watch: {e}");
             continue;
         }
-        plane.set_discovered(discover(&slices, &pods));
+        publish(discover(&slices, &pods));
     }
+}
+
+/// Endpoints the Kubernetes API server reports (EndpointSlices and their Pods), beside the
+/// registry: a Ready pod is routable before its workload registers, and a pod that stopped
+/// being ready (deleted, terminating, failing its probe) stops being routed at once, before
+/// its registration's stream closes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// Ready endpoints: service, address, the pod's namespace, service account and labels.
+    pub ready: Vec<DiscoveredEndpoint>,
+    /// Pod IPs an EndpointSlice lists as not ready: registrations there are not published.
+    pub not_ready: std::collections::BTreeSet<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DiscoveredEndpoint {
+    pub service: String,
+    pub addr: SocketAddr,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The endpoints `slices` and `pods` describe now.

@@ -48,7 +48,7 @@ impl Certified {
     /// Whether it chains to `anchors` (after a root rotation, an old certificate does not).
     pub fn chains_to(&self, anchors: &Anchors) -> bool {
         self.chain.first().is_some_and(|leaf| {
-            crate::tls::verify_chain(
+            super::x509::verify_chain(
                 leaf,
                 &self.chain[1..],
                 &anchors.ders,
@@ -152,7 +152,7 @@ impl Credentials {
         if parsed.public_key().subject_public_key.data.as_ref() != request.key.public_key_raw() {
             return Err(CredentialError::WrongKey);
         }
-        let got = crate::tls::spiffe_id_of(leaf).map_err(|e| invalid(&e))?;
+        let got = super::x509::spiffe_id_of(leaf).map_err(|e| invalid(&e))?;
         if got != self.identity {
             return Err(CredentialError::WrongIdentity {
                 expected: self.identity.clone(),
@@ -173,7 +173,7 @@ impl Credentials {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default(),
         );
-        crate::tls::verify_chain(leaf, &chain[1..], &anchors.ders, at)
+        super::x509::verify_chain(leaf, &chain[1..], &anchors.ders, at)
             .map_err(|e| CredentialError::Untrusted(e.to_string()))?;
         let certified = Arc::new(Certified {
             identity: got,

@@ -7,6 +7,7 @@
 
 pub mod credentials;
 pub mod roots;
+pub mod x509;
 
 use std::fmt;
 use std::str::FromStr;
