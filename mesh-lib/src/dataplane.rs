@@ -12,6 +12,7 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::compiled::Compiled;
 use crate::control::client::{self, ControlError, WorkloadSpec};
 use crate::control::{Endpoint, Snapshot};
 use crate::identity::{Certified, Credentials, SpiffeId};
@@ -34,7 +35,7 @@ pub struct Mesh {
 struct Inner {
     spec: WorkloadSpec,
     credentials: Credentials,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
+    snapshot: watch::Receiver<Arc<Compiled>>,
     server_tls: watch::Receiver<Option<Arc<ServerConfig>>>,
     /// Every address ever seen as a mesh endpoint, with its identity: an address is never
     /// downgraded to plaintext because one snapshot lacks it.
@@ -81,7 +82,11 @@ impl Mesh {
         crate::control::connector::check_url(&spec.control_plane)?;
         let identity = SpiffeId::new(trust_domain, &spec.namespace, &spec.service_account);
         let credentials = Credentials::new(identity);
-        let (snapshot_tx, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+        let unset = Compiled::new(
+            Arc::new(Snapshot::default()),
+            &Workload::new(&spec.namespace, &spec.labels),
+        );
+        let (snapshot_tx, snapshot) = watch::channel(Arc::new(unset));
         let (tls_tx, server_tls) = watch::channel(None);
         let (serving, serving_rx) = watch::channel(true);
         let name = WorkloadName::from_labels(&spec.service, &spec.labels);
@@ -124,7 +129,7 @@ impl Mesh {
         let mut versions = snapshot.clone();
         let version_task = tokio::spawn(async move {
             while versions.changed().await.is_ok() {
-                let v = versions.borrow_and_update().version;
+                let v = versions.borrow_and_update().snapshot().version;
                 version.set(i64::try_from(v).unwrap_or(i64::MAX));
             }
         });
@@ -186,11 +191,17 @@ impl Mesh {
 
     /// The latest snapshot (empty until meshd has sent one).
     pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.borrow().snapshot().clone()
+    }
+
+    /// The latest snapshot with what it means for this workload, compiled when it arrived.
+    pub fn compiled(&self) -> Arc<Compiled> {
         self.inner.snapshot.borrow().clone()
     }
 
-    /// The snapshots as they come, for what must act on a change rather than per request.
-    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+    /// The compiled snapshots as they come, for what must act on a change rather than per
+    /// request.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Compiled>> {
         self.inner.snapshot.clone()
     }
 
@@ -226,26 +237,19 @@ impl Mesh {
         let mut snapshot = self.inner.snapshot.clone();
         let wait = async {
             let _ = tls.wait_for(Option::is_some).await;
-            let _ = snapshot.wait_for(|s| s.version > 0).await;
+            let _ = snapshot.wait_for(|s| s.snapshot().version > 0).await;
         };
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    fn workload(&self) -> Workload<'_> {
-        Workload {
-            namespace: &self.inner.spec.namespace,
-            labels: &self.inner.spec.labels,
-        }
-    }
-
     /// The PeerAuthentication mode that applies to this workload now.
     pub fn mtls_mode(&self) -> MtlsMode {
-        self.snapshot().config.mtls_mode(&self.workload())
+        self.inner.snapshot.borrow().mtls_mode()
     }
 
     /// The AuthorizationPolicy decision for a request to this workload.
     pub fn authorize(&self, request: &RequestAttrs<'_>) -> Decision {
-        self.snapshot().config.authorize(&self.workload(), request)
+        self.compiled().authorization().decide(request)
     }
 
     /// The mesh endpoints of `service` (empty when it is not in the mesh).
@@ -255,21 +259,19 @@ impl Mesh {
 
     /// The identity to require from `addr`, when it is a mesh endpoint that takes mTLS.
     pub fn tls_target(&self, addr: SocketAddr) -> Option<SpiffeId> {
-        let snapshot = self.snapshot();
+        let compiled = self.compiled();
         let mut known = self
             .inner
             .known
             .lock()
             .expect("known lock is never poisoned");
-        let Some(endpoint) = snapshot.endpoint_at(addr) else {
+        let Some(target) = compiled.tls_target(addr) else {
             return known.get(&addr).cloned();
         };
-        known.insert(addr, endpoint.identity.clone());
-        let mode = snapshot.config.mtls_mode(&Workload {
-            namespace: &endpoint.namespace,
-            labels: &endpoint.labels,
-        });
-        (mode != MtlsMode::Disable).then(|| endpoint.identity.clone())
+        if let Some(endpoint) = compiled.snapshot().endpoint_at(addr) {
+            known.insert(addr, endpoint.identity.clone());
+        }
+        target.clone()
     }
 
     /// What every outbound client of this workload shares.

@@ -17,6 +17,7 @@
 #[cfg(feature = "mimalloc")]
 mod alloc;
 pub mod cli;
+pub mod compiled;
 pub mod control;
 pub mod dataplane;
 pub mod env;

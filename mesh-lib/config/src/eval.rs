@@ -90,27 +90,56 @@ impl MeshConfig {
     /// Istio's authorization: a matching DENY policy denies; otherwise, if no ALLOW policy
     /// applies the request is allowed; otherwise it is allowed only if an ALLOW policy matches.
     pub fn authorize(&self, workload: &Workload<'_>, request: &RequestAttrs<'_>) -> Decision {
+        self.authorization_for(workload).decide(request)
+    }
+
+    /// The AuthorizationPolicies that apply to `workload`, in the order they are decided in:
+    /// made once per config (a data plane keeps it beside its snapshot) rather than filtered
+    /// and sorted for each request.
+    pub fn authorization_for(&self, workload: &Workload<'_>) -> WorkloadAuthorization {
         let mut policies: Vec<&AuthorizationPolicy> = self
             .authorization_policies
             .iter()
             .filter(|p| applies(&p.metadata, &p.selector, workload))
             .collect();
         policies.sort_by(|a, b| order(&a.metadata, &b.metadata));
+        let of = |action: Action| -> Vec<AuthorizationPolicy> {
+            policies
+                .iter()
+                .filter(|p| p.action == action)
+                .map(|p| (*p).clone())
+                .collect()
+        };
+        WorkloadAuthorization {
+            deny: of(Action::Deny),
+            allow: of(Action::Allow),
+        }
+    }
+}
 
-        if let Some(deny) = policies
-            .iter()
-            .filter(|p| p.action == Action::Deny)
-            .find(|p| policy_matches(p, request))
-        {
+/// The AuthorizationPolicies that apply to one workload, by action, each list in (namespace,
+/// name) order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadAuthorization {
+    deny: Vec<AuthorizationPolicy>,
+    allow: Vec<AuthorizationPolicy>,
+}
+
+impl WorkloadAuthorization {
+    /// Whether no policy applies (every request is allowed, with nothing to evaluate).
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty()
+    }
+
+    /// The decision for `request`: a matching DENY policy denies; with no ALLOW policy the
+    /// request is allowed; otherwise only a matching ALLOW policy allows it.
+    pub fn decide(&self, request: &RequestAttrs<'_>) -> Decision {
+        if let Some(deny) = self.deny.iter().find(|p| policy_matches(p, request)) {
             return Decision::Deny {
                 policy: deny.metadata.key(),
             };
         }
-        let mut allows = policies.iter().filter(|p| p.action == Action::Allow);
-        let Some(first) = allows.next() else {
-            return Decision::Allow;
-        };
-        if policy_matches(first, request) || allows.any(|p| policy_matches(p, request)) {
+        if self.allow.is_empty() || self.allow.iter().any(|p| policy_matches(p, request)) {
             Decision::Allow
         } else {
             Decision::Deny {

@@ -26,7 +26,7 @@ mod net_eval;
 mod net_model;
 mod rate_limit;
 
-pub use eval::{Decision, RequestAttrs};
+pub use eval::{Decision, RequestAttrs, WorkloadAuthorization};
 pub use limits::{
     ConfigTooLarge, MAX_CONFIG_JSON_BYTES, MAX_FILE_BYTES, MAX_HOST_BYTES, MAX_STRING_BYTES,
     check_config_size,

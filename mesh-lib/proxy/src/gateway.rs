@@ -151,7 +151,10 @@ pub async fn warn_unmatched(mesh: Mesh, options: Options) {
     let mut snapshots = mesh.snapshots();
     let mut warned: Vec<String> = Vec::new();
     loop {
-        let now = options.unmatched(&snapshots.borrow_and_update().config, mesh.labels());
+        let now = options.unmatched(
+            &snapshots.borrow_and_update().snapshot().config,
+            mesh.labels(),
+        );
         for warning in now.iter().filter(|w| !warned.contains(w)) {
             tracing::warn!("{warning}");
         }

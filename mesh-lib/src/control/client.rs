@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 
 use super::connector::{self, UrlError};
 use super::{Snapshot, pb};
+use crate::compiled::Compiled;
 use crate::identity::{Certified, Credentials, TrustRoots};
+use mesh_config::Workload;
 
 /// First retry delay after a failed call to meshd.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -202,8 +204,8 @@ async fn open_watch(
     Ok(client.watch(request).await?.into_inner())
 }
 
-/// Registers the workload serving at `addr` and follows snapshots into `snapshots`,
-/// re-registering after every disconnect. The watch is authenticated by the workload's
+/// Registers the workload serving at `addr` and follows snapshots into `snapshots`, each
+/// compiled for this workload before it is published, re-registering after every disconnect. The watch is authenticated by the workload's
 /// certificate, so it starts once there is one, and moves to a new connection after every
 /// renewal (the new registration opens before the old one closes, so the endpoint never
 /// leaves the registry). When `serving` changes, the workload registers again saying so:
@@ -212,7 +214,7 @@ pub fn spawn_watch(
     spec: WorkloadSpec,
     credentials: Credentials,
     addr: SocketAddr,
-    snapshots: watch::Sender<Arc<Snapshot>>,
+    snapshots: watch::Sender<Arc<Compiled>>,
     mut serving: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -235,8 +237,10 @@ pub fn spawn_watch(
                             Ok(Some(pb)) => match Snapshot::try_from(pb) {
                                 Ok(snapshot) => {
                                     backoff.reset();
-                                    let merged = snapshot.merged_over(&snapshots.borrow());
-                                    snapshots.send_replace(Arc::new(merged));
+                                    let merged = snapshot.merged_over(snapshots.borrow().snapshot());
+                                    let workload = Workload::new(&spec.namespace, &spec.labels);
+                                    let compiled = Compiled::new(Arc::new(merged), &workload);
+                                    snapshots.send_replace(Arc::new(compiled));
                                 }
                                 Err(e) => tracing::warn!("{e}; keeping the last good snapshot"),
                             },

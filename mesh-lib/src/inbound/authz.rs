@@ -12,7 +12,8 @@ use mesh_config::{Decision, RequestAttrs};
 /// Envoy's RBAC answer when `mesh`'s policies deny `request`; `None` lets it through.
 pub(crate) fn deny(mesh: &Mesh, request: &Request) -> Option<Response> {
     // Without a policy there is nothing to decide, nor a principal to spell out.
-    if mesh.snapshot().config.authorization_policies.is_empty() {
+    let compiled = mesh.compiled();
+    if compiled.authorization().is_empty() {
         return None;
     }
     let principal = request
@@ -20,7 +21,7 @@ pub(crate) fn deny(mesh: &Mesh, request: &Request) -> Option<Response> {
         .get::<PeerIdentity>()
         .and_then(|p| p.0.as_ref())
         .map(|id| id.principal());
-    let decision = mesh.authorize(&RequestAttrs {
+    let decision = compiled.authorization().decide(&RequestAttrs {
         method: request.method().as_str(),
         path: request.uri().path(),
         headers: request.headers(),

@@ -10,16 +10,11 @@ use axum::extract::Request;
 use axum::response::Response;
 
 use crate::dataplane::Mesh;
-use mesh_config::Workload;
 
 /// The answer for `request` when the workload's bucket is empty; `None` lets it through.
 pub(crate) fn refuse(mesh: &Mesh, request: &Request) -> Option<Response> {
-    let snapshot = mesh.snapshot();
-    let workload = Workload {
-        namespace: &mesh.identity().namespace,
-        labels: mesh.labels(),
-    };
-    let policy = snapshot.config.local_rate_limit(&workload)?;
+    let compiled = mesh.compiled();
+    let policy = compiled.rate_limit()?;
     if mesh.rate_limit_bucket().try_take(policy) {
         return None;
     }
