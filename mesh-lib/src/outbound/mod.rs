@@ -1,7 +1,8 @@
 //! The outbound client every service calls its backends through.
 //!
 //! The stack, in data-path order (built in [`ClientBuilder::build`]): the caller's deadline →
-//! [`rescue`] (mesh failures become Envoy's responses) → [`route`] (VirtualService match →
+//! [`telemetry`] (the source-side record) → [`rescue`] (mesh failures become Envoy's
+//! responses) → [`route`] (VirtualService match →
 //! plan) → [`fault`] → [`timeout`] → [`retry`] (with a budget) → [`split`] (weighted subset,
 //! per request) → [`balance`] (load balancer over the subset's endpoints, outlier ejection) →
 //! [`breaker`] (connectionPool limits) → [`connect`] (TCP_NODELAY, mTLS with the expected
@@ -24,6 +25,7 @@ pub mod retry;
 pub mod route;
 pub mod routing;
 pub mod split;
+pub mod telemetry;
 pub mod timeout;
 
 /// Takes the service `poll_ready` just drove ready, leaving a clone in its place: the tower
@@ -385,7 +387,8 @@ impl ClientBuilder {
             .with_mesh(self.mesh.clone())
             .with_health(health.clone());
         let stack = ServiceBuilder::new()
-            .option_layer(self.mesh.clone().map(rescue::RescueLayer::new))
+            .option_layer(self.mesh.clone().map(telemetry::RecordLayer::new))
+            .option_layer(self.mesh.as_ref().map(|_| rescue::RescueLayer))
             .option_layer(self.mesh.clone().map(route::RouteLayer::new))
             .layer(fault::FaultLayer::new(fault::random_roll()))
             .layer(timeout::RouteTimeoutLayer)
