@@ -31,7 +31,7 @@ use super::health::Health;
 use super::plan::{LbPolicy, OutlierPlan, TrafficPlan};
 use super::split::Chosen;
 use crate::dataplane::Mesh;
-use crate::fast_hash::{FastMap, Fnv};
+use crate::fast_hash::{FastMap, FnvHasher};
 use crate::telemetry::outbound::Attempt;
 
 /// The addresses behind each logical `host:port`.
@@ -292,7 +292,7 @@ impl<S> Balance<S> {
         };
         let addr = match policy.lb {
             LbPolicy::RoundRobin => {
-                let mut key = Fnv::default();
+                let mut key = FnvHasher::default();
                 (service, labels).hash(&mut key);
                 let mut turns = self.turns.lock().expect("turns lock is never poisoned");
                 let turn = turns.entry(key.finish()).or_default();
