@@ -4,7 +4,11 @@
 //! it registered) and keeps a short window of samples; beside the metrics it reads the
 //! workload's recent spans (`/debug/spans`, kept when no OTLP endpoint takes them) and joins
 //! them into traces across workloads. The page (`dashboard.html`) polls `/api/graph` and
-//! `/api/traces`.
+//! `/api/traces`. The metrics text is read here (`parse_into`) rather than by the
+//! `prometheus-parse` crate, which splits labels at every `,` and `=` and does not unescape,
+//! so a value holding `,` or `=` comes out cut or its label dropped and one holding `\"`
+//! stays escaped, and which would bring chrono and a third itertools for one pass that keeps
+//! two Istio series.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
