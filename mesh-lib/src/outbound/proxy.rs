@@ -1,8 +1,9 @@
 //! `HTTP_PROXY` for a workload outside the mesh: behind a sidecar, an application sends every
 //! call to the sidecar's outbound listener as an absolute-form request, and the sidecar does
-//! the mesh's work. `NO_PROXY` names the hosts that are called directly, as curl and Python's
-//! `requests` read it: a comma-separated list of host names (a leading `.` or `*.` matches
-//! sub-domains too), IP addresses, or `*` for every host. hyper-util's
+//! the mesh's work. `NO_PROXY` names the hosts that are called directly, in the
+//! form curl and Python's `requests` take: a comma-separated list of host names (a leading `.`
+//! or `*.` matches sub-domains too; a bare name matches itself only, where curl also matches
+//! its sub-domains), IP addresses, or `*` for every host. hyper-util's
 //! `client::proxy::matcher` is not used for it: it agrees on the cases our tests cover, but
 //! it reads `*.example.com` as a name that matches nothing, lets `*` cover host names only
 //! (a call to an IP address still goes through the proxy), and lets a bare name such as
