@@ -13,10 +13,10 @@ use opentelemetry::trace::SpanKind;
 use tokio::time::Instant;
 
 use crate::dataplane::{Mesh, PeerIdentity};
+use crate::telemetry::PEER_HEADER;
 use crate::telemetry::access_log::Entry;
-use crate::telemetry::metrics::IstioLabels;
+use crate::telemetry::labels::{Caller, Ends, Local, Recorded};
 use crate::telemetry::tracing::SpanInfo;
-use crate::telemetry::{PEER_HEADER, WorkloadName};
 
 /// The request's fields an access-log line shows.
 struct Logged {
@@ -83,68 +83,22 @@ where
     let id = mesh.identity();
     let telemetry = mesh.telemetry();
     if telemetry.record_metrics {
-        let unknown = |s: &str| {
-            if s.is_empty() {
-                "unknown".to_owned()
-            } else {
-                s.to_owned()
-            }
-        };
-        // The label set is a function of these (the launcher's workloads share one registry).
-        let none = String::new();
-        let (trust_domain, namespace, account) = peer.as_ref().map_or((&none, &none, &none), |p| {
-            (&p.trust_domain, &p.namespace, &p.service_account)
-        });
-        let key = crate::telemetry::metrics::series_key(&[
-            "d",
-            &me.workload,
-            peer_header
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-            trust_domain,
-            namespace,
-            account,
-            response.status().as_str(),
-        ]);
-        let labels = || {
-            let source = peer_header
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .and_then(WorkloadName::parse_header)
-                .unwrap_or_default();
-            IstioLabels {
-                reporter: "destination".into(),
-                source_workload: unknown(&source.workload),
-                source_workload_namespace: peer
-                    .as_ref()
-                    .map_or("unknown".into(), |p| p.namespace.clone()),
-                source_principal: peer.as_ref().map_or("unknown".into(), |p| p.to_string()),
-                source_app: unknown(&source.app),
-                source_version: unknown(&source.version),
-                destination_workload: me.workload.clone(),
-                destination_workload_namespace: id.namespace.clone(),
-                destination_principal: id.to_string(),
-                destination_app: me.app.clone(),
-                destination_version: me.version.clone(),
-                destination_service: format!(
-                    "{}.{}.svc.{}",
-                    mesh.service(),
-                    id.namespace,
-                    id.trust_domain
-                ),
-                destination_service_name: mesh.service().to_owned(),
-                destination_service_namespace: id.namespace.clone(),
-                request_protocol: "http".into(),
-                response_code: response.status().as_u16().to_string(),
-                response_flags: "-".into(),
-                connection_security_policy: if peer.is_some() {
-                    "mutual_tls".into()
-                } else {
-                    "none".into()
+        let request = Recorded {
+            ends: Ends::Served {
+                destination: Local {
+                    name: me,
+                    identity: id,
                 },
-            }
+                service: mesh.service(),
+                caller: peer.as_deref().map(|identity| Caller {
+                    identity,
+                    header: peer_header.as_ref().and_then(|v| v.to_str().ok()),
+                }),
+            },
+            status: response.status().as_u16(),
+            flags: &[],
         };
+        let (key, labels) = request.keyed_labels();
         telemetry
             .metrics
             .record_keyed(key, labels, millis, request_bytes, response_bytes);

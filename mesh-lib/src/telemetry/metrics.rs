@@ -89,8 +89,8 @@ pub struct MeshMetrics {
 
 /// A cheap key for a label set: the parts it is a function of, joined by a byte no header value
 /// or name holds, so distinct parts never make one key.
-pub(crate) fn series_key(parts: &[&str]) -> String {
-    let mut key = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+pub(crate) fn series_key<'a>(parts: impl Iterator<Item = &'a str> + Clone) -> String {
+    let mut key = String::with_capacity(parts.clone().map(|p| p.len() + 1).sum());
     for part in parts {
         key.push_str(part);
         key.push('\n');

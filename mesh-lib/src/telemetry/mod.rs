@@ -1,10 +1,12 @@
-//! What the mesh tells about the traffic it carries: Istio-standard metrics ([`metrics`]),
-//! one access-log line per request ([`access_log`]) and OpenTelemetry spans ([`tracing`],
-//! [`spans`]), recorded by the inbound and outbound stacks so services get them without a line
-//! of their own; [`admin_router`] serves them on a workload's admin port.
+//! What the mesh tells about the traffic it carries: Istio-standard metrics ([`metrics`],
+//! labelled alike by both reporters through `labels`), one access-log line per request
+//! ([`access_log`]) and OpenTelemetry spans ([`tracing`], [`spans`]), recorded by the inbound
+//! and outbound stacks so services get them without a line of their own; [`admin_router`]
+//! serves them on a workload's admin port.
 
 pub mod access_log;
 mod finished;
+pub(crate) mod labels;
 pub mod metrics;
 pub mod outbound;
 pub mod spans;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::control::Endpoint;
 use crate::identity::SpiffeId;
 
-use super::metrics::IstioLabels;
+use super::labels::{Destination, Ends, Local, Recorded};
 use super::{Telemetry, WorkloadName};
 
 /// What the layers below learn about a request, for the record at the top.
@@ -85,10 +85,13 @@ pub(crate) fn record(source: Source<'_>, host_service: &str, attempt: &Attempt, 
         response_bytes,
     } = outcome;
     let info = attempt.0.lock().expect("attempt lock is never poisoned");
-    let service = info
-        .endpoint
-        .as_ref()
-        .map_or(host_service, |e| e.service.as_str());
+    let destination = match &info.endpoint {
+        Some(e) => Destination::Endpoint(e),
+        None => Destination::Unknown {
+            service: host_service,
+        },
+    };
+    let service = destination.service();
     let me = source.name;
     let edge = || super::metrics::EdgeLabels {
         source_workload: me.workload.clone(),
@@ -110,97 +113,22 @@ pub(crate) fn record(source: Source<'_>, host_service: &str, attempt: &Attempt, 
             .get_or_create(&edge())
             .inc();
     }
-    let id = source.identity;
     let mut flags: Vec<&str> = info.flags.clone();
     if let Some(f) = local_flag {
         flags.push(f);
     }
-    // The label set is a function of these (the launcher's workloads share one registry): the
-    // destination by what names it, not by its address, which a later workload may reuse.
-    let code = http::StatusCode::from_u16(status).ok();
-    let mut parts: Vec<&str> = vec![
-        "s",
-        &me.workload,
-        service,
-        code.as_ref().map_or("0", |c| c.as_str()),
-    ];
-    if let Some(e) = &info.endpoint {
-        parts.extend([
-            e.labels.get("app").map_or("", String::as_str),
-            e.labels.get("version").map_or("", String::as_str),
-            &e.namespace,
-            &e.identity.trust_domain,
-            &e.identity.namespace,
-            &e.identity.service_account,
-        ]);
-    }
-    parts.extend(flags.iter().copied());
-    let key = super::metrics::series_key(&parts);
-    let labels = || {
-        let (dest, dest_ns, dest_principal) = match &info.endpoint {
-            Some(e) => (
-                WorkloadName::from_labels(&e.service, &e.labels),
-                e.namespace.clone(),
-                e.identity.to_string(),
-            ),
-            None => (
-                WorkloadName::default(),
-                "unknown".to_owned(),
-                "unknown".to_owned(),
-            ),
-        };
-        let unknown = |s: &str| {
-            if s.is_empty() {
-                "unknown".to_owned()
-            } else {
-                s.to_owned()
-            }
-        };
-        IstioLabels {
-            reporter: "source".into(),
-            source_workload: me.workload.clone(),
-            source_workload_namespace: id.namespace.clone(),
-            source_principal: id.to_string(),
-            source_app: me.app.clone(),
-            source_version: me.version.clone(),
-            destination_workload: unknown(&dest.workload),
-            destination_workload_namespace: dest_ns.clone(),
-            destination_principal: dest_principal,
-            destination_app: unknown(&dest.app),
-            destination_version: unknown(&dest.version),
-            destination_service: format!(
-                "{service}.{}.svc.{}",
-                if info.endpoint.is_some() {
-                    &dest_ns
-                } else {
-                    &id.namespace
-                },
-                id.trust_domain
-            ),
-            destination_service_name: service.to_owned(),
-            destination_service_namespace: if info.endpoint.is_some() {
-                dest_ns
-            } else {
-                id.namespace.clone()
+    let request = Recorded {
+        ends: Ends::Sent {
+            source: Local {
+                name: me,
+                identity: source.identity,
             },
-            request_protocol: "http".into(),
-            response_code: if status == 0 {
-                "0".into()
-            } else {
-                status.to_string()
-            },
-            response_flags: if flags.is_empty() {
-                "-".into()
-            } else {
-                flags.join(",")
-            },
-            connection_security_policy: if info.endpoint.is_some() {
-                "mutual_tls".into()
-            } else {
-                "unknown".into()
-            },
-        }
+            destination,
+        },
+        status,
+        flags: &flags,
     };
+    let (key, labels) = request.keyed_labels();
     source
         .telemetry
         .metrics
