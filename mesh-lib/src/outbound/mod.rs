@@ -388,7 +388,7 @@ impl ClientBuilder {
             .with_health(health.clone());
         let stack = ServiceBuilder::new()
             .option_layer(self.mesh.clone().map(telemetry::RecordLayer::new))
-            .option_layer(self.mesh.as_ref().map(|_| rescue::RescueLayer))
+            .option_layer(self.mesh.as_ref().map(|_| rescue::layer()))
             .option_layer(self.mesh.clone().map(route::RouteLayer::new))
             .layer(fault::FaultLayer::new(fault::random_roll()))
             .layer(timeout::RouteTimeoutLayer)

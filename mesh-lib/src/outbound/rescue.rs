@@ -3,14 +3,10 @@
 //! transport error. Right under the recording layer ([`super::telemetry`]), to which the
 //! answer's Envoy response flag goes up in the response's extensions ([`LocalReply`]).
 
-use std::task::{Context, Poll};
-
 use axum::body::Body;
-use bytes::Bytes;
-use http::{Request, Response};
-use tower::{Layer, Service};
+use http::Response;
+use tower::util::MapResultLayer;
 
-use super::BoxFuture;
 use crate::BoxError;
 use crate::respond::Synthetic;
 
@@ -18,49 +14,26 @@ use crate::respond::Synthetic;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalReply(pub &'static str);
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RescueLayer;
+/// An outcome of the stack below.
+type Outcome = Result<Response<Body>, BoxError>;
 
-impl<S> Layer<S> for RescueLayer {
-    type Service = Rescue<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner }
-    }
+/// The layer: a map over the result, so the answer costs no future of its own per request.
+pub fn layer() -> MapResultLayer<fn(Outcome) -> Outcome> {
+    MapResultLayer::new(answer)
 }
 
-#[derive(Debug, Clone)]
-pub struct Rescue<S> {
-    inner: S,
-}
-
-impl<S> Service<Request<Bytes>> for Rescue<S>
-where
-    S: Service<Request<Bytes>, Response = Response<Body>, Error = BoxError> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            match call.await {
-                Ok(response) => Ok(response),
-                Err(e) => {
-                    let synthetic = Synthetic::for_error(&e);
-                    tracing::debug!(status = %synthetic.status(), "mesh answered for the upstream: {e}");
-                    let mut response = synthetic.response();
-                    response
-                        .extensions_mut()
-                        .insert(LocalReply(synthetic.flag()));
-                    Ok(response)
-                }
-            }
-        })
+/// The response as it came, or the mesh's answer for the failure (never an error).
+pub fn answer(result: Outcome) -> Outcome {
+    match result {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            let synthetic = Synthetic::for_error(&e);
+            tracing::debug!(status = %synthetic.status(), "mesh answered for the upstream: {e}");
+            let mut response = synthetic.response();
+            response
+                .extensions_mut()
+                .insert(LocalReply(synthetic.flag()));
+            Ok(response)
+        }
     }
 }
