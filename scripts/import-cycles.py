@@ -11,8 +11,7 @@ there is one.
 
 usage: scripts/import-cycles.py [--max N] [CRATE_DIR...]   (default: every workspace member)
 
---max N: exit 0 with at most N circles (CI holds the count where it is until the last one
-goes; see ARCHITECTURE.md).
+--max N: exit 0 with at most N circles (for a change that must pass through one).
 """
 import os
 import re

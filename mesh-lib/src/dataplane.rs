@@ -45,7 +45,7 @@ struct Inner {
     /// `name.workload`, shared by the spans of the requests this workload serves.
     workload: Arc<str>,
     /// What all of this workload's outbound clients share.
-    outbound: crate::outbound::Shared,
+    outbound: crate::shared::Shared,
     /// The local rate limit's bucket: one per workload, whatever serves it.
     rate_limit: crate::token_bucket::WorkloadBucket,
     /// Whether the workload takes requests: meshd publishes its endpoint only while true.
@@ -155,7 +155,7 @@ impl Mesh {
                 telemetry,
                 workload: Arc::from(name.workload.as_str()),
                 name,
-                outbound: crate::outbound::Shared::default(),
+                outbound: crate::shared::Shared::default(),
                 rate_limit: Default::default(),
                 serving,
                 tasks,
@@ -275,17 +275,12 @@ impl Mesh {
     }
 
     /// What every outbound client of this workload shares.
-    pub(crate) fn outbound_shared(&self) -> &crate::outbound::Shared {
+    pub(crate) fn outbound_shared(&self) -> &crate::shared::Shared {
         &self.inner.outbound
     }
 
     /// The workload's local rate-limit bucket.
     pub(crate) fn rate_limit_bucket(&self) -> &crate::token_bucket::WorkloadBucket {
         &self.inner.rate_limit
-    }
-
-    /// An outbound client that routes through the mesh.
-    pub fn client(&self) -> crate::Client {
-        crate::Client::builder().mesh(self.clone()).build()
     }
 }

@@ -25,13 +25,13 @@ use http::uri::Authority;
 use http::{HeaderValue, Request, Uri, header};
 use tower::{Layer, Service};
 
-use super::classify::{LocalError, classify};
 use super::dns::DnsSpread;
-use super::health::Health;
 use super::plan::{LbPolicy, OutlierPlan, TrafficPlan};
 use super::split::Chosen;
+use crate::classify::{LocalError, classify};
 use crate::dataplane::Mesh;
 use crate::fast_hash::{FastMap, FnvHasher};
+use crate::shared::health::Health;
 use crate::telemetry::outbound::Attempt;
 
 /// The addresses behind each logical `host:port`.

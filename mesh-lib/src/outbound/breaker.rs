@@ -12,10 +12,10 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use super::classify::LocalError;
-use super::health::Health;
 use super::split::Chosen;
 use crate::BoxError;
+use crate::classify::LocalError;
+use crate::shared::health::Health;
 
 #[derive(Debug, Clone)]
 pub struct BreakerLayer {

@@ -12,11 +12,11 @@
 
 pub mod balance;
 pub mod breaker;
-pub mod classify;
+pub use crate::classify;
 pub mod connect;
 pub mod dns;
 pub mod fault;
-pub mod health;
+pub use crate::shared::health;
 pub mod plan;
 pub mod pool;
 pub mod proxy;
@@ -310,15 +310,13 @@ impl Gathered {
     }
 }
 
-/// What every client of one workload shares, however many it has (one per worker thread of
-/// a proxy): endpoint health (requests in flight per endpoint and service, outlier
-/// ejections) and the retry budget, so that connection-pool limits, outlier detection and
-/// the budget hold for the workload as a whole, as Envoy keeps them per cluster across its
-/// workers. Connections and round-robin turns stay each client's own.
-#[derive(Debug, Clone, Default)]
-pub struct Shared {
-    health: Arc<health::Health>,
-    budget: Arc<retry::RetryBudget>,
+pub use crate::shared::Shared;
+
+impl crate::dataplane::Mesh {
+    /// An outbound client that routes through the mesh.
+    pub fn client(&self) -> Client {
+        Client::builder().mesh(self.clone()).build()
+    }
 }
 
 /// Builds a [`Client`].

@@ -3,6 +3,8 @@
 //! the request's extensions.
 
 use std::collections::BTreeMap;
+
+pub use crate::shared::health::OutlierPlan;
 use std::time::Duration;
 
 /// Istio's retry policy when a route gives none: 2 retries on connection failures and
@@ -56,19 +58,6 @@ pub enum LbPolicy {
     Random,
     /// Power of two choices by requests in flight.
     LeastRequest,
-}
-
-/// `outlierDetection`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutlierPlan {
-    /// Eject after this many 5xx (incl. connect failures) in a row; `None`: not on 5xx.
-    pub consecutive_5xx: Option<u32>,
-    /// Eject after this many 502/503/504 or connect failures in a row.
-    pub consecutive_gateway: Option<u32>,
-    /// Ejection lasts this long times the number of times the endpoint was ejected.
-    pub base_ejection: std::time::Duration,
-    /// At most this share of a service's endpoints is ejected at once.
-    pub max_ejection_percent: u32,
 }
 
 /// When and how often to try again.

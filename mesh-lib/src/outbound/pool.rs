@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::BoxFuture;
-use super::classify::ConnectError;
 use super::connect::{MeshConnector, MeshStream};
 use crate::BoxError;
+use crate::classify::ConnectError;
 use crate::fast_hash::FastMap;
 
 /// How many idle connections to one authority the pool keeps; more are closed.

@@ -7,88 +7,26 @@
 //! caps retries at a fraction of recent requests (plus a small floor so low-traffic clients can
 //! still retry), so retries can never multiply load by more than `1 + ratio`.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use super::classify::{Class, classify};
 use super::plan::{RetryPlan, RoutePlan};
 use crate::BoxError;
+use crate::classify::{Class, classify};
+pub use crate::shared::budget::RetryBudget;
 use crate::telemetry::outbound::Attempt;
 
 /// First backoff between attempts (Envoy's default base interval).
 pub const BASE_BACKOFF: Duration = Duration::from_millis(25);
 /// Longest backoff between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_millis(250);
-
-/// A budget of retries relative to requests over a sliding window.
-#[derive(Debug)]
-pub struct RetryBudget {
-    /// Retries allowed per request in the window (0.2: at most 20 % extra load).
-    pub ratio: f64,
-    /// Retries always allowed per second, however few the requests.
-    pub min_per_second: u32,
-    /// The window over which requests and retries are counted.
-    pub window: Duration,
-    events: Mutex<VecDeque<(Instant, bool)>>,
-}
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        Self::new(0.2, 10, Duration::from_secs(10))
-    }
-}
-
-impl RetryBudget {
-    pub fn new(ratio: f64, min_per_second: u32, window: Duration) -> Self {
-        Self {
-            ratio,
-            min_per_second,
-            window,
-            events: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    fn prune(&self, events: &mut VecDeque<(Instant, bool)>) {
-        let now = Instant::now();
-        while events
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > self.window)
-        {
-            events.pop_front();
-        }
-    }
-
-    /// Records an original request.
-    pub fn deposit(&self) {
-        let mut events = self.events.lock().expect("budget lock is never poisoned");
-        self.prune(&mut events);
-        events.push_back((Instant::now(), false));
-    }
-
-    /// Takes one retry from the budget, if there is one.
-    pub fn withdraw(&self) -> bool {
-        let mut events = self.events.lock().expect("budget lock is never poisoned");
-        self.prune(&mut events);
-        let requests = events.iter().filter(|(_, retry)| !retry).count() as f64;
-        let retries = events.iter().filter(|(_, retry)| *retry).count() as f64;
-        let floor = f64::from(self.min_per_second) * self.window.as_secs_f64();
-        if retries < (requests * self.ratio).max(floor) {
-            events.push_back((Instant::now(), true));
-            true
-        } else {
-            false
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
@@ -169,7 +107,7 @@ where
                     Some(limit) => match tokio::time::timeout(limit, call).await {
                         Ok(r) => r,
                         Err(_) => {
-                            Err(Box::new(super::classify::LocalError::RouteTimeout) as BoxError)
+                            Err(Box::new(crate::classify::LocalError::RouteTimeout) as BoxError)
                         }
                     },
                     None => call.await,
@@ -220,6 +158,7 @@ fn clone_request(req: &Request<Bytes>) -> Request<Bytes> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::time::Instant;
     use tower::ServiceExt;
 
     fn flaky(
@@ -240,10 +179,10 @@ mod tests {
                 if n < fail_first {
                     match status_or_connect {
                         Some(s) => Ok(Response::builder().status(s).body(Body::empty()).unwrap()),
-                        None => Err(
-                            Box::new(super::super::classify::ConnectError("refused".into()))
-                                as BoxError,
-                        ),
+                        None => {
+                            Err(Box::new(crate::classify::ConnectError("refused".into()))
+                                as BoxError)
+                        }
                     }
                 } else {
                     Ok(Response::new(Body::empty()))
@@ -317,7 +256,7 @@ mod tests {
             .oneshot(request(plan))
             .await
             .unwrap_err();
-        assert!(err.is::<super::super::classify::LocalError>());
+        assert!(err.is::<crate::classify::LocalError>());
         assert!(
             start.elapsed() >= Duration::from_millis(200)
                 && start.elapsed() < Duration::from_millis(500),

@@ -13,9 +13,9 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use super::classify::LocalError;
 use super::plan::RoutePlan;
 use crate::BoxError;
+use crate::classify::LocalError;
 
 /// Envoy's per-request override, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";

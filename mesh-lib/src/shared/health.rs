@@ -7,8 +7,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-use super::classify::Class;
-use super::plan::OutlierPlan;
+use crate::classify::Class;
 use crate::fast_hash::FastMap;
 
 #[derive(Debug, Default)]
@@ -157,6 +156,19 @@ impl Health {
             *n = n.saturating_sub(1);
         }
     }
+}
+
+/// `outlierDetection`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierPlan {
+    /// Eject after this many 5xx (incl. connect failures) in a row; `None`: not on 5xx.
+    pub consecutive_5xx: Option<u32>,
+    /// Eject after this many 502/503/504 or connect failures in a row.
+    pub consecutive_gateway: Option<u32>,
+    /// Ejection lasts this long times the number of times the endpoint was ejected.
+    pub base_ejection: std::time::Duration,
+    /// At most this share of a service's endpoints is ejected at once.
+    pub max_ejection_percent: u32,
 }
 
 #[cfg(test)]
