@@ -30,7 +30,7 @@ use crate::forward;
 use mesh::dataplane::Mesh;
 pub use mesh::identity::{GATEWAY_NAMESPACE, GATEWAY_SERVICE, GATEWAY_SERVICE_ACCOUNT};
 use mesh::outbound::Client;
-use mesh::outbound::routing::{self, GatewayContext};
+use mesh::outbound::routing::{self, Plans};
 use mesh::respond::Synthetic;
 use mesh_config::MeshConfig;
 
@@ -177,6 +177,8 @@ pub fn labels() -> BTreeMap<String, String> {
 struct Gateway {
     mesh: Mesh,
     client: Client,
+    /// The plans of the routes this gateway matched, made once per snapshot and rule.
+    plans: Arc<Plans>,
     /// [`Options::ports`].
     ports: Arc<[u16]>,
     trust_envoy_headers: bool,
@@ -191,6 +193,7 @@ pub fn router(mesh: Mesh, options: &Options) -> Router {
     Router::new().fallback(handle).with_state(Gateway {
         mesh,
         client,
+        plans: Arc::default(),
         ports,
         trust_envoy_headers: options.trust_envoy_headers,
     })
@@ -246,20 +249,22 @@ async fn handle(State(gw): State<Gateway>, request: Request) -> Response {
         Ok(uri) => parts.uri = uri,
         Err(_) => return Synthetic::BadRequest.response(),
     }
-    let probe = http::Request::from_parts(parts, body);
-    if gateways.is_empty() || !routing::gateway_routes(&gw.mesh, &gateways, &probe) {
+    // The path the client asked for, as the gateway's span names it (before any rewrite).
+    let asked: Box<str> = parts.uri.path().into();
+    let mut routed = http::Request::from_parts(parts, body);
+    let Some(plan) = routing::gateway_plan(&gw.mesh, &gw.plans, &gateways, &mut routed) else {
         return Synthetic::NoRoute.response();
-    }
-    let (mut parts, body) = probe.into_parts();
-    parts.extensions.insert(GatewayContext(gateways));
+    };
+    let (mut parts, body) = routed.into_parts();
+    parts.extensions.insert(plan);
     // The gateway's server span: the root of the trace when the client sent no context, and
     // the parent of the gateway's attempts either way.
     let span = gw.mesh.telemetry().tracing.as_ref().map(|t| {
-        let (method, uri, headers) = (&parts.method, &parts.uri, &mut parts.headers);
+        let (method, headers) = (&parts.method, &mut parts.headers);
         t.start(opentelemetry::trace::SpanKind::Server, headers, || {
             mesh::telemetry::tracing::SpanInfo::Server {
                 method: method.clone(),
-                path: uri.path().into(),
+                path: asked,
                 workload: gw.mesh.workload_shared(),
                 peer: None,
             }

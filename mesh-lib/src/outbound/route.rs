@@ -57,8 +57,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
-        let plan = super::routing::plan(&self.mesh, &self.plans, &mut req);
-        req.extensions_mut().insert(plan);
+        // A gateway has matched its request already (routing::gateway_plan).
+        if req
+            .extensions()
+            .get::<Arc<super::plan::RoutePlan>>()
+            .is_none()
+        {
+            let plan = super::routing::plan(&self.mesh, &self.plans, &mut req);
+            req.extensions_mut().insert(plan);
+        }
         self.inner.call(req)
     }
 }

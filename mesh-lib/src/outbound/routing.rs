@@ -20,11 +20,6 @@ use mesh_config::{
     TrafficPolicy, resolve_host,
 };
 
-/// Set on a request that arrived at an ingress gateway: the gateways (`namespace/name`) whose
-/// VirtualServices may route it. The host it is routed on is its `Host` header.
-#[derive(Debug, Clone)]
-pub struct GatewayContext(pub Vec<String>);
-
 /// Outlier detection's ejection time when a DestinationRule gives none (Envoy's default).
 pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
 /// Share of endpoints that may be ejected when none is given (Envoy's default).
@@ -36,7 +31,7 @@ const UNSET_POOL_LIMIT: usize = 1024;
 /// or (Istio's default route) the request's host. A plan depends on nothing else, and making
 /// one resolves hosts, subsets and traffic policies, work a request would otherwise repeat.
 #[derive(Debug, Default)]
-pub(crate) struct Plans {
+pub struct Plans {
     made: Mutex<Option<Made>>,
 }
 
@@ -107,34 +102,25 @@ impl Made {
 pub(crate) fn plan(mesh: &Mesh, plans: &Plans, req: &mut Request<Bytes>) -> Arc<RoutePlan> {
     let snapshot = mesh.snapshot();
     let namespace = mesh.identity().namespace.as_str();
-    // The route layer is the context's only reader.
-    match req.extensions_mut().remove::<GatewayContext>() {
-        Some(GatewayContext(gateways)) => {
-            for gateway in &gateways {
-                if let Some(plan) = matched(plans, &snapshot, mesh, namespace, Some(gateway), req) {
-                    return plan;
-                }
-            }
-            Arc::new(RoutePlan {
-                source: "no route".into(),
-                ..RoutePlan::default()
-            })
-        }
-        None => matched(plans, &snapshot, mesh, namespace, None, req)
-            .unwrap_or_else(|| default_plan(plans, &snapshot, namespace, req)),
-    }
+    matched(plans, &snapshot, mesh, namespace, None, req)
+        .unwrap_or_else(|| default_plan(plans, &snapshot, namespace, req))
 }
 
-/// Whether a VirtualService bound to one of `gateways` routes `req` (else the gateway's 404).
-pub fn gateway_routes(mesh: &Mesh, gateways: &[String], req: &Request<Bytes>) -> bool {
+/// At an ingress gateway: the plan of the first of `gateways` (`namespace/name`) whose
+/// VirtualServices route `req` on its `Host`, with the rule's edits applied and the request
+/// aimed at the rule's first destination; `None` is the gateway's 404. Matched once: the
+/// gateway puts the plan on the request, and the route layer below takes it from there.
+pub fn gateway_plan(
+    mesh: &Mesh,
+    plans: &Plans,
+    gateways: &[String],
+    req: &mut Request<Bytes>,
+) -> Option<Arc<RoutePlan>> {
     let snapshot = mesh.snapshot();
-    let namespace = &mesh.identity().namespace;
-    gateways.iter().any(|g| {
-        snapshot
-            .config
-            .route(&route_request(mesh, namespace, Some(g), req))
-            .is_some()
-    })
+    let namespace = mesh.identity().namespace.as_str();
+    gateways
+        .iter()
+        .find_map(|gateway| matched(plans, &snapshot, mesh, namespace, Some(gateway), req))
 }
 
 fn route_request<'a>(
