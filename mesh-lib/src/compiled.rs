@@ -1,6 +1,8 @@
 //! A snapshot compiled for the workload that holds it, once per update: what meshd's config
 //! means for this workload (its mTLS mode, the AuthorizationPolicies that apply to it, its
-//! local rate limit) and the identity to require from each mesh endpoint. The control loop
+//! local rate limit), the identity to require from each mesh endpoint, and the endpoints
+//! indexed by service and by address (the balancer's and the connector's lookups, which
+//! would otherwise scan every endpoint of the mesh). The control loop
 //! compiles each snapshot before it publishes it, so a request reads the result through one
 //! `Arc` and never filters, sorts or matches selectors of the whole config again, and no
 //! request can see a snapshot whose policies are not compiled yet.
@@ -10,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_config::{LocalRateLimit, MtlsMode, Workload, WorkloadAuthorization};
-use mesh_proto::Snapshot;
+use mesh_proto::{Endpoint, Snapshot};
 
 use crate::identity::SpiffeId;
 
@@ -23,6 +25,10 @@ pub struct Compiled {
     rate_limit: Option<LocalRateLimit>,
     /// Each mesh endpoint's identity, where its own PeerAuthentication takes mTLS.
     tls_targets: HashMap<SocketAddr, Option<SpiffeId>>,
+    /// The endpoints of each service, in the snapshot's order.
+    by_service: HashMap<String, Vec<Arc<Endpoint>>>,
+    /// The endpoint at each address (the snapshot's first, where two share one).
+    by_addr: HashMap<SocketAddr, Arc<Endpoint>>,
 }
 
 impl Compiled {
@@ -41,7 +47,20 @@ impl Compiled {
                 (endpoint.addr, identity)
             })
             .collect();
+        let mut by_service: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
+        let mut by_addr = HashMap::new();
+        for endpoint in &snapshot.endpoints {
+            by_service
+                .entry(endpoint.service.clone())
+                .or_default()
+                .push(Arc::clone(endpoint));
+            by_addr
+                .entry(endpoint.addr)
+                .or_insert_with(|| Arc::clone(endpoint));
+        }
         Self {
+            by_service,
+            by_addr,
             mtls_mode: config.mtls_mode(workload),
             authorization: config.authorization_for(workload),
             rate_limit: config.local_rate_limit(workload).cloned(),
@@ -70,6 +89,16 @@ impl Compiled {
         self.rate_limit.as_ref()
     }
 
+    /// The mesh endpoints of `service` (empty when it has none).
+    pub fn endpoints_of(&self, service: &str) -> &[Arc<Endpoint>] {
+        self.by_service.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// The mesh endpoint at `addr`, if any.
+    pub fn endpoint_at(&self, addr: SocketAddr) -> Option<&Arc<Endpoint>> {
+        self.by_addr.get(&addr)
+    }
+
     /// For a mesh endpoint at `addr`: `Some` identity to require when it takes mTLS, `None`
     /// when its PeerAuthentication disables it. Not an endpoint: `None` outside.
     pub fn tls_target(&self, addr: SocketAddr) -> Option<&Option<SpiffeId>> {
@@ -86,7 +115,6 @@ mod tests {
         Action, AuthorizationPolicy, Decision, MeshConfig, Metadata, PeerAuthentication,
         RequestAttrs,
     };
-    use mesh_proto::Endpoint;
 
     fn meta(namespace: &str, name: &str) -> Metadata {
         Metadata {
@@ -156,6 +184,14 @@ mod tests {
         assert_eq!(
             compiled.tls_target(SocketAddr::from(([10, 0, 0, 9], 9))),
             None
+        );
+        assert_eq!(compiled.endpoints_of("ratings").len(), 1);
+        assert!(compiled.endpoints_of("reviews").is_empty());
+        assert_eq!(
+            compiled
+                .endpoint_at(details_addr)
+                .map(|e| e.service.as_str()),
+            Some("details")
         );
 
         let ratings = labels("ratings");

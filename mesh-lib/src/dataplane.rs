@@ -254,7 +254,7 @@ impl Mesh {
 
     /// The mesh endpoints of `service` (empty when it is not in the mesh).
     pub fn endpoints_of(&self, service: &str) -> Vec<Arc<Endpoint>> {
-        self.snapshot().endpoints_of(service).cloned().collect()
+        self.compiled().endpoints_of(service).to_vec()
     }
 
     /// The identity to require from `addr`, when it is a mesh endpoint that takes mTLS.
@@ -268,7 +268,7 @@ impl Mesh {
         let Some(target) = compiled.tls_target(addr) else {
             return known.get(&addr).cloned();
         };
-        if let Some(endpoint) = compiled.snapshot().endpoint_at(addr) {
+        if let Some(endpoint) = compiled.endpoint_at(addr) {
             known.insert(addr, endpoint.identity.clone());
         }
         target.clone()

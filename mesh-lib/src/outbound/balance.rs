@@ -189,7 +189,7 @@ where
             let observed = mesh
                 .as_ref()
                 .filter(|m| m.telemetry().record_metrics || m.telemetry().tracing.is_some());
-            let endpoint = observed.and_then(|m| m.snapshot().endpoint_at(addr).cloned());
+            let endpoint = observed.and_then(|m| m.compiled().endpoint_at(addr).cloned());
             let span = observed
                 .and_then(|m| m.telemetry().tracing.as_ref())
                 .map(|t| {
@@ -218,7 +218,7 @@ where
             }
             if health.finish(addr, classify(&result), outlier.as_ref(), &peers)
                 && let Some(mesh) = &mesh
-                && let Some(service) = mesh.snapshot().endpoint_at(addr).map(|e| e.service.clone())
+                && let Some(service) = mesh.compiled().endpoint_at(addr).map(|e| e.service.clone())
             {
                 let edge = crate::telemetry::metrics::EdgeLabels {
                     source_workload: mesh.workload_name().workload.clone(),
@@ -263,11 +263,11 @@ impl<S> Balance<S> {
                 &default_policy,
             ),
         };
-        let snapshot = mesh.snapshot();
-        let mut any = false;
-        let candidates: Vec<SocketAddr> = snapshot
-            .endpoints_of(service)
-            .inspect(|_| any = true)
+        let compiled = mesh.compiled();
+        let of_service = compiled.endpoints_of(service);
+        let any = !of_service.is_empty();
+        let candidates: Vec<SocketAddr> = of_service
+            .iter()
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             .map(|e| e.addr)
             .collect();
@@ -277,7 +277,7 @@ impl<S> Balance<S> {
             // does not know is left to the table or DNS. A lookup of a service that just
             // stopped would otherwise wait on the resolver, under load for seconds.
             let routed = chosen.is_some_and(|d| d.subset.is_some());
-            return if routed || any || snapshot.knows(service) {
+            return if routed || any || compiled.snapshot().knows(service) {
                 Err(LocalError::NoHealthyUpstream.into())
             } else {
                 Ok(None)
