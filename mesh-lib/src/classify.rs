@@ -4,7 +4,7 @@
 use http::{Response, StatusCode};
 
 use crate::BoxError;
-pub use crate::respond::{ConnectError, LocalError};
+pub(crate) use crate::respond::{ConnectError, LocalError};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ impl Class {
 }
 
 /// The classification of an attempt's outcome.
-pub fn classify<B>(result: &Result<Response<B>, BoxError>) -> Class {
+pub(crate) fn classify<B>(result: &Result<Response<B>, BoxError>) -> Class {
     match result {
         Ok(r) => {
             let status = r.status();

@@ -16,7 +16,7 @@
 
 #[cfg(feature = "mimalloc")]
 mod alloc;
-pub mod classify;
+pub(crate) mod classify;
 pub mod cli;
 pub mod compiled;
 pub mod control;
@@ -32,7 +32,7 @@ pub mod propagation;
 pub mod respond;
 pub mod run;
 pub mod server;
-pub mod shared;
+pub(crate) mod shared;
 pub mod shutdown;
 pub mod telemetry;
 mod token_bucket;

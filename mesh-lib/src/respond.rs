@@ -6,7 +6,7 @@
 //! inbound refusals (authorization, rate limit, path normalization) and fault aborts all call
 //! this module; none writes a status or a body of its own. The failures the mesh answers for
 //! ([`LocalError`], [`ConnectError`]) are defined here, below the layers that raise them;
-//! [`outbound::classify`](crate::outbound::classify) judges outcomes for retries and outlier
+//! `classify` judges outcomes for retries and outlier
 //! detection, and each failure maps here to one answer and its Envoy response flag, which
 //! metrics and access logs record.
 

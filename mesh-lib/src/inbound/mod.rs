@@ -1,7 +1,7 @@
 //! The inbound side of a meshed workload, in the order a request meets it:
 //!
-//! 1. [`transport`]: mTLS or plaintext per PeerAuthentication, the peer's identity;
-//! 2. [`telemetry`]: Istio metrics (`reporter="destination"`) and the access log, outermost so
+//! 1. `transport`: mTLS or plaintext per PeerAuthentication, the peer's identity;
+//! 2. `telemetry`: Istio metrics (`reporter="destination"`) and the access log, outermost so
 //!    a refused request still counts;
 //! 3. [`normalize`]: the one form of the path every later layer and the service see;
 //! 4. [`ratelimit`]: the local token bucket, so a flood costs nothing further;
@@ -81,7 +81,7 @@ impl std::fmt::Debug for Stack {
 }
 
 /// The inbound stack around a service's router, outermost first: request spans and access
-/// logs at `debug`, then (in the mesh) [`Inbound`].
+/// logs at `debug`, then (in the mesh) `Inbound`.
 pub fn stack(app: Router, mesh: Option<Mesh>) -> Stack {
     match mesh {
         Some(mesh) => Stack(Layers::Mesh(traced(Inbound { mesh, app }))),

@@ -12,11 +12,9 @@
 
 pub mod balance;
 pub mod breaker;
-pub use crate::classify;
 pub mod connect;
 pub mod dns;
 pub mod fault;
-pub use crate::shared::health;
 pub mod plan;
 pub mod pool;
 pub mod proxy;
@@ -310,7 +308,7 @@ impl Gathered {
     }
 }
 
-pub use crate::shared::Shared;
+pub(crate) use crate::shared::Shared;
 
 impl crate::dataplane::Mesh {
     /// An outbound client that routes through the mesh.

@@ -1,7 +1,7 @@
 //! Route selection, at the top of the outbound stack: the first matching rule of the
 //! VirtualService for the request's host (header, uri, method, query matches; per request, so
 //! `end-user: jason` can go elsewhere than everyone else), resolved against DestinationRules
-//! into a [`RoutePlan`] every layer below reads. Without a VirtualService the plan is Istio's
+//! into a [`RoutePlan`](super::plan::RoutePlan) every layer below reads. Without a VirtualService the plan is Istio's
 //! default: the named service, its DestinationRule's policy, 2 retries on connect failure.
 
 use std::sync::Arc;

@@ -4,8 +4,8 @@
 //! that the `Mesh` can own it without the data plane depending on the stack that depends on
 //! the data plane.
 
-pub mod budget;
-pub mod health;
+pub(crate) mod budget;
+pub(crate) mod health;
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// the budget hold for the workload as a whole, as Envoy keeps them per cluster across its
 /// workers. Connections and round-robin turns stay each client's own.
 #[derive(Debug, Clone, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub(crate) health: Arc<health::Health>,
     pub(crate) budget: Arc<budget::RetryBudget>,
 }
