@@ -35,18 +35,6 @@ impl Compiled {
     /// `snapshot` as it applies to `workload`.
     pub fn new(snapshot: Arc<Snapshot>, workload: &Workload<'_>) -> Self {
         let config = &snapshot.config;
-        let tls_targets = snapshot
-            .endpoints
-            .iter()
-            .map(|endpoint| {
-                let mode = config.mtls_mode(&Workload {
-                    namespace: &endpoint.namespace,
-                    labels: &endpoint.labels,
-                });
-                let identity = (mode != MtlsMode::Disable).then(|| endpoint.identity.clone());
-                (endpoint.addr, identity)
-            })
-            .collect();
         let mut by_service: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
         let mut by_addr = HashMap::new();
         for endpoint in &snapshot.endpoints {
@@ -58,6 +46,18 @@ impl Compiled {
                 .entry(endpoint.addr)
                 .or_insert_with(|| Arc::clone(endpoint));
         }
+        // From the endpoint `endpoint_at` gives for each address, so the two always agree.
+        let tls_targets = by_addr
+            .iter()
+            .map(|(addr, endpoint)| {
+                let mode = config.mtls_mode(&Workload {
+                    namespace: &endpoint.namespace,
+                    labels: &endpoint.labels,
+                });
+                let identity = (mode != MtlsMode::Disable).then(|| endpoint.identity.clone());
+                (*addr, identity)
+            })
+            .collect();
         Self {
             by_service,
             by_addr,

@@ -19,7 +19,7 @@ use crate::identity::{Certified, Credentials, SpiffeId};
 pub use crate::telemetry::Telemetry;
 use crate::telemetry::WorkloadName;
 use crate::telemetry::metrics::WorkloadLabels;
-use mesh_config::{Decision, MtlsMode, RequestAttrs, Workload};
+use mesh_config::{MtlsMode, Workload};
 
 /// The peer's identity on an inbound connection: `None` for plaintext. Inserted into every
 /// request's extensions.
@@ -245,11 +245,6 @@ impl Mesh {
     /// The PeerAuthentication mode that applies to this workload now.
     pub fn mtls_mode(&self) -> MtlsMode {
         self.inner.snapshot.borrow().mtls_mode()
-    }
-
-    /// The AuthorizationPolicy decision for a request to this workload.
-    pub fn authorize(&self, request: &RequestAttrs<'_>) -> Decision {
-        self.compiled().authorization().decide(request)
     }
 
     /// The mesh endpoints of `service` (empty when it is not in the mesh).

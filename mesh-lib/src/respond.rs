@@ -143,12 +143,6 @@ impl Synthetic {
     }
 }
 
-impl axum::response::IntoResponse for Synthetic {
-    fn into_response(self) -> axum::response::Response {
-        self.response()
-    }
-}
-
 /// 429 (or the policy's status) `local_rate_limited`, with the policy's response headers:
 /// Envoy's local rate limit filter's answer.
 pub fn rate_limited<'a>(
